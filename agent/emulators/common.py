@@ -362,14 +362,14 @@ class EmulatorServer:
         self.base_url = ""
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # shutdown_timeout belongs on the runner: aiohttp >= 3.9 warns when it is given to the site.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
             self.host,
             self.port,
             ssl_context=self.tls.server_context() if self.tls else None,
-            shutdown_timeout=0.5,
         )
         await site.start()
         server = site._server

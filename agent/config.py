@@ -1,0 +1,1118 @@
+"""Load the agent's ini file into frozen dataclasses, reporting every problem at once.
+
+Every key has one typed converter (duration, bounded int, bool, choice, path, https URL,
+host:port, module:function, ratio, GUID). Unknown sections and keys are rejected with a
+"did you mean" hint. Problems are collected, never raised one by one, and end in a single
+:class:`agent.errors.ConfigError` whose lines read ``[section] key: message`` (or
+``[section]: message`` for a whole section, or ``<file>: message`` when the file itself cannot
+be read or parsed).
+
+Sections::
+
+    [agent]                       process-wide settings (AgentSettings)
+    [oauth:NAME]                  an Entra app used for the Sentinel (ARM) API; [oauth] = [oauth:default]
+    [servicenow] / [servicenow:NAME]   a ServiceNow instance; [servicenow] = [servicenow:default]
+    [workspace:NAME]              a Sentinel workspace to sync (at least one)
+    [severity_to_servicenow] [severity_to_sentinel] [status_to_servicenow] [status_to_sentinel]
+    [closure_to_servicenow] [closure_to_sentinel]   value maps; a present section replaces its default
+    [owners] / [owners:WORKSPACE] ServiceNow user_name = Entra UPN
+
+Secrets (``client_secret``, ``password``) come from exactly one of ``<name>_env`` (an environment
+variable), ``<name>_file`` (a file, relative to the ini's folder) or ``<name>`` (the value).
+They are held in :class:`Secret` and registered for log redaction as soon as they are read.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import keyword
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from agent.errors import ConfigError
+from agent.log import register_secret
+
+__all__ = [
+    "CLASSIFICATIONS",
+    "CLASSIFICATION_REASONS",
+    "CLOUDS",
+    "DEFAULT_CLOSURE_TO_SENTINEL",
+    "DEFAULT_CLOSURE_TO_SERVICENOW",
+    "DEFAULT_SEVERITY_TO_SENTINEL",
+    "DEFAULT_SEVERITY_TO_SERVICENOW",
+    "DEFAULT_STATUS_TO_SENTINEL",
+    "DEFAULT_STATUS_TO_SERVICENOW",
+    "SENTINEL_CLOSURE_PAIRS",
+    "SEVERITIES",
+    "STATUSES",
+    "AgentSettings",
+    "Cloud",
+    "Config",
+    "Mappings",
+    "OAuthApp",
+    "Secret",
+    "ServiceNowInstance",
+    "Workspace",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+# --- Sentinel vocabulary (REFERENCE A.4) ------------------------------------------------------
+
+SEVERITIES = ("High", "Medium", "Low", "Informational")
+STATUSES = ("New", "Active", "Closed")
+CLASSIFICATIONS = ("Undetermined", "TruePositive", "BenignPositive", "FalsePositive")
+CLASSIFICATION_REASONS = (
+    "SuspiciousActivity",
+    "SuspiciousButExpected",
+    "IncorrectAlertLogic",
+    "InaccurateData",
+)
+# The pairs Sentinel's UI offers; a determined classification without a reason is rejected
+# with 400, and other pairs are unverified, so only these are accepted (REFERENCE A.6).
+SENTINEL_CLOSURE_PAIRS: frozenset[tuple[str, str | None]] = frozenset(
+    {
+        ("TruePositive", "SuspiciousActivity"),
+        ("BenignPositive", "SuspiciousButExpected"),
+        ("FalsePositive", "IncorrectAlertLogic"),
+        ("FalsePositive", "InaccurateData"),
+        ("Undetermined", None),
+    }
+)
+
+# --- Default maps (used when the section is absent) ------------------------------------------
+
+DEFAULT_SEVERITY_TO_SERVICENOW = {"High": "1", "Medium": "2", "Low": "3", "Informational": "3"}
+DEFAULT_SEVERITY_TO_SENTINEL = {"1": "High", "2": "Medium", "3": "Low"}
+DEFAULT_STATUS_TO_SERVICENOW = {"New": "1", "Active": "2", "Closed": "6"}
+DEFAULT_STATUS_TO_SENTINEL = {
+    "1": "New",
+    "2": "Active",
+    "3": "Active",
+    "6": "Closed",
+    "7": "Closed",
+    "8": "Closed",
+}
+DEFAULT_CLOSURE_TO_SERVICENOW = {
+    "Undetermined": "No resolution provided",
+    "TruePositive": "Solution provided",
+    "BenignPositive": "Resolved by caller",
+    "FalsePositive": "No resolution provided",
+}
+DEFAULT_CLOSURE_TO_SENTINEL: dict[str, tuple[str, str | None]] = {
+    "Solution provided": ("TruePositive", "SuspiciousActivity"),
+    "Workaround provided": ("TruePositive", "SuspiciousActivity"),
+    "Resolved by problem": ("TruePositive", "SuspiciousActivity"),
+    "Resolved by caller": ("BenignPositive", "SuspiciousButExpected"),
+    "Resolved by change": ("BenignPositive", "SuspiciousButExpected"),
+    "Resolved by request": ("BenignPositive", "SuspiciousButExpected"),
+    "Known error": ("BenignPositive", "SuspiciousButExpected"),
+    "User error": ("BenignPositive", "SuspiciousButExpected"),
+    "Duplicate": ("Undetermined", None),
+    "No resolution provided": ("Undetermined", None),
+    "*": ("Undetermined", None),
+}
+
+# ServiceNow incident states (REFERENCE C.8): 6 Resolved, 7 Closed, 8 Canceled.
+_SNOW_DONE_STATES = ("6", "7")
+_SNOW_FINAL_STATES = ("6", "7", "8")
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Endpoints of one Azure cloud (REFERENCE A.12)."""
+
+    authority_host: str
+    management_url: str
+    portal_host: str
+
+
+CLOUDS: Mapping[str, Cloud] = {
+    "public": Cloud("https://login.microsoftonline.com", "https://management.azure.com", "portal.azure.com"),
+    "usgov": Cloud(
+        "https://login.microsoftonline.us", "https://management.usgovcloudapi.net", "portal.azure.us"
+    ),
+    "china": Cloud(
+        "https://login.chinacloudapi.cn", "https://management.chinacloudapi.cn", "portal.azure.cn"
+    ),
+}
+
+
+# --- Public records ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret value that prints as ``***``; :meth:`reveal` returns it.
+
+    The value is registered with the log redactor on creation, so even an accidental leak into a
+    log line is masked.
+    """
+
+    _value: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        register_secret(self._value)
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        register_secret(self._value)
+        return self._value
+
+    def __repr__(self) -> str:
+        return "***"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """``[agent]``: process-wide settings. Durations are seconds."""
+
+    state_db: Path
+    poll_interval: float
+    max_concurrency: int
+    page_size: int
+    log_level: str
+    log_format: str
+    ca_bundle: Path | None
+    conflict_policy: str
+    metrics_listen: tuple[str, int] | None
+    dry_run: bool
+    custom_mapping: str | None
+    overlap: float
+    sweep_interval: float
+    max_close_ratio: float
+    comment_field: str
+    comment_format: str
+    writeback_label: bool
+    enrichment_delay: float
+
+
+@dataclass(frozen=True)
+class OAuthApp:
+    """``[oauth:NAME]``: an Entra app registration used to call ARM (Sentinel)."""
+
+    name: str
+    tenant_id: str
+    client_id: str
+    client_secret: Secret | None
+    certificate_file: Path | None
+    cloud: str
+    authority_host: str
+    management_url: str
+    api_version: str
+    portal_host: str
+
+    @property
+    def scope(self) -> str:
+        """The ARM token scope, ``<management_url>/.default`` (REFERENCE A.12)."""
+        return f"{self.management_url}/.default"
+
+    @property
+    def authority(self) -> str:
+        """The MSAL authority, ``<authority_host>/<tenant_id>``."""
+        return f"{self.authority_host}/{self.tenant_id}"
+
+
+@dataclass(frozen=True)
+class ServiceNowInstance:
+    """``[servicenow]`` / ``[servicenow:NAME]``: one ServiceNow instance and how to write to it."""
+
+    name: str
+    instance_url: str
+    auth: str
+    username: str | None
+    password: Secret | None
+    client_id: str | None
+    client_secret: Secret | None
+    incident_table: str
+    unique_key: str
+    severity_field: str
+    status_field: str
+    caller_id: str | None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """``[workspace:NAME]``: one Sentinel workspace. ``enabled=False`` freezes it entirely."""
+
+    name: str
+    subscription_id: str
+    resource_group: str
+    workspace_name: str
+    oauth: str
+    servicenow: str
+    enabled: bool
+    incident_filter: str
+    max_age_days: int
+    caller_id: str | None
+    assignment_group: str | None
+    sys_domain: str | None
+    company: str | None
+
+
+@dataclass(frozen=True)
+class Mappings:
+    """The value maps between the two systems, complete and validated.
+
+    ``closure_to_sentinel`` maps a ServiceNow close code to ``(classification, reason)``; its
+    ``"*"`` row applies to every other code. ``owners`` maps ServiceNow user_name to Entra UPN;
+    ``owners_by_workspace`` holds the per-workspace overrides.
+    """
+
+    severity_to_servicenow: dict[str, str]
+    severity_to_sentinel: dict[str, str]
+    status_to_servicenow: dict[str, str]
+    status_to_sentinel: dict[str, str]
+    closure_to_servicenow: dict[str, str]
+    closure_to_sentinel: dict[str, tuple[str, str | None]]
+    owners: dict[str, str]
+    owners_by_workspace: dict[str, dict[str, str]]
+
+    def owners_for(self, workspace: str) -> dict[str, str]:
+        """ServiceNow user_name -> UPN for ``workspace``, its ``[owners:WORKSPACE]`` rows winning."""
+        return {**self.owners, **self.owners_by_workspace.get(workspace, {})}
+
+    def users_for(self, workspace: str) -> dict[str, str]:
+        """Lower-cased UPN -> ServiceNow user_name for ``workspace`` (the reverse of :meth:`owners_for`)."""
+        return {upn.lower(): user for user, upn in self.owners_for(workspace).items()}
+
+    def closure_for_sentinel(self, close_code: str) -> tuple[str, str | None]:
+        """``(classification, reason)`` for a ServiceNow close code, falling back to the ``*`` row."""
+        return self.closure_to_sentinel.get(close_code, self.closure_to_sentinel["*"])
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration. ``warnings`` are worth logging but do not stop the agent."""
+
+    path: Path
+    agent: AgentSettings
+    oauth: dict[str, OAuthApp]
+    servicenow: dict[str, ServiceNowInstance]
+    workspaces: dict[str, Workspace]
+    mappings: Mappings
+    warnings: tuple[str, ...]
+
+    def oauth_for(self, workspace: str) -> OAuthApp:
+        """The Entra app a workspace uses."""
+        return self.oauth[self.workspaces[workspace].oauth]
+
+    def servicenow_for(self, workspace: str) -> ServiceNowInstance:
+        """The ServiceNow instance a workspace syncs with."""
+        return self.servicenow[self.workspaces[workspace].servicenow]
+
+
+# --- Converters: str -> value, raising ValueError(message for the user) -----------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$", re.IGNORECASE | re.ASCII)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_BOOLS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(?:-preview)?$")
+_SECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SNOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_RESOURCE_GROUP = re.compile(r"^[-\w.()]{1,90}$")
+_WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_UPN = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def _human_duration(seconds: float) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _duration(low: float, high: float) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 90, 90s, 5m, 24h or 1d)")
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2].lower()]
+        if not low <= seconds <= high:
+            raise ValueError(f"{text} is out of range ({_human_duration(low)} to {_human_duration(high)})")
+        return seconds
+
+    return convert
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a whole number") from None
+        if not low <= number <= high:
+            raise ValueError(f"{number} is out of range ({low} to {high})")
+        return number
+
+    return convert
+
+
+def _boolean(text: str) -> bool:
+    try:
+        return _BOOLS[text.lower()]
+    except KeyError:
+        raise ValueError(f"{text!r} is not a boolean (use true or false)") from None
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        for value in allowed:
+            if value.lower() == text.lower():
+                return value
+        raise ValueError(f"{text!r} is not one of {', '.join(allowed)}{_did_you_mean(text, allowed)}")
+
+    return convert
+
+
+def _ratio(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{text} is out of range (0 to 1)")
+    return number
+
+
+def _https_url(text: str) -> str:
+    """``https://host[:port]``; a bare host gets ``https://``. Plain http is refused (TLS is always on)."""
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme.lower() != "https":
+        raise ValueError(f"{text!r} must be an https:// URL (TLS is always on)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    if not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{text!r} must be https://host[:port] without credentials")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} must be https://host[:port] without a path, query or fragment")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"https://{host}" + (f":{port}" if port is not None else "")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9464")
+    if (
+        not sep
+        or not host
+        or any(c.isspace() for c in host)
+        or not (port.isascii() and port.isdigit())
+        or int(port) > 65535
+    ):
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _entry_point(text: str) -> str:
+    module, sep, function = text.partition(":")
+    names = [*module.split("."), function]
+    if not sep or not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        raise ValueError(f"{text!r} is not package.module:function")
+    return text
+
+
+def _guid(text: str) -> str:
+    if not _GUID.match(text):
+        raise ValueError(f"{text!r} is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    return text.lower()
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if not regex.match(text):
+            raise ValueError(f"{text!r} is not {what}")
+        return text
+
+    return convert
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _did_you_mean(word: str, candidates: Iterable[str], fmt: str = "{}") -> str:
+    options = list(candidates)
+    same_case = [c for c in options if c.lower() == word.lower()]
+    close = same_case or difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {fmt.format(close[0])}?)" if close else ""
+
+
+# --- Reading one section ----------------------------------------------------------------------
+
+
+class _Report:
+    """Collects problems and warnings while the whole file is read."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def problem(self, title: str, key: str | None, message: str) -> None:
+        self.problems.append(f"[{title}] {key}: {message}" if key else f"[{title}]: {message}")
+
+    def warn(self, title: str, key: str | None, message: str) -> None:
+        self.warnings.append(f"[{title}] {key}: {message}" if key else f"[{title}]: {message}")
+
+
+class _Section:
+    """One section's raw values plus typed getters; unknown keys are reported on creation."""
+
+    def __init__(
+        self,
+        report: _Report,
+        title: str,
+        raw: Mapping[str, str],
+        known: Iterable[str],
+        folder: Path,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.report = report
+        self.title = title
+        self.raw = dict(raw)
+        self.folder = folder
+        self.environ = environ
+        self.broken: set[str] = set()
+        known = tuple(known)
+        for key, value in self.raw.items():
+            if key not in known:
+                self.problem(key, "unknown key" + _did_you_mean(key, known))
+            elif "\n" in value.strip():
+                # An indented line continues the previous value in ini syntax, which swallows keys.
+                self.problem(key, "value spans several lines (is the next line indented by mistake?)")
+                self.broken.add(key)
+
+    def problem(self, key: str | None, message: str) -> None:
+        self.report.problem(self.title, key, message)
+
+    def warn(self, key: str | None, message: str) -> None:
+        self.report.warn(self.title, key, message)
+
+    def is_set(self, *keys: str) -> bool:
+        """True when any of ``keys`` has a non-empty value (even one already reported as invalid)."""
+        return any((self.raw.get(key) or "").strip() for key in keys)
+
+    def text(self, key: str) -> str | None:
+        """The stripped value, or None when the key is absent, empty or already reported."""
+        if key in self.broken:
+            return None
+        return (self.raw.get(key) or "").strip() or None
+
+    def get(self, key: str, convert: Callable[[str], T], default: T) -> T:
+        """The converted value, ``default`` when absent or empty (or invalid, after reporting it)."""
+        value = self.text(key)
+        if value is None:
+            return default
+        try:
+            return convert(value)
+        except ValueError as exc:
+            self.problem(key, str(exc))
+            return default
+
+    def optional(self, key: str, convert: Callable[[str], T]) -> T | None:
+        return self.get(key, convert, None)
+
+    def required(self, key: str, convert: Callable[[str], T], placeholder: T) -> T:
+        """The converted value; a missing one is a problem (``placeholder`` is then returned)."""
+        if not self.is_set(key):
+            self.problem(key, "required")
+            return placeholder
+        return self.get(key, convert, placeholder)
+
+    def path(self, key: str) -> Path | None:
+        """A path relative to the ini file's folder, or None when empty."""
+        return self.optional(key, self.resolve)
+
+    def readable_file(self, key: str, private: bool = False) -> Path | None:
+        """A path that must name a readable file; ``private`` warns when group/others may read it."""
+        path = self.path(key)
+        if path is None:
+            return None
+        if not path.is_file() or not os.access(path, os.R_OK):
+            self.problem(key, f"{path} is not a readable file")
+            return None
+        if private:
+            self._check_private(key, path)
+        return path
+
+    def secret(self, base: str) -> Secret | None:
+        """Read ``<base>_env`` / ``<base>_file`` / ``<base>``; two forms set is a problem."""
+        forms = [key for key in (f"{base}_env", f"{base}_file", base) if self.text(key) is not None]
+        if len(forms) > 1:
+            self.problem(base, f"set only one of {', '.join(forms)}")
+            return None
+        if not forms:
+            return None
+        key = forms[0]
+        value = self.text(key) or ""
+        if key.endswith("_env"):
+            return self._secret_from_env(key, value)
+        if key.endswith("_file"):
+            return self._secret_from_file(key, self.resolve(value))
+        return Secret(value)
+
+    def _secret_from_env(self, key: str, variable: str) -> Secret | None:
+        value = self.environ.get(variable)
+        if value is None:
+            self.problem(key, f"environment variable {variable} is not set")
+            return None
+        if not value:
+            self.problem(key, f"environment variable {variable} is empty")
+            return None
+        return Secret(value)
+
+    def _secret_from_file(self, key: str, path: Path) -> Secret | None:
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            self.problem(key, f"cannot read {path}: {reason}")
+            return None
+        if not value:
+            self.problem(key, f"{path} is empty")
+            return None
+        self._check_private(key, path)
+        return Secret(value)
+
+    def _check_private(self, key: str, path: Path) -> None:
+        if os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            self.warn(key, f"{path} is readable by group/others; restrict it with chmod 600")
+
+    def resolve(self, text: str) -> Path:
+        """``text`` as a path, relative to the ini file's folder."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else self.folder / path
+
+
+# --- Section readers ------------------------------------------------------------------------
+
+_AGENT_KEYS = tuple(AgentSettings.__dataclass_fields__)
+_OAUTH_KEYS = (
+    "tenant_id",
+    "client_id",
+    "client_secret_env",
+    "client_secret_file",
+    "client_secret",
+    "certificate_file",
+    "cloud",
+    "authority_host",
+    "management_url",
+    "api_version",
+)
+_SNOW_KEYS = (
+    "instance_url",
+    "auth",
+    "username",
+    "password_env",
+    "password_file",
+    "password",
+    "client_id",
+    "client_secret_env",
+    "client_secret_file",
+    "client_secret",
+    "incident_table",
+    "unique_key",
+    "severity_field",
+    "status_field",
+    "caller_id",
+)
+_WORKSPACE_KEYS = tuple(k for k in Workspace.__dataclass_fields__ if k != "name")
+
+_SINGLE_SECTIONS = (
+    "agent",
+    "severity_to_servicenow",
+    "severity_to_sentinel",
+    "status_to_servicenow",
+    "status_to_sentinel",
+    "closure_to_servicenow",
+    "closure_to_sentinel",
+)
+_NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners")
+_NO_DEFAULT_SECTION = "\x00"  # makes a literal [DEFAULT] an ordinary (and so unknown) section
+
+
+def _read_agent(sec: _Section) -> AgentSettings:
+    state_db = sec.get("state_db", sec.resolve, sec.resolve("sentinel-snow-sync.db"))
+    if not state_db.parent.is_dir():
+        sec.problem("state_db", f"folder {state_db.parent} does not exist")
+    return AgentSettings(
+        state_db=state_db,
+        poll_interval=sec.get("poll_interval", _duration(1, 86400), 60.0),
+        max_concurrency=sec.get("max_concurrency", _integer(1, 64), 8),
+        # Sentinel's $top is capped at 1000 (REFERENCE A.7).
+        page_size=sec.get("page_size", _integer(1, 1000), 200),
+        log_level=sec.get("log_level", _choice("debug", "info", "warning", "error"), "info"),
+        log_format=sec.get("log_format", _choice("json", "text"), "json"),
+        ca_bundle=sec.readable_file("ca_bundle"),
+        conflict_policy=sec.get("conflict_policy", _choice("newest", "sentinel", "servicenow"), "newest"),
+        metrics_listen=sec.optional("metrics_listen", _host_port),
+        dry_run=sec.get("dry_run", _boolean, False),
+        custom_mapping=sec.optional("custom_mapping", _entry_point),
+        overlap=sec.get("overlap", _duration(0, 86400), 120.0),
+        sweep_interval=sec.get("sweep_interval", _duration(1, 30 * 86400), 86400.0),
+        max_close_ratio=sec.get("max_close_ratio", _ratio, 0.5),
+        comment_field=sec.get("comment_field", _choice("work_notes", "comments"), "work_notes"),
+        comment_format=sec.get("comment_format", _choice("text", "code"), "text"),
+        writeback_label=sec.get("writeback_label", _boolean, True),
+        enrichment_delay=sec.get("enrichment_delay", _duration(0, 7 * 86400), 600.0),
+    )
+
+
+def _read_oauth(sec: _Section, name: str) -> OAuthApp:
+    cloud = sec.get("cloud", _choice(*CLOUDS), "public")
+    preset = CLOUDS[cloud]
+    has_secret = sec.is_set(*_secret_keys("client_secret"))
+    has_certificate = sec.is_set("certificate_file")
+    if not has_secret and not has_certificate:
+        sec.problem(
+            "client_secret",
+            "required: set client_secret_env, client_secret_file, client_secret or certificate_file",
+        )
+    elif has_secret and has_certificate:
+        sec.problem("certificate_file", "set either a client secret or certificate_file, not both")
+    secret = sec.secret("client_secret")
+    certificate = sec.readable_file("certificate_file", private=True)
+    return OAuthApp(
+        name=name,
+        tenant_id=sec.required("tenant_id", _guid, ""),
+        client_id=sec.required("client_id", _guid, ""),
+        client_secret=secret,
+        certificate_file=certificate,
+        cloud=cloud,
+        authority_host=sec.get("authority_host", _https_url, preset.authority_host),
+        management_url=sec.get("management_url", _https_url, preset.management_url),
+        api_version=sec.get(
+            "api_version", _pattern(_API_VERSION, "an api-version (YYYY-MM-DD)"), "2025-09-01"
+        ),
+        portal_host=preset.portal_host,
+    )
+
+
+def _secret_keys(base: str) -> tuple[str, str, str]:
+    return (f"{base}_env", f"{base}_file", base)
+
+
+def _read_servicenow(sec: _Section, name: str) -> ServiceNowInstance:
+    auth = sec.get("auth", _choice("basic", "oauth"), "basic")
+    snow_name = _pattern(_SNOW_NAME, "a ServiceNow table/field name (lower-case letters, digits, _)")
+    username = sec.optional("username", _text)
+    password = sec.secret("password")
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    if auth == "basic":
+        if username is None:
+            sec.problem("username", "required with auth = basic")
+        if not sec.is_set(*_secret_keys("password")):
+            sec.problem("password", "required with auth = basic: set password_env, password_file or password")
+        for key in ("client_id", *_secret_keys("client_secret")):
+            if sec.is_set(key):
+                sec.warn(key, "ignored with auth = basic")
+    else:
+        client_id = sec.optional("client_id", _text)
+        client_secret = sec.secret("client_secret")
+        if client_id is None:
+            sec.problem("client_id", "required with auth = oauth")
+        if not sec.is_set(*_secret_keys("client_secret")):
+            sec.problem(
+                "client_secret",
+                "required with auth = oauth: set client_secret_env, client_secret_file or client_secret",
+            )
+        has_password = sec.is_set(*_secret_keys("password"))
+        if sec.is_set("username") != has_password:
+            # Password grant needs both; client credentials needs neither (REFERENCE C.7).
+            sec.problem("username" if has_password else "password", "the OAuth password grant needs both")
+    return ServiceNowInstance(
+        name=name,
+        instance_url=sec.required("instance_url", _https_url, ""),
+        auth=auth,
+        username=username,
+        password=password,
+        client_id=client_id,
+        client_secret=client_secret,
+        incident_table=sec.get("incident_table", snow_name, "incident"),
+        unique_key=sec.get("unique_key", snow_name, "correlation_id"),
+        severity_field=sec.get("severity_field", snow_name, "impact"),
+        status_field=sec.get("status_field", snow_name, "state"),
+        caller_id=sec.optional("caller_id", _text),
+    )
+
+
+def _read_workspace(sec: _Section, name: str, oauth: Iterable[str], servicenow: Iterable[str]) -> Workspace:
+    workspace = Workspace(
+        name=name,
+        subscription_id=sec.required("subscription_id", _guid, ""),
+        resource_group=sec.required("resource_group", _pattern(_RESOURCE_GROUP, "a resource group name"), ""),
+        workspace_name=sec.required(
+            "workspace_name", _pattern(_WORKSPACE_NAME, "a Log Analytics workspace name"), ""
+        ),
+        oauth=sec.get("oauth", _text, "default"),
+        servicenow=sec.get("servicenow", _text, "default"),
+        enabled=sec.get("enabled", _boolean, True),
+        incident_filter=sec.get("incident_filter", _text, ""),
+        max_age_days=sec.get("max_age_days", _integer(1, 3650), 30),
+        caller_id=sec.optional("caller_id", _text),
+        assignment_group=sec.optional("assignment_group", _text),
+        sys_domain=sec.optional("sys_domain", _text),
+        company=sec.optional("company", _text),
+    )
+    for key, value, defined, kind in (
+        ("oauth", workspace.oauth, tuple(oauth), "oauth"),
+        ("servicenow", workspace.servicenow, tuple(servicenow), "servicenow"),
+    ):
+        if value not in defined:
+            hint = _did_you_mean(value, defined) or (f" (defined: {', '.join(defined)})" if defined else "")
+            sec.problem(key, f"no [{kind}:{value}] section{hint}")
+    return workspace
+
+
+# --- Mapping readers ----------------------------------------------------------------------------
+
+
+def _keyed_map(
+    sec: _Section | None, keys: tuple[str, ...], default: dict[str, str], what: str
+) -> dict[str, str]:
+    """A map whose keys are a fixed Sentinel vocabulary; every key needs a row."""
+    if sec is None:
+        return dict(default)
+    result: dict[str, str] = {}
+    for key in keys:
+        value = sec.text(key)
+        if value is None:
+            sec.problem(key, f"missing; a present section replaces the defaults and must map every {what}")
+        else:
+            result[key] = value
+    return result
+
+
+def _valued_map(sec: _Section | None, allowed: tuple[str, ...], default: dict[str, str]) -> dict[str, str]:
+    """A map from free ServiceNow values to a Sentinel enum value."""
+    if sec is None:
+        return dict(default)
+    result: dict[str, str] = {}
+    for key in sec.raw:
+        value = sec.text(key)
+        if value is None:
+            sec.problem(key, f"empty value; use one of {', '.join(allowed)}")
+        elif value not in allowed:
+            sec.problem(key, f"{value!r} is not one of {', '.join(allowed)}{_did_you_mean(value, allowed)}")
+        else:
+            result[key] = value
+    return result
+
+
+def _closure_value(text: str) -> tuple[str, str | None]:
+    classification, _, reason_text = (part.strip() for part in text.partition("/"))
+    reason = reason_text or None
+    if classification not in CLASSIFICATIONS:
+        hint = _did_you_mean(classification, CLASSIFICATIONS)
+        raise ValueError(f"{classification!r} is not a classification ({', '.join(CLASSIFICATIONS)}){hint}")
+    if reason is not None and reason not in CLASSIFICATION_REASONS:
+        hint = _did_you_mean(reason, CLASSIFICATION_REASONS)
+        raise ValueError(
+            f"{reason!r} is not a classification reason ({', '.join(CLASSIFICATION_REASONS)}){hint}"
+        )
+    if classification != "Undetermined" and reason is None:
+        raise ValueError(f"{classification} needs a reason, e.g. {_pairs_for(classification)}")
+    if (classification, reason) not in SENTINEL_CLOSURE_PAIRS:
+        raise ValueError(f"{text} is not a pair Sentinel accepts; use {_pairs_for(classification)}")
+    return classification, reason
+
+
+def _pairs_for(classification: str) -> str:
+    pairs = sorted(f"{c}/{r}" if r else c for c, r in SENTINEL_CLOSURE_PAIRS if c == classification)
+    return " or ".join(pairs)
+
+
+def _closure_to_sentinel(sec: _Section | None) -> dict[str, tuple[str, str | None]]:
+    if sec is None:
+        return dict(DEFAULT_CLOSURE_TO_SENTINEL)
+    result: dict[str, tuple[str, str | None]] = {}
+    for key in sec.raw:
+        value = sec.get(key, _closure_value, None)
+        if value is None and sec.text(key) is None:
+            sec.problem(key, "empty value; use Classification[/Reason]")
+        elif value is not None:
+            result[key] = value
+    if "*" not in sec.raw:
+        # Without a catch-all an unknown close code would block the incident for good.
+        sec.problem(None, "needs a '* = Classification[/Reason]' row for every other close code")
+    return result
+
+
+def _owners(sec: _Section) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for user in sec.raw:
+        upn = sec.get(user, _pattern(_UPN, "a user principal name (user@domain)"), None)
+        if upn is None and sec.text(user) is None:
+            sec.problem(user, "empty value; write the user's UPN")
+        elif upn is not None:
+            result[user] = upn
+    return result
+
+
+def _check_reverse_unique(sec: _Section, owners: Mapping[str, str]) -> None:
+    seen: dict[str, str] = {}
+    for user, upn in owners.items():
+        other = seen.setdefault(upn.lower(), user)
+        if other != user:
+            sec.problem(
+                user, f"{upn} is also mapped from {other}; each UPN may belong to one ServiceNow user"
+            )
+
+
+# --- The loader ----------------------------------------------------------------------------------
+
+
+class _Parser(configparser.ConfigParser):
+    """Case-preserving keys: mapping rows like ``High`` or ``Solution provided`` are case-sensitive."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.folder = path.parent
+        self.environ = environ
+        self.report = _Report()
+        # kind -> name -> (title as written, raw values); single sections use the name "".
+        self.found: dict[str, dict[str, tuple[str, dict[str, str]]]] = {}
+
+    def section(self, title: str, raw: Mapping[str, str], known: Iterable[str]) -> _Section:
+        return _Section(self.report, title, raw, known, self.folder, self.environ)
+
+    def classify(self, parser: configparser.ConfigParser) -> None:
+        kinds = (*_SINGLE_SECTIONS, *_NAMED_SECTIONS)
+        for title in parser.sections():
+            kind, colon, name = (part.strip() for part in title.partition(":"))
+            raw = dict(parser[title].items())
+            if kind not in kinds:
+                named = colon and any(
+                    k in _NAMED_SECTIONS for k in difflib.get_close_matches(kind, kinds, 1, 0.6)
+                )
+                message = "unknown section" + _did_you_mean(
+                    kind, kinds, f"[{{}}:{name}]" if named else "[{}]"
+                )
+                if title == "DEFAULT":
+                    message += "; shared defaults are not supported, set each key in its own section"
+                self.report.problem(title, None, message)
+                continue
+            if colon and kind in _SINGLE_SECTIONS:
+                self.report.problem(title, None, f"[{kind}] takes no name")
+                continue
+            if kind == "workspace" and not colon:
+                self.report.problem(title, None, "name the workspace: [workspace:NAME]")
+                continue
+            if colon and not _SECTION_NAME.match(name):
+                self.report.problem(title, None, f"{name!r} is not a valid name (letters, digits, _ . -)")
+                continue
+            if kind in ("oauth", "servicenow") and not colon:
+                name = "default"
+            bucket = self.found.setdefault(kind, {})
+            if name in bucket:
+                self.report.problem(title, None, f"duplicates [{bucket[name][0]}]")
+                continue
+            bucket[name] = (title, raw)
+
+    def single(self, kind: str, known: Iterable[str] = ()) -> _Section | None:
+        entry = self.found.get(kind, {}).get("")
+        return self.section(entry[0], entry[1], known or entry[1].keys()) if entry else None
+
+    def load(self, parser: configparser.ConfigParser) -> Config:
+        self.classify(parser)
+        agent = _read_agent(self.single("agent", _AGENT_KEYS) or self.section("agent", {}, _AGENT_KEYS))
+        oauth = {
+            name: _read_oauth(self.section(title, raw, _OAUTH_KEYS), name)
+            for name, (title, raw) in self.found.get("oauth", {}).items()
+        }
+        servicenow = {
+            name: _read_servicenow(self.section(title, raw, _SNOW_KEYS), name)
+            for name, (title, raw) in self.found.get("servicenow", {}).items()
+        }
+        workspaces = {
+            name: _read_workspace(self.section(title, raw, _WORKSPACE_KEYS), name, oauth, servicenow)
+            for name, (title, raw) in self.found.get("workspace", {}).items()
+        }
+        if not servicenow:
+            self.report.problem("servicenow", None, "at least one [servicenow] section is required")
+        if not workspaces:
+            self.report.problem("workspace", None, "at least one [workspace:NAME] section is required")
+        mappings = self.mappings(workspaces, servicenow)
+        self.warn_unused(workspaces)
+        if self.report.problems:
+            raise ConfigError(self.report.problems)
+        return Config(
+            path=self.path,
+            agent=agent,
+            oauth=oauth,
+            servicenow=servicenow,
+            workspaces=workspaces,
+            mappings=mappings,
+            warnings=tuple(self.report.warnings),
+        )
+
+    def mappings(
+        self, workspaces: Mapping[str, Workspace], servicenow: Mapping[str, ServiceNowInstance]
+    ) -> Mappings:
+        severity_sec = self.single("severity_to_servicenow", SEVERITIES)
+        status_sec = self.single("status_to_servicenow", STATUSES)
+        mappings = Mappings(
+            severity_to_servicenow=_keyed_map(
+                severity_sec, SEVERITIES, DEFAULT_SEVERITY_TO_SERVICENOW, "Sentinel severity"
+            ),
+            severity_to_sentinel=_valued_map(
+                self.single("severity_to_sentinel"), SEVERITIES, DEFAULT_SEVERITY_TO_SENTINEL
+            ),
+            status_to_servicenow=_keyed_map(
+                status_sec, STATUSES, DEFAULT_STATUS_TO_SERVICENOW, "Sentinel status"
+            ),
+            status_to_sentinel=_valued_map(
+                self.single("status_to_sentinel"), STATUSES, DEFAULT_STATUS_TO_SENTINEL
+            ),
+            closure_to_servicenow=_keyed_map(
+                self.single("closure_to_servicenow", CLASSIFICATIONS),
+                CLASSIFICATIONS,
+                DEFAULT_CLOSURE_TO_SERVICENOW,
+                "Sentinel classification",
+            ),
+            closure_to_sentinel=_closure_to_sentinel(self.single("closure_to_sentinel")),
+            owners={},
+            owners_by_workspace={},
+        )
+        self.check_round_trips(mappings, servicenow)
+        self.read_owners(mappings, workspaces)
+        return mappings
+
+    def check_round_trips(self, maps: Mappings, servicenow: Mapping[str, ServiceNowInstance]) -> None:
+        """A value the agent writes to ServiceNow must read back as the same Sentinel value class."""
+        for severity, value in maps.severity_to_servicenow.items():
+            if value not in maps.severity_to_sentinel:
+                self.report.problem(
+                    "severity_to_sentinel",
+                    value,
+                    f"no row, but [severity_to_servicenow] {severity} writes it",
+                )
+        back = maps.status_to_sentinel
+        if "Closed" not in back.values() or not {"New", "Active"} & set(back.values()):
+            self.report.problem(
+                "status_to_sentinel", None, "must map at least one state to Closed and one to New or Active"
+            )
+        for status, value in maps.status_to_servicenow.items():
+            if value not in back:
+                self.report.problem(
+                    "status_to_sentinel", value, f"no row, but [status_to_servicenow] {status} writes it"
+                )
+            elif (back[value] == "Closed") != (status == "Closed"):
+                self.report.problem(
+                    "status_to_servicenow",
+                    status,
+                    f"{value} reads back as {back[value]} via [status_to_sentinel]",
+                )
+        status_fields = {instance.status_field for instance in servicenow.values()}
+        if status_fields <= {"state", "incident_state"}:
+            self.check_state_values(maps.status_to_servicenow)
+
+    def check_state_values(self, status_to_servicenow: Mapping[str, str]) -> None:
+        closed = status_to_servicenow.get("Closed")
+        if closed is not None and closed not in _SNOW_DONE_STATES:
+            self.report.problem(
+                "status_to_servicenow",
+                "Closed",
+                f"{closed!r} is not a resolved/closed state (6 Resolved or 7 Closed)",
+            )
+        for status in ("New", "Active"):
+            value = status_to_servicenow.get(status)
+            if value in _SNOW_FINAL_STATES:
+                self.report.problem("status_to_servicenow", status, f"{value} is a resolved/closed state")
+
+    def read_owners(self, maps: Mappings, workspaces: Mapping[str, Workspace]) -> None:
+        for name, (title, raw) in self.found.get("owners", {}).items():
+            sec = self.section(title, raw, raw.keys())
+            owners = _owners(sec)
+            if not name:
+                maps.owners.update(owners)
+                _check_reverse_unique(sec, owners)
+            elif name not in workspaces:
+                hint = _did_you_mean(name, workspaces, "[owners:{}]")
+                sec.problem(None, f"no [workspace:{name}] section{hint}")
+            else:
+                maps.owners_by_workspace[name] = owners
+                _check_reverse_unique(sec, maps.owners_for(name))
+
+    def warn_unused(self, workspaces: Mapping[str, Workspace]) -> None:
+        for kind in ("oauth", "servicenow"):
+            used = {getattr(ws, kind) for ws in workspaces.values()}
+            for name, (title, _raw) in self.found.get(kind, {}).items():
+                if name not in used:
+                    self.report.warn(title, None, "not used by any workspace")
+        if workspaces and not any(ws.enabled for ws in workspaces.values()):
+            self.report.warn(
+                "workspace", None, "every workspace is disabled (enabled = false); nothing will sync"
+            )
+
+
+def _parse_problem(path: Path, exc: configparser.Error) -> str:
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"{path}: line {exc.lineno}: [{exc.section}] {exc.option} is set twice"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"{path}: line {exc.lineno}: section [{exc.section}] appears twice"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"{path}: line {exc.lineno}: text before the first [section] header"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(f"line {number} ({text.strip()!r})" for number, text in exc.errors)
+        return f"{path}: cannot parse {lines}; write key = value"
+    return f"{path}: " + " ".join(str(exc).split())
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the ini file at ``path``.
+
+    ``environ`` supplies the variables named by ``*_env`` keys (default: ``os.environ``).
+    Relative paths in the file are relative to the file's folder. Raises
+    :class:`~agent.errors.ConfigError` listing every problem found.
+    """
+    path = Path(path).expanduser().absolute()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the configuration file ({exc.strerror or exc})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the configuration file is not UTF-8 text"]) from None
+    parser = _Parser(
+        interpolation=None,  # a '%' in a password must stay a '%'
+        inline_comment_prefixes=(";",),
+        delimiters=("=",),  # ':' may appear in keys (close codes) and values (host:port)
+        default_section=_NO_DEFAULT_SECTION,
+        empty_lines_in_values=False,
+    )
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError([_parse_problem(path, exc)]) from None
+    return _Loader(path, os.environ if environ is None else environ).load(parser)

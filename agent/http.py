@@ -1,0 +1,490 @@
+"""The one HTTP choke point: every request to Entra, Sentinel or ServiceNow goes through here.
+
+:class:`HttpClient` owns one ``aiohttp.ClientSession`` per remote system and does, in one place:
+
+* TLS verification against the system store plus the optional ``[agent] ca_bundle``;
+  ``HTTPS_PROXY``/``NO_PROXY`` from the environment (``trust_env``);
+* bounded concurrency (``TCPConnector(limit=...)``) and explicit timeouts;
+* auth header injection through an :class:`AuthProvider`, with exactly one forced token refresh
+  when the server answers 401;
+* retries through :mod:`agent.retry` (idempotent requests after any transient failure,
+  non-idempotent ones only when they provably never reached the server);
+* mapping of every failure to :mod:`agent.errors` (:func:`error_for_status`), with the error
+  code and message taken from ARM, ServiceNow and Entra error bodies;
+* slowing down before ARM throttles, from the ``x-ms-ratelimit-remaining-*`` headers
+  (REFERENCE A.11);
+* redaction: no ``Authorization`` header, token, password or secret is ever put into a log
+  line or an exception text; URLs are stripped of secret-looking query values and bodies are
+  logged only at debug level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlencode
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+from yarl import URL
+
+from agent import __version__
+from agent.errors import (
+    ConfigError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    RemoteError,
+    TransientError,
+)
+from agent.log import log, redact, register_secret
+from agent.retry import NotSent, RetryPolicy, parse_retry_after, retrying
+
+SleepFn = Callable[[float], Awaitable[None]]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_MAX_URL_IN_MESSAGE = 300
+_MAX_DETAIL = 300
+_MAX_LOGGED_BODY = 2000
+_SECRET_QUERY_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "pwd", "assertion", "apikey", "key", "sig", "signature", "code"}
+)
+_NOT_SECRET_QUERY_KEYS = frozenset({"$skiptoken", "skiptoken"})
+# Keep OData and ServiceNow queries readable in URLs; everything else is percent-encoded.
+_QUERY_SAFE = "$'(),:/@!*"
+
+
+class AuthProvider(Protocol):
+    """Supplies the ``Authorization`` header for one remote system."""
+
+    async def header(self, force_refresh: bool = False) -> dict[str, str]:
+        """Headers to add to a request; ``force_refresh`` after the server rejected the last token."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A successful response: status, headers and the decoded JSON body (``None`` if empty)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+# --- redaction and error mapping ------------------------------------------------------------
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with user-info passwords and secret-looking query values replaced by ``***``."""
+    try:
+        u = url if isinstance(url, URL) else URL(str(url), encoded=True)
+        if u.password is not None:
+            u = u.with_password("***")
+        if u.raw_query_string:
+            pairs = []
+            for part in u.raw_query_string.split("&"):
+                key, sep, _value = part.partition("=")
+                if sep and _is_secret_key(unquote(key)):
+                    part = f"{key}=***"
+                pairs.append(part)
+            u = u.with_query(None)
+            text = str(u) + "?" + "&".join(pairs)
+        else:
+            text = str(u)
+    except (ValueError, TypeError):
+        text = str(url).split("?", 1)[0] + "?…"
+    text = redact(text)
+    if len(text) > _MAX_URL_IN_MESSAGE:
+        text = text[:_MAX_URL_IN_MESSAGE] + "…"
+    return text
+
+
+def _is_secret_key(key: str) -> bool:
+    k = key.lower()
+    if k in _NOT_SECRET_QUERY_KEYS:
+        return False
+    return k.endswith("token") or any(word in _SECRET_QUERY_WORDS for word in re.split(r"[-_.$]", k))
+
+
+def error_details(body: Any) -> tuple[str | None, str | None]:
+    """(code, message) from an error body of any of the three systems.
+
+    ARM: ``{"error":{"code","message"}}`` (REFERENCE A.10); ServiceNow:
+    ``{"error":{"message","detail"},"status":"failure"}`` (C.5); Entra and ServiceNow OAuth:
+    ``{"error":"invalid_client","error_description":"AADSTS...\\r\\nTrace ID..."}`` (B.1, C.7).
+    """
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            code = err.get("code")
+            if isinstance(code, str) and code:
+                return _clean(code), _clean(err.get("message"))
+            return _clean(err.get("message")), _clean(err.get("detail"))
+        if isinstance(err, str):
+            return _clean(err), _clean(body.get("error_description"))
+        if isinstance(body.get("message"), str):
+            return None, _clean(body.get("message"))
+        return None, None
+    if isinstance(body, str) and body.strip() and not body.lstrip().startswith("<"):
+        return None, _clean(body)
+    return None, None
+
+
+def _clean(value: Any) -> str | None:
+    """First line of a remote message, shortened and redacted (Entra appends trace ids)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    line = value.strip().splitlines()[0].strip()
+    if len(line) > _MAX_DETAIL:
+        line = line[:_MAX_DETAIL] + "…"
+    return redact(line)
+
+
+def error_for_status(
+    system: str, method: str, url: str, status: int, headers: Mapping[str, str], body: Any
+) -> RemoteError:
+    """The exception for a non-success HTTP status. ``url`` must already be redacted."""
+    code, detail = error_details(body)
+    if status == 429:
+        return RateLimited(
+            system,
+            method,
+            url,
+            status,
+            code,
+            detail,
+            retry_after=parse_retry_after(headers.get("Retry-After")),
+        )
+    if status >= 500 or status == 408:
+        return TransientError(system, method, url, status, code, detail)
+    if status == 409:
+        return Conflict(system, method, url, status, code, detail)
+    if status == 404:
+        return NotFound(system, method, url, status, code, detail)
+    if status == 403:
+        return Forbidden(system, method, url, status, code, detail)
+    return PermanentError(system, method, url, status, code, detail)
+
+
+def _connection_error(system: str, method: str, url: str, exc: BaseException) -> RemoteError:
+    """Map an aiohttp/asyncio failure; ``NotSent`` only when the request cannot have left."""
+    name = type(exc).__name__
+    text = _clean(str(exc)) or name
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return PermanentError(
+            system, method, url, None, "TLSVerifyFailed", f"{text} (is the CA in [agent] ca_bundle?)"
+        )
+    if isinstance(
+        exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ClientHttpProxyError)
+    ):
+        return NotSent(system, method, url, None, name, text)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return PermanentError(system, method, url, None, name, text)
+    return TransientError(system, method, url, None, name, text)
+
+
+# --- the client -----------------------------------------------------------------------------
+
+
+def build_ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
+    """System trust store plus ``ca_bundle``; verification is always on."""
+    ctx = ssl.create_default_context()
+    if ca_bundle:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"[agent] ca_bundle: cannot load {ca_bundle}: {exc}"]) from exc
+    return ctx
+
+
+class HttpClient:
+    """One ``aiohttp`` session for one remote system, with auth, retries and error mapping.
+
+    ``system`` names the remote in errors and logs (``entra``, ``sentinel``, ``servicenow``).
+    The session is created on first use, inside the running event loop.
+    """
+
+    def __init__(
+        self,
+        system: str,
+        *,
+        auth: AuthProvider | None = None,
+        ca_bundle: str | Path | None = None,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        sleep: SleepFn = asyncio.sleep,
+        ratelimit_floor: int = 20,
+        ratelimit_pause: float = 1.0,
+        user_agent: str = f"sentinel-snow-sync/{__version__}",
+    ) -> None:
+        self.system = system
+        self.auth = auth
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.ratelimit_floor = ratelimit_floor
+        self.ratelimit_pause = ratelimit_pause
+        self.ratelimit_remaining: dict[str, int] = {}
+        self.requests = 0
+        self.retries = 0
+        self.throttled = 0
+        self.slowdowns = 0
+        self.auth_refreshes = 0
+        self.by_status: dict[str, int] = {}
+        self._sleep = sleep
+        self._ssl = build_ssl_context(ca_bundle)
+        self._limit = max_concurrency
+        # sock_connect, not connect: waiting for a free pooled connection is not a network
+        # failure and must not turn into a spurious connect timeout under load.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    # -- lifecycle --
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError(f"{self.system} HTTP client is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl),
+                timeout=self._timeout,
+                trust_env=True,
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                headers={"User-Agent": self._user_agent, "Accept": "application/json"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session (idempotent)."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- requests --
+
+    async def request(
+        self,
+        method: str,
+        url: str | URL,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        expected: Iterable[int] = (200, 201, 204),
+        authenticate: bool = True,
+        sensitive: bool = False,
+    ) -> HttpResponse:
+        """Send one request (with retries) and return the decoded response.
+
+        ``url`` is used verbatim when it is a :class:`yarl.URL` built with ``encoded=True``
+        (ARM ``nextLink``); ``params`` are percent-encoded and appended. ``idempotent``
+        defaults from the method (GET/PUT/DELETE yes, POST/PATCH no). ``authenticate=False``
+        skips the auth provider (token endpoints); ``sensitive=True`` keeps the bodies out of
+        debug logs (credentials in the form, tokens in the answer).
+        """
+        method = method.upper()
+        target = _with_params(url, params)
+        safe_url = redact_url(target)
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        payload: bytes | Mapping[str, str] | None = None
+        extra: dict[str, str] = dict(headers or {})
+        if json is not None:
+            payload = orjson.dumps(json)
+            extra.setdefault("Content-Type", "application/json")
+        elif data is not None:
+            payload = data
+        ok = frozenset(expected)
+        refreshed = False
+
+        async def attempt() -> HttpResponse:
+            nonlocal refreshed
+            await self._pace(method)
+            force = False
+            while True:
+                hdrs = dict(extra)
+                if authenticate and self.auth is not None:
+                    hdrs.update(await self._auth_header(method, safe_url, force))
+                status, resp_headers, raw = await self._send(method, target, safe_url, payload, hdrs)
+                if status == 401 and authenticate and self.auth is not None and not refreshed:
+                    # One forced refresh per request: a token revoked or expired early.
+                    refreshed = force = True
+                    self.auth_refreshes += 1
+                    log.info("http_auth_refresh", system=self.system, method=method, url=safe_url)
+                    continue
+                return self._result(method, safe_url, status, resp_headers, raw, ok, sensitive, json)
+
+        def on_retry(failed: int, error: TransientError, delay: float) -> None:
+            self.retries += 1
+            log.warning(
+                "http_retry",
+                system=self.system,
+                method=method,
+                url=safe_url,
+                attempt=failed,
+                delay=round(delay, 3),
+                status=error.status,
+                error=str(error),
+            )
+
+        return await retrying(
+            self.retry, attempt, idempotent=idempotent, on_retry=on_retry, sleep=self._sleep
+        )
+
+    async def _auth_header(self, method: str, safe_url: str, force: bool) -> dict[str, str]:
+        assert self.auth is not None
+        try:
+            header = await self.auth.header(force_refresh=force)
+        except NotSent:
+            raise
+        except TransientError as exc:
+            # No token means this request was never sent: safe to retry even a POST.
+            raise NotSent(self.system, method, safe_url, None, "TokenUnavailable", str(exc)) from exc
+        for value in header.values():
+            # Servers sometimes echo the credential in an error; the logger scrubs it from then on.
+            register_secret(value.split(" ", 1)[-1])
+        return header
+
+    async def _send(
+        self,
+        method: str,
+        target: URL,
+        safe_url: str,
+        payload: bytes | Mapping[str, str] | None,
+        headers: dict[str, str],
+    ) -> tuple[int, CIMultiDict[str], bytes]:
+        session = self._get_session()
+        self.requests += 1
+        started = time.monotonic()
+        try:
+            async with session.request(
+                method, target, data=payload, headers=headers, allow_redirects=False
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                resp_headers = CIMultiDict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._count("error")
+            error = _connection_error(self.system, method, safe_url, exc)
+            log.debug("http_error", system=self.system, method=method, url=safe_url, error=str(error))
+            raise error from None
+        self._count(str(status))
+        if status == 429:
+            self.throttled += 1
+        self._note_ratelimits(resp_headers)
+        log.debug(
+            "http_response",
+            system=self.system,
+            method=method,
+            url=safe_url,
+            status=status,
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return status, resp_headers, raw
+
+    def _result(
+        self,
+        method: str,
+        safe_url: str,
+        status: int,
+        headers: CIMultiDict[str],
+        raw: bytes,
+        ok: frozenset[int],
+        sensitive: bool,
+        sent: Any,
+    ) -> HttpResponse:
+        body: Any = None
+        parsed = True
+        if raw.strip():
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = False
+                body = raw[:_MAX_LOGGED_BODY].decode("utf-8", "replace")
+        if not sensitive and (log.level <= 10 or log.sinks):
+            log.debug(
+                "http_body",
+                system=self.system,
+                method=method,
+                url=safe_url,
+                request=_preview(sent),
+                response=_preview(body),
+            )
+        if status in ok:
+            if not parsed:
+                raise PermanentError(
+                    self.system,
+                    method,
+                    safe_url,
+                    status,
+                    "InvalidJson",
+                    "the response body is not valid JSON",
+                )
+            return HttpResponse(status, headers, body)
+        if 200 <= status < 300 or 300 <= status < 400:
+            raise PermanentError(self.system, method, safe_url, status, "UnexpectedStatus", None)
+        raise error_for_status(self.system, method, safe_url, status, headers, body)
+
+    # -- accounting and pacing --
+
+    def _count(self, key: str) -> None:
+        self.by_status[key] = self.by_status.get(key, 0) + 1
+
+    def _note_ratelimits(self, headers: Mapping[str, str]) -> None:
+        for key, value in headers.items():
+            k = key.lower()
+            if k.startswith("x-ms-ratelimit-remaining-"):
+                try:
+                    self.ratelimit_remaining[k[len("x-ms-ratelimit-remaining-") :]] = int(value)
+                except ValueError:
+                    continue
+
+    async def _pace(self, method: str) -> None:
+        """Pause briefly when ARM says the bucket for this kind of request is nearly empty."""
+        if not self.ratelimit_remaining:
+            return
+        kind = "reads" if method in ("GET", "HEAD") else "deletes" if method == "DELETE" else "writes"
+        left = [v for k, v in self.ratelimit_remaining.items() if k.endswith(kind)]
+        if left and min(left) < self.ratelimit_floor:
+            self.slowdowns += 1
+            log.debug("http_slowdown", system=self.system, kind=kind, remaining=min(left))
+            await self._sleep(self.ratelimit_pause)
+
+
+def _with_params(url: str | URL, params: Mapping[str, str | int] | None) -> URL:
+    base = url if isinstance(url, URL) else URL(url)
+    if not params:
+        return base
+    query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote, safe=_QUERY_SAFE)
+    raw = str(base)
+    return URL(raw + ("&" if base.raw_query_string else "?") + query, encoded=True)
+
+
+def _preview(value: Any) -> Any:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return text if len(text) <= _MAX_LOGGED_BODY else text[:_MAX_LOGGED_BODY] + "…"

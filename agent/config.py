@@ -24,6 +24,7 @@ They are held in :class:`Secret` and registered for log redaction as soon as the
 
 from __future__ import annotations
 
+import ast
 import configparser
 import difflib
 import keyword
@@ -684,8 +685,8 @@ def _read_agent(sec: _Section) -> AgentSettings:
 
 
 def _read_oauth(sec: _Section, name: str) -> OAuthApp:
-    cloud = sec.get("cloud", _choice(*CLOUDS), "public")
-    preset = CLOUDS[cloud]
+    tenant_id = sec.required("tenant_id", _guid, "")
+    client_id = sec.required("client_id", _guid, "")
     has_secret = sec.is_set(*_secret_keys("client_secret"))
     has_certificate = sec.is_set("certificate_file")
     if not has_secret and not has_certificate:
@@ -697,10 +698,12 @@ def _read_oauth(sec: _Section, name: str) -> OAuthApp:
         sec.problem("certificate_file", "set either a client secret or certificate_file, not both")
     secret = sec.secret("client_secret")
     certificate = sec.readable_file("certificate_file", private=True)
+    cloud = sec.get("cloud", _choice(*CLOUDS), "public")
+    preset = CLOUDS[cloud]
     return OAuthApp(
         name=name,
-        tenant_id=sec.required("tenant_id", _guid, ""),
-        client_id=sec.required("client_id", _guid, ""),
+        tenant_id=tenant_id,
+        client_id=client_id,
         client_secret=secret,
         certificate_file=certificate,
         cloud=cloud,
@@ -717,38 +720,46 @@ def _secret_keys(base: str) -> tuple[str, str, str]:
     return (f"{base}_env", f"{base}_file", base)
 
 
-def _read_servicenow(sec: _Section, name: str) -> ServiceNowInstance:
-    auth = sec.get("auth", _choice("basic", "oauth"), "basic")
-    snow_name = _pattern(_SNOW_NAME, "a ServiceNow table/field name (lower-case letters, digits, _)")
+_SnowCredentials = tuple[str | None, Secret | None, str | None, Secret | None]
+
+
+def _snow_credentials(sec: _Section, auth: str) -> _SnowCredentials:
+    """``(username, password, client_id, client_secret)`` as ``auth`` needs them."""
     username = sec.optional("username", _text)
     password = sec.secret("password")
-    client_id: str | None = None
-    client_secret: Secret | None = None
+    has_password = sec.is_set(*_secret_keys("password"))
     if auth == "basic":
         if username is None:
             sec.problem("username", "required with auth = basic")
-        if not sec.is_set(*_secret_keys("password")):
+        if not has_password:
             sec.problem("password", "required with auth = basic: set password_env, password_file or password")
         for key in ("client_id", *_secret_keys("client_secret")):
             if sec.is_set(key):
                 sec.warn(key, "ignored with auth = basic")
-    else:
-        client_id = sec.optional("client_id", _text)
-        client_secret = sec.secret("client_secret")
-        if client_id is None:
-            sec.problem("client_id", "required with auth = oauth")
-        if not sec.is_set(*_secret_keys("client_secret")):
-            sec.problem(
-                "client_secret",
-                "required with auth = oauth: set client_secret_env, client_secret_file or client_secret",
-            )
-        has_password = sec.is_set(*_secret_keys("password"))
-        if sec.is_set("username") != has_password:
-            # Password grant needs both; client credentials needs neither (REFERENCE C.7).
-            sec.problem("username" if has_password else "password", "the OAuth password grant needs both")
+        return username, password, None, None
+    if sec.is_set("username") != has_password:
+        # Password grant needs both; client credentials needs neither (REFERENCE C.7).
+        sec.problem("username" if has_password else "password", "the OAuth password grant needs both")
+    client_id = sec.optional("client_id", _text)
+    client_secret = sec.secret("client_secret")
+    if client_id is None:
+        sec.problem("client_id", "required with auth = oauth")
+    if not sec.is_set(*_secret_keys("client_secret")):
+        sec.problem(
+            "client_secret",
+            "required with auth = oauth: set client_secret_env, client_secret_file or client_secret",
+        )
+    return username, password, client_id, client_secret
+
+
+def _read_servicenow(sec: _Section, name: str) -> ServiceNowInstance:
+    instance_url = sec.required("instance_url", _https_url, "")
+    auth = sec.get("auth", _choice("basic", "oauth"), "basic")
+    username, password, client_id, client_secret = _snow_credentials(sec, auth)
+    snow_name = _pattern(_SNOW_NAME, "a ServiceNow table/field name (lower-case letters, digits, _)")
     return ServiceNowInstance(
         name=name,
-        instance_url=sec.required("instance_url", _https_url, ""),
+        instance_url=instance_url,
         auth=auth,
         username=username,
         password=password,
@@ -1077,6 +1088,15 @@ class _Loader:
             )
 
 
+def _unrepr(text: str) -> str:
+    # Python 3.11's ParsingError keeps repr(line); later versions keep the line itself.
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
+
+
 def _parse_problem(path: Path, exc: configparser.Error) -> str:
     if isinstance(exc, configparser.DuplicateOptionError):
         return f"{path}: line {exc.lineno}: [{exc.section}] {exc.option} is set twice"
@@ -1085,7 +1105,7 @@ def _parse_problem(path: Path, exc: configparser.Error) -> str:
     if isinstance(exc, configparser.MissingSectionHeaderError):
         return f"{path}: line {exc.lineno}: text before the first [section] header"
     if isinstance(exc, configparser.ParsingError):
-        lines = ", ".join(f"line {number} ({text.strip()!r})" for number, text in exc.errors)
+        lines = ", ".join(f"line {number} ({_unrepr(text).strip()!r})" for number, text in exc.errors)
         return f"{path}: cannot parse {lines}; write key = value"
     return f"{path}: " + " ".join(str(exc).split())
 

@@ -1063,7 +1063,8 @@ class _Loader:
                 self.report.problem("status_to_servicenow", status, f"{value} is a resolved/closed state")
 
     def read_owners(self, maps: Mappings, workspaces: Mapping[str, Workspace]) -> None:
-        for name, (title, raw) in self.found.get("owners", {}).items():
+        # [owners] first, so each workspace's check sees the rows it inherits.
+        for name, (title, raw) in sorted(self.found.get("owners", {}).items()):
             sec = self.section(title, raw, raw.keys())
             owners = _owners(sec)
             if not name:

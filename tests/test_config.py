@@ -779,6 +779,14 @@ def test_owners_problems(tmp_path: Path) -> None:
     ]
 
 
+def test_workspace_owners_checked_against_global_rows_in_any_order(tmp_path: Path) -> None:
+    extra = "[owners:soc-eu]\nbeth.anglin = abel@tenant.example\n[owners]\nabel.tuter = abel@tenant.example\n"
+    assert problems(tmp_path, extra=extra) == [
+        "[owners:soc-eu] beth.anglin: abel@tenant.example is also mapped from abel.tuter;"
+        " each UPN may belong to one ServiceNow user",
+    ]
+
+
 def test_duplicate_default_instance_and_bad_section_names(tmp_path: Path) -> None:
     assert problems(
         tmp_path,

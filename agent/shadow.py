@@ -1,0 +1,758 @@
+"""The shadow: a SQLite copy of what both sides last agreed on, per linked incident pair.
+
+The engine writes here only *after* the remote write succeeded, one short transaction per
+incident pair (:meth:`Shadow.save_link`). If the agent dies between the remote write and the
+commit, the next cycle sees "changed on both sides, now equal" and only records it (see
+``agent.reconcile``), so an interrupted run is harmless.
+
+Tables (every key starts with the ServiceNow ``instance``, then the Sentinel ``workspace``):
+
+* ``links``: one row per Sentinel incident <-> ServiceNow record; ``(instance, sys_id)`` is unique,
+  so one ServiceNow record is never linked to two incidents.
+* ``comment_links``: which Sentinel comment became which journal entry (or the reverse); a journal
+  entry and a Sentinel comment are each linked at most once.
+* ``watermarks``: per side, the newest created/modified time already seen, and when it last moved.
+* ``failures``: incidents whose sync failed, with exponential backoff before the next try.
+* ``conflict_log`` and ``cycles``: bounded history for ``status`` and health checks.
+
+Storage: WAL journal, ``synchronous=NORMAL`` (a power cut may lose the last commits but never
+corrupts; lost commits heal as described above), the database file created ``0600``. Datetimes
+are ISO-8601 UTC text with microseconds (so text order is time order); mappings are JSON.
+Opening an older database applies the missing :data:`MIGRATIONS`; a newer one is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from agent.errors import ConfigError
+
+# Each entry is one schema version (index 0 -> version 1). Never edit a released entry: add one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: links, comment links, watermarks, failures.
+    """
+    CREATE TABLE links (
+        instance        TEXT NOT NULL,
+        workspace       TEXT NOT NULL,
+        incident        TEXT NOT NULL,
+        sys_id          TEXT NOT NULL,
+        number          TEXT NOT NULL,
+        fields          TEXT NOT NULL DEFAULT '{}',
+        sentinel_etag   TEXT,
+        snow_mod_count  INTEGER,
+        open            INTEGER NOT NULL DEFAULT 1,
+        alerts_posted   TEXT NOT NULL DEFAULT '[]',
+        entities_posted TEXT NOT NULL DEFAULT '[]',
+        created_at      TEXT,
+        PRIMARY KEY (instance, workspace, incident)
+    );
+    CREATE UNIQUE INDEX links_by_sys_id ON links (instance, sys_id);
+    CREATE TABLE comment_links (
+        instance         TEXT NOT NULL,
+        workspace        TEXT NOT NULL,
+        incident         TEXT NOT NULL,
+        sentinel_comment TEXT NOT NULL,
+        journal_sys_id   TEXT NOT NULL,
+        direction        TEXT NOT NULL CHECK (direction IN ('to_snow', 'to_sentinel')),
+        created_at       TEXT NOT NULL,
+        UNIQUE (instance, journal_sys_id),
+        UNIQUE (instance, workspace, incident, sentinel_comment)
+    );
+    CREATE TABLE watermarks (
+        instance  TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        side      TEXT NOT NULL CHECK (side IN ('sentinel', 'servicenow')),
+        created   TEXT,
+        modified  TEXT,
+        moved_at  TEXT NOT NULL,
+        PRIMARY KEY (instance, workspace, side)
+    );
+    CREATE TABLE failures (
+        instance  TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        incident  TEXT NOT NULL,
+        error     TEXT NOT NULL,
+        attempts  INTEGER NOT NULL,
+        next_try  TEXT NOT NULL,
+        last_at   TEXT NOT NULL,
+        PRIMARY KEY (instance, workspace, incident)
+    );
+    """,
+    # 2: enrichment scheduling and provider ids on links; conflict and cycle history.
+    """
+    ALTER TABLE links ADD COLUMN enrich_after TEXT;
+    ALTER TABLE links ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX links_open ON links (instance, workspace, open);
+    CREATE TABLE conflict_log (
+        id         INTEGER PRIMARY KEY,
+        at         TEXT NOT NULL,
+        instance   TEXT NOT NULL,
+        workspace  TEXT NOT NULL,
+        incident   TEXT NOT NULL,
+        field      TEXT NOT NULL,
+        sentinel   TEXT NOT NULL,
+        servicenow TEXT NOT NULL,
+        winner     TEXT NOT NULL
+    );
+    CREATE TABLE cycles (
+        id        INTEGER PRIMARY KEY,
+        instance  TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        started   TEXT NOT NULL,
+        finished  TEXT NOT NULL,
+        ok        INTEGER NOT NULL,
+        summary   TEXT NOT NULL
+    );
+    CREATE INDEX cycles_by_workspace ON cycles (instance, workspace, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+CHUNK = 500  # names per IN (...) query: far below SQLite's bound-parameter limit
+CYCLES_KEPT = 1000  # per instance and workspace (the last successful one is always kept too)
+CONFLICTS_KEPT = 10_000
+ERROR_TEXT_MAX = 2000
+
+_LINK_COLUMNS = (
+    "instance, workspace, incident, sys_id, number, fields, sentinel_etag, snow_mod_count, open, "
+    "alerts_posted, entities_posted, created_at, enrich_after, extra"
+)
+_UPSERT_LINK = f"""
+    INSERT INTO links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (instance, workspace, incident) DO UPDATE SET
+        sys_id = excluded.sys_id, number = excluded.number, fields = excluded.fields,
+        sentinel_etag = excluded.sentinel_etag, snow_mod_count = excluded.snow_mod_count,
+        open = excluded.open, alerts_posted = excluded.alerts_posted,
+        entities_posted = excluded.entities_posted,
+        created_at = COALESCE(excluded.created_at, links.created_at),
+        enrich_after = excluded.enrich_after, extra = excluded.extra
+"""
+_INSERT_COMMENT_LINK = """
+    INSERT INTO comment_links
+        (instance, workspace, incident, sentinel_comment, journal_sys_id, direction, created_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+_BY_INCIDENT = "instance = ? AND workspace = ? AND incident = ?"
+_FAILURE_COLUMNS = "instance, workspace, incident, error, attempts, next_try, last_at"
+SIDES = ("sentinel", "servicenow")
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """One linked pair and what the two sides last agreed on.
+
+    ``fields`` maps each synced field to the agreed ``(sentinel, servicenow)`` pair (the planner's
+    base); ``open`` is False once both sides are closed; ``extra`` holds small forward-compatible
+    string key/values.
+    """
+
+    instance: str
+    workspace: str
+    incident: str
+    sys_id: str
+    number: str
+    fields: Mapping[str, tuple[str, str]]
+    sentinel_etag: str | None
+    snow_mod_count: int | None
+    open: bool
+    alerts_posted: frozenset[str] = frozenset()
+    entities_posted: frozenset[str] = frozenset()
+    created_at: datetime | None = None
+    enrich_after: datetime | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommentLink:
+    """A Sentinel comment and the journal entry it was copied to or from (``direction``)."""
+
+    instance: str
+    workspace: str
+    incident: str
+    sentinel_comment: str
+    journal_sys_id: str
+    direction: str  # "to_snow" | "to_sentinel"
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The newest created/modified time already seen on one side, and when it last moved."""
+
+    instance: str
+    workspace: str
+    side: str  # "sentinel" | "servicenow"
+    created: datetime | None
+    modified: datetime | None
+    moved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An incident whose sync failed ``attempts`` times in a row; not retried before ``next_try``."""
+
+    instance: str
+    workspace: str
+    incident: str
+    error: str
+    attempts: int
+    next_try: datetime
+    last_at: datetime
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+UNSET = _Unset.UNSET
+"""Default of :meth:`Shadow.set_watermark`'s optional times: "leave this one as it is"."""
+
+
+class Shadow:
+    """The shadow store. Create with ``await Shadow.open(path)``; use as an async context manager.
+
+    One connection, used by one event loop; every call takes an internal lock so that a
+    transaction is never interleaved with another coroutine's statements.
+    """
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        """Use :meth:`open`."""
+        self._db = db
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Shadow:
+        """Open (creating if needed) and migrate the database at ``path``.
+
+        Raises :class:`ConfigError` when the file is not a usable database or was written by a
+        newer agent.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _create_private(path)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError([f"state database {path}: cannot open: {exc}"]) from exc
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await _migrate(db, path)
+        except BaseException as exc:
+            await db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise ConfigError([f"state database {path}: {exc}"]) from exc
+            raise
+        _chmod_private(path)
+        return cls(db, path)
+
+    async def close(self) -> None:
+        """Close the connection (safe to call twice)."""
+        async with self._lock:
+            await self._db.close()
+
+    async def __aenter__(self) -> Shadow:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def schema_version(self) -> int:
+        """The schema version of the open database."""
+        rows = await self._read("SELECT version FROM schema_version")
+        return int(rows[0]["version"])
+
+    # --- links ----------------------------------------------------------------------------------
+
+    async def get_links(self, instance: str, workspace: str, incidents: Iterable[str]) -> dict[str, Link]:
+        """The links of these Sentinel incident names that exist, keyed by incident name."""
+        out: dict[str, Link] = {}
+        for chunk in _chunks(incidents):
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT * FROM links WHERE instance = ? AND workspace = ? AND incident IN ({marks})",
+                (instance, workspace, *chunk),
+            )
+            out.update((row["incident"], _link_from_row(row)) for row in rows)
+        return out
+
+    async def get_links_by_sys_id(self, instance: str, sys_ids: Iterable[str]) -> dict[str, Link]:
+        """The links of these ServiceNow sys_ids (any workspace), keyed by sys_id."""
+        out: dict[str, Link] = {}
+        for chunk in _chunks(sys_ids):
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT * FROM links WHERE instance = ? AND sys_id IN ({marks})", (instance, *chunk)
+            )
+            out.update((row["sys_id"], _link_from_row(row)) for row in rows)
+        return out
+
+    async def iter_links(
+        self, instance: str, workspace: str, *, open_only: bool = False
+    ) -> AsyncIterator[Link]:
+        """Every link of a workspace in incident-name order, read a page at a time.
+
+        Pages are read by key, not through an open cursor, so the caller may save links while
+        iterating.
+        """
+        after = ""
+        extra = " AND open = 1" if open_only else ""
+        while True:
+            rows = await self._read(
+                f"SELECT * FROM links WHERE instance = ? AND workspace = ? AND incident > ?{extra} "
+                "ORDER BY incident LIMIT ?",
+                (instance, workspace, after, CHUNK),
+            )
+            for row in rows:
+                yield _link_from_row(row)
+            if len(rows) < CHUNK:
+                return
+            after = rows[-1]["incident"]
+
+    async def count_links(self, instance: str, workspace: str) -> tuple[int, int]:
+        """``(total, open)`` links of a workspace."""
+        rows = await self._read(
+            "SELECT count(*) AS total, coalesce(sum(open), 0) AS open FROM links "
+            "WHERE instance = ? AND workspace = ?",
+            (instance, workspace),
+        )
+        return int(rows[0]["total"]), int(rows[0]["open"])
+
+    async def save_link(
+        self,
+        link: Link,
+        *,
+        comment_links: Sequence[CommentLink] = (),
+        conflicts: Sequence[tuple[str, str, str, str]] = (),
+        now: datetime | None = None,
+    ) -> None:
+        """In one transaction: upsert ``link``, add its new comment links, log its conflicts
+        ``(field, sentinel, servicenow, winner)`` and clear its failure row.
+
+        Nothing is written if any part fails; a comment link already stored (same journal entry
+        or same Sentinel comment) raises :class:`sqlite3.IntegrityError`, as does linking a
+        sys_id that is already linked to another incident. ``now`` stamps the conflict log
+        (default: the current time). A stored ``created_at`` is kept when ``link.created_at`` is
+        None.
+        """
+        for c in comment_links:
+            if (c.instance, c.workspace, c.incident) != (link.instance, link.workspace, link.incident):
+                raise ValueError(f"comment link {c.sentinel_comment} belongs to another incident")
+        at = _ts(now or datetime.now(UTC))
+        key = (link.instance, link.workspace, link.incident)
+        async with self._write() as db:
+            await db.execute(_UPSERT_LINK, _link_row(link))
+            if comment_links:
+                await db.executemany(_INSERT_COMMENT_LINK, [_comment_row(c) for c in comment_links])
+            if conflicts:
+                await db.executemany(
+                    "INSERT INTO conflict_log (at, instance, workspace, incident, field, sentinel, "
+                    "servicenow, winner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(at, *key, *c) for c in conflicts],
+                )
+                await db.execute(
+                    "DELETE FROM conflict_log WHERE id <= (SELECT max(id) FROM conflict_log) - ?",
+                    (CONFLICTS_KEPT,),
+                )
+            await db.execute(f"DELETE FROM failures WHERE {_BY_INCIDENT}", key)
+
+    async def save_links(self, links: Sequence[Link]) -> None:
+        """Upsert many links in one transaction (bulk linking, rebuilds); clears their failures."""
+        if not links:
+            return
+        async with self._write() as db:
+            await db.executemany(_UPSERT_LINK, [_link_row(link) for link in links])
+            await db.executemany(
+                f"DELETE FROM failures WHERE {_BY_INCIDENT}",
+                [(link.instance, link.workspace, link.incident) for link in links],
+            )
+
+    async def delete_link(self, instance: str, workspace: str, incident: str) -> None:
+        """Unlink: remove the link, its comment links and its failure row."""
+        key = (instance, workspace, incident)
+        async with self._write() as db:
+            for table in ("links", "comment_links", "failures"):
+                await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
+
+    # --- comment links --------------------------------------------------------------------------
+
+    async def comment_links(self, instance: str, workspace: str, incident: str) -> list[CommentLink]:
+        """The comment links of one incident, oldest first."""
+        rows = await self._read(
+            f"SELECT * FROM comment_links WHERE {_BY_INCIDENT} ORDER BY created_at, rowid",
+            (instance, workspace, incident),
+        )
+        return [
+            CommentLink(
+                instance=row["instance"],
+                workspace=row["workspace"],
+                incident=row["incident"],
+                sentinel_comment=row["sentinel_comment"],
+                journal_sys_id=row["journal_sys_id"],
+                direction=row["direction"],
+                created_at=_dt_req(row["created_at"]),
+            )
+            for row in rows
+        ]
+
+    async def add_comment_link(self, link: CommentLink) -> None:
+        """Store one comment link; a duplicate raises :class:`sqlite3.IntegrityError`."""
+        async with self._write() as db:
+            await db.execute(_INSERT_COMMENT_LINK, _comment_row(link))
+
+    # --- watermarks -----------------------------------------------------------------------------
+
+    async def get_watermark(self, instance: str, workspace: str, side: str) -> Watermark:
+        """The watermark of one side; all times None if it was never set."""
+        _check_side(side)
+        rows = await self._read(
+            "SELECT created, modified, moved_at FROM watermarks "
+            "WHERE instance = ? AND workspace = ? AND side = ?",
+            (instance, workspace, side),
+        )
+        if not rows:
+            return Watermark(instance, workspace, side, None, None, None)
+        row = rows[0]
+        return Watermark(
+            instance, workspace, side, _dt(row["created"]), _dt(row["modified"]), _dt(row["moved_at"])
+        )
+
+    async def set_watermark(
+        self,
+        instance: str,
+        workspace: str,
+        side: str,
+        *,
+        created: datetime | _Unset | None = UNSET,
+        modified: datetime | _Unset | None = UNSET,
+        moved_at: datetime,
+    ) -> None:
+        """Move a watermark. Only the times passed change (``None`` clears one); ``moved_at`` always."""
+        _check_side(side)
+        values: dict[str, str | None] = {"moved_at": _ts(moved_at)}
+        if created is not UNSET:
+            values["created"] = _ts_opt(created)
+        if modified is not UNSET:
+            values["modified"] = _ts_opt(modified)
+        updates = ", ".join(f"{col} = excluded.{col}" for col in values)
+        cols = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+        async with self._write() as db:
+            await db.execute(
+                f"INSERT INTO watermarks (instance, workspace, side, {cols}) VALUES (?, ?, ?, {marks}) "
+                f"ON CONFLICT (instance, workspace, side) DO UPDATE SET {updates}",
+                (instance, workspace, side, *values.values()),
+            )
+
+    # --- failures -------------------------------------------------------------------------------
+
+    async def record_failure(
+        self,
+        instance: str,
+        workspace: str,
+        incident: str,
+        error: str,
+        *,
+        now: datetime,
+        base_delay: float = 60.0,
+        max_delay: float = 6 * 3600,
+    ) -> datetime:
+        """Count one more failure; the next try is ``now + min(max_delay, base_delay * 2**(attempts-1))``.
+
+        Returns that next-try time.
+        """
+        key = (instance, workspace, incident)
+        async with self._write() as db:
+            rows = await db.execute_fetchall(f"SELECT attempts FROM failures WHERE {_BY_INCIDENT}", key)
+            attempts = (int(next(iter(rows))["attempts"]) if rows else 0) + 1
+            # The exponent is capped so a long-failing incident cannot overflow the float.
+            delay = min(max_delay, base_delay * 2.0 ** min(attempts - 1, 64))
+            next_try = now + timedelta(seconds=delay)
+            await db.execute(
+                f"INSERT OR REPLACE INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, error[:ERROR_TEXT_MAX], attempts, _ts(next_try), _ts(now)),
+            )
+        return next_try
+
+    async def clear_failure(self, instance: str, workspace: str, incident: str) -> None:
+        """Forget the failures of one incident."""
+        async with self._write() as db:
+            await db.execute(f"DELETE FROM failures WHERE {_BY_INCIDENT}", (instance, workspace, incident))
+
+    async def failures(self, instance: str | None = None, workspace: str | None = None) -> list[Failure]:
+        """Every failure row, optionally only of one instance and/or workspace, soonest retry first."""
+        where: list[str] = []
+        params: list[str] = []
+        for col, value in (("instance", instance), ("workspace", workspace)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._read(
+            f"SELECT {_FAILURE_COLUMNS} FROM failures{clause} ORDER BY next_try, incident", params
+        )
+        return [_failure_from_row(row) for row in rows]
+
+    async def due_failures(self, instance: str, workspace: str, now: datetime) -> list[Failure]:
+        """Failures of a workspace whose next try is due (``next_try <= now``)."""
+        rows = await self._read(
+            f"SELECT {_FAILURE_COLUMNS} FROM failures WHERE instance = ? AND workspace = ? AND next_try <= ? "
+            "ORDER BY next_try, incident",
+            (instance, workspace, _ts(now)),
+        )
+        return [_failure_from_row(row) for row in rows]
+
+    async def blocked(self, instance: str, workspace: str, now: datetime) -> set[str]:
+        """Incidents still backing off (``next_try > now``): the engine skips them this cycle."""
+        rows = await self._read(
+            "SELECT incident FROM failures WHERE instance = ? AND workspace = ? AND next_try > ?",
+            (instance, workspace, _ts(now)),
+        )
+        return {row["incident"] for row in rows}
+
+    # --- history --------------------------------------------------------------------------------
+
+    async def conflicts(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent logged conflicts, newest first."""
+        rows = await self._read(
+            "SELECT at, instance, workspace, incident, field, sentinel, servicenow, winner "
+            "FROM conflict_log ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [{**dict(row), "at": _dt_req(row["at"])} for row in rows]
+
+    async def record_cycle(
+        self,
+        instance: str,
+        workspace: str,
+        *,
+        started: datetime,
+        finished: datetime,
+        ok: bool,
+        summary: Mapping[str, Any],
+    ) -> None:
+        """Record one finished cycle; old cycles beyond :data:`CYCLES_KEPT` are pruned."""
+        body = orjson.dumps(summary, default=_json_default).decode()
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO cycles (instance, workspace, started, finished, ok, summary) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (instance, workspace, _ts(started), _ts(finished), int(ok), body),
+            )
+            await db.execute(
+                """
+                DELETE FROM cycles WHERE instance = :i AND workspace = :w
+                AND id NOT IN (SELECT id FROM cycles WHERE instance = :i AND workspace = :w
+                               ORDER BY id DESC LIMIT :keep)
+                AND id != (SELECT coalesce(max(id), -1) FROM cycles
+                           WHERE instance = :i AND workspace = :w AND ok = 1)
+                """,
+                {"i": instance, "w": workspace, "keep": CYCLES_KEPT},
+            )
+
+    async def last_cycle(self, instance: str, workspace: str) -> dict[str, Any] | None:
+        """The last recorded cycle as ``{"started", "finished", "ok", "summary"}``, or None."""
+        rows = await self._read(
+            "SELECT started, finished, ok, summary FROM cycles WHERE instance = ? AND workspace = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (instance, workspace),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return {
+            "started": _dt_req(row["started"]),
+            "finished": _dt_req(row["finished"]),
+            "ok": bool(row["ok"]),
+            "summary": orjson.loads(row["summary"]),
+        }
+
+    async def last_ok_cycle(self, instance: str, workspace: str) -> datetime | None:
+        """When the last successful cycle *finished*, or None if there never was one."""
+        rows = await self._read(
+            "SELECT finished FROM cycles WHERE instance = ? AND workspace = ? AND ok = 1 "
+            "ORDER BY id DESC LIMIT 1",
+            (instance, workspace),
+        )
+        return _dt_req(rows[0]["finished"]) if rows else None
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            return list(await self._db.execute_fetchall(sql, params))
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One short write transaction; rolled back on any error, including cancellation."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                await self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+
+
+# --- module helpers -----------------------------------------------------------------------------
+
+
+async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
+    if not rows:
+        await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+        version = 0
+    else:
+        version = int(rows[0]["version"])
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            [
+                f"state database {path}: schema version {version} is newer than this agent supports "
+                f"({SCHEMA_VERSION}); run a newer agent or point it at another state file"
+            ]
+        )
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        # executescript runs the whole script; the explicit BEGIN makes it one transaction.
+        script = (
+            f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]}\n"
+            f"UPDATE schema_version SET version = {number};\nCOMMIT;"
+        )
+        try:
+            await db.executescript(script)
+        except BaseException:
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            raise
+
+
+def _create_private(path: Path) -> None:
+    # SQLite creates the -wal and -shm files with the main file's permission bits, so creating the
+    # main file 0600 before SQLite touches it keeps all three private (umask can only remove bits).
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+
+
+def _chmod_private(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
+def _chunks(names: Iterable[str]) -> Iterable[list[str]]:
+    unique = list(dict.fromkeys(names))
+    for i in range(0, len(unique), CHUNK):
+        yield unique[i : i + CHUNK]
+
+
+def _check_side(side: str) -> None:
+    if side not in SIDES:
+        raise ValueError(f"side must be 'sentinel' or 'servicenow': {side!r}")
+
+
+def _ts(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the shadow stores only aware (UTC) times")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ts_opt(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _dt_req(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else list(obj)
+    return str(obj)
+
+
+def _link_row(link: Link) -> tuple[Any, ...]:
+    return (
+        link.instance,
+        link.workspace,
+        link.incident,
+        link.sys_id,
+        link.number,
+        orjson.dumps({k: [s, n] for k, (s, n) in link.fields.items()}).decode(),
+        link.sentinel_etag,
+        link.snow_mod_count,
+        int(link.open),
+        orjson.dumps(sorted(link.alerts_posted)).decode(),
+        orjson.dumps(sorted(link.entities_posted)).decode(),
+        _ts_opt(link.created_at),
+        _ts_opt(link.enrich_after),
+        orjson.dumps(dict(link.extra)).decode(),
+    )
+
+
+def _link_from_row(row: sqlite3.Row) -> Link:
+    pairs = orjson.loads(row["fields"])
+    return Link(
+        instance=row["instance"],
+        workspace=row["workspace"],
+        incident=row["incident"],
+        sys_id=row["sys_id"],
+        number=row["number"],
+        fields={k: (str(v[0]), str(v[1])) for k, v in pairs.items()},
+        sentinel_etag=row["sentinel_etag"],
+        snow_mod_count=row["snow_mod_count"],
+        open=bool(row["open"]),
+        alerts_posted=frozenset(orjson.loads(row["alerts_posted"])),
+        entities_posted=frozenset(orjson.loads(row["entities_posted"])),
+        created_at=_dt(row["created_at"]),
+        enrich_after=_dt(row["enrich_after"]),
+        extra={str(k): str(v) for k, v in orjson.loads(row["extra"]).items()},
+    )
+
+
+def _comment_row(c: CommentLink) -> tuple[Any, ...]:
+    if c.direction not in ("to_snow", "to_sentinel"):
+        raise ValueError(f"comment link direction must be 'to_snow' or 'to_sentinel': {c.direction!r}")
+    return (
+        c.instance,
+        c.workspace,
+        c.incident,
+        c.sentinel_comment,
+        c.journal_sys_id,
+        c.direction,
+        _ts(c.created_at),
+    )
+
+
+def _failure_from_row(row: sqlite3.Row) -> Failure:
+    return Failure(
+        instance=row["instance"],
+        workspace=row["workspace"],
+        incident=row["incident"],
+        error=row["error"],
+        attempts=int(row["attempts"]),
+        next_try=_dt_req(row["next_try"]),
+        last_at=_dt_req(row["last_at"]),
+    )

@@ -514,47 +514,78 @@ async def test_closed_client_refuses_requests(tls: TLSMaterial) -> None:
         await http.request("GET", "https://127.0.0.1:1/r")
 
 
-async def test_https_proxy_from_the_environment_is_used(
-    tls: TLSMaterial, serve: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    tunnels: list[str] = []
+class ConnectProxy:
+    """A tiny HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opened."""
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
 
-    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def __aenter__(self) -> ConnectProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request_line = (await reader.readline()).decode()
         while (await reader.readline()) not in (b"\r\n", b""):
             pass
         method, target, _ = request_line.split(" ", 2)
-        tunnels.append(f"{method} {target}")
+        self.tunnels.append(f"{method} {target}")
         host, port = target.rsplit(":", 1)
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
-    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-    proxy_port = proxy_server.sockets[0].getsockname()[1]
-    srv = await serve(sequence(ok({"via": "proxy"})))
-    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_port}")
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+def use_proxy(monkeypatch: pytest.MonkeyPatch, url: str, no_proxy: str | None = None) -> None:
+    """Point HTTPS_PROXY at ``url`` with a clean proxy environment otherwise."""
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    if no_proxy is not None:
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+
+
+async def test_https_proxy_from_the_environment_is_used(
+    tls: TLSMaterial, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = await serve(sequence(ok({"via": "proxy"})))
+    async with ConnectProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url)
         async with client(tls) as http:
             resp = await http.request("GET", srv.url)
-    finally:
-        proxy_server.close()
-        await proxy_server.wait_closed()
     assert resp.body == {"via": "proxy"}
-    assert tunnels == [f"CONNECT 127.0.0.1:{srv.server.port}"]
+    assert proxy.tunnels == [f"CONNECT 127.0.0.1:{srv.server.port}"]
+
+
+async def test_no_proxy_bypasses_the_proxy(
+    tls: TLSMaterial, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = await serve(sequence(ok()))
+    async with ConnectProxy() as proxy:
+        use_proxy(monkeypatch, proxy.url, no_proxy="127.0.0.1,localhost")
+        async with client(tls) as http:
+            await http.request("GET", srv.url)
+    assert proxy.tunnels == [] and len(srv.requests) == 1
 
 
 # --- redaction ------------------------------------------------------------------------------

@@ -1,0 +1,413 @@
+"""Auth providers for :class:`agent.http.HttpClient`: Entra ID (ARM) and ServiceNow.
+
+* :class:`EntraAuth`: client credentials through msal (secret or certificate), cached and
+  refreshed ahead of expiry; msal is synchronous, so it runs in a worker thread behind one
+  lock (one token request in flight, however many requests wait for it).
+* :class:`ServiceNowBasicAuth`: HTTP Basic for the integration account.
+* :class:`ServiceNowOAuth`: the password grant at ``<instance>/oauth_token.do``, refreshed with
+  the refresh token ahead of expiry and falling back to the password grant (REFERENCE C.7).
+
+Every secret and every issued token is registered with :func:`agent.log.register_secret`, and
+error texts carry only the remote's error code and the first line of its description.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.errors import AuthError, ConfigError, PermanentError, TransientError
+from agent.http import HttpClient, error_details, redact_url
+from agent.log import log, register_secret
+from agent.retry import RetryPolicy
+
+_CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+_KEY_BLOCK = re.compile(rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----.+?-----END \1-----", re.S)
+_AADSTS = re.compile(r"AADSTS\d+")
+
+
+class _Token:
+    __slots__ = ("expires_at", "value")
+
+    def __init__(self, value: str, expires_at: float) -> None:
+        self.value = value
+        self.expires_at = expires_at
+
+
+# --- Entra ----------------------------------------------------------------------------------
+
+
+def load_certificate(path: str | Path) -> dict[str, str]:
+    """msal's certificate credential from one PEM file holding the private key and certificate.
+
+    Returns ``{"private_key", "thumbprint" (SHA-1 hex of the DER certificate),
+    "public_certificate"}``; the certificate is sent as ``x5c`` so the tenant can accept
+    subject-name/issuer authentication. Raises :class:`ConfigError` on a missing or odd file.
+    """
+    where = "[oauth] certificate_file"
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {path}: {exc.strerror or exc}"]) from None
+    cert = _CERT_BLOCK.search(pem)
+    key = _KEY_BLOCK.search(pem)
+    if cert is None or key is None:
+        raise ConfigError([f"{where}: {path} must hold a PEM private key and a PEM certificate"])
+    try:
+        der = ssl.PEM_cert_to_DER_cert(cert.group(0).decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError([f"{where}: the certificate in {path} is not valid PEM"]) from None
+    return {
+        "private_key": key.group(0).decode("ascii"),
+        "thumbprint": hashlib.sha1(der).hexdigest(),  # msal's x5t: SHA-1 by protocol, not for security
+        "public_certificate": cert.group(0).decode("ascii"),
+    }
+
+
+def _environment_proxies() -> dict[str, str]:
+    """``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` as requests wants them (``no`` dropped)."""
+    return {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https", "all")}
+
+
+class _MsalHttp:
+    """The ``http_client`` handed to msal: a requests session with our CA, proxy and timeout.
+
+    ``trust_env`` is off because ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment
+    would override ``verify`` (REFERENCE B.3); the proxy settings are therefore read from the
+    environment here, ``NO_PROXY`` included.
+    """
+
+    def __init__(self, verify: str | bool, timeout: float) -> None:
+        import requests  # msal's own dependency
+
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.verify = verify
+        self.session.proxies = _environment_proxies()
+        self.timeout = timeout
+
+    def _kwargs(self, url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        host = urlsplit(url).hostname or ""
+        if self.session.proxies and urllib.request.proxy_bypass(host):
+            # A None value removes the session's proxy for this request (requests.merge_setting).
+            kwargs["proxies"] = dict.fromkeys(self.session.proxies)
+        return kwargs
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.session.post(url, **self._kwargs(url, kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.session.get(url, **self._kwargs(url, kwargs))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class EntraAuth:
+    """Bearer tokens for ARM from Entra ID (client credentials, msal).
+
+    Give either ``authority`` (``https://login.microsoftonline.com/<tenant>``) or ``tenant_id``
+    (+ ``authority_host``), and either ``scope`` or ``management_url``. Exactly one of
+    ``client_secret`` and ``certificate_file`` (PEM: private key + certificate).
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        authority: str | None = None,
+        tenant_id: str | None = None,
+        authority_host: str = "https://login.microsoftonline.com",
+        client_secret: str | None = None,
+        certificate_file: str | Path | None = None,
+        scope: str | None = None,
+        management_url: str = "https://management.azure.com",
+        ca_bundle: str | Path | None = None,
+        timeout: float = 30.0,
+        refresh_margin: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if authority is None:
+            if not tenant_id:
+                raise ValueError("EntraAuth needs authority or tenant_id")
+            authority = f"{authority_host.rstrip('/')}/{tenant_id}"
+        if (client_secret is None) == (certificate_file is None):
+            raise ValueError("EntraAuth needs exactly one of client_secret and certificate_file")
+        self.client_id = client_id
+        self.authority = authority.rstrip("/")
+        self.scope = scope or management_url.rstrip("/") + "/.default"
+        self.ca_bundle = str(ca_bundle) if ca_bundle else None
+        self.timeout = timeout
+        self.refresh_margin = refresh_margin
+        self.token_requests = 0
+        self._clock = clock
+        self._credential: str | dict[str, str]
+        if client_secret is not None:
+            register_secret(client_secret)
+            self._credential = client_secret
+        else:
+            assert certificate_file is not None
+            self._credential = load_certificate(certificate_file)
+            register_secret(self._credential["private_key"])
+        self._app: Any = None
+        self._http: _MsalHttp | None = None
+        self._token: _Token | None = None
+        self._lock = asyncio.Lock()
+
+    async def header(self, force_refresh: bool = False) -> dict[str, str]:
+        """``{"Authorization": "Bearer ..."}``; a cached token unless it is near expiry or forced."""
+        token = self._token
+        if not force_refresh and token is not None and self._fresh(token):
+            return {"Authorization": f"Bearer {token.value}"}
+        seen = token
+        async with self._lock:
+            # Single flight: whoever waited on the lock uses the token the holder just got.
+            token = self._token
+            if token is None or token is seen or not self._fresh(token):
+                token = await asyncio.to_thread(self._acquire)
+                self._token = token
+        return {"Authorization": f"Bearer {token.value}"}
+
+    def _fresh(self, token: _Token) -> bool:
+        return token.expires_at - self.refresh_margin > self._clock()
+
+    def _acquire(self) -> _Token:
+        """Runs in a worker thread: a new token from Entra, bypassing msal's cache."""
+        app = self._msal_app()
+        # Our cache decides when to refresh, so msal's own (wall-clock) cache must not answer.
+        app.remove_tokens_for_client()
+        self.token_requests += 1
+        started = self._clock()
+        try:
+            result = app.acquire_token_for_client(scopes=[self.scope])
+        except Exception as exc:
+            raise self._failure(exc, "POST") from None
+        if not isinstance(result, dict) or "access_token" not in result:
+            raise _entra_error(result)
+        value = str(result["access_token"])
+        register_secret(value)
+        expires_in = _seconds(result.get("expires_in"), default=3599.0)
+        log.info("entra_token", client_id=self.client_id, expires_in=int(expires_in))
+        return _Token(value, started + expires_in)
+
+    def _msal_app(self) -> Any:
+        # Built lazily: msal discovers the authority over the network in its constructor.
+        if self._app is None:
+            import msal
+
+            self._http = _MsalHttp(self.ca_bundle or True, self.timeout)
+            try:
+                self._app = msal.ConfidentialClientApplication(
+                    self.client_id,
+                    client_credential=self._credential,
+                    authority=self.authority,
+                    instance_discovery=False,
+                    http_client=self._http,
+                    timeout=self.timeout,
+                )
+            except Exception as exc:
+                self._http.close()
+                self._http = None
+                raise self._failure(exc, "GET") from None
+        return self._app
+
+    def _failure(self, exc: Exception, method: str) -> Exception:
+        """msal/requests exceptions -> ours: transient for network trouble and 5xx, else AuthError."""
+        import msal
+        import requests
+
+        where = redact_url(self.authority)
+        if isinstance(exc, requests.exceptions.SSLError):
+            detail = f"TLS verification failed for {where} (is the CA in [agent] ca_bundle?)"
+            return AuthError("entra", detail, code="TLSVerifyFailed")
+        if isinstance(exc, requests.exceptions.RequestException):
+            return TransientError("entra", method, where, _status_of(exc), type(exc).__name__)
+        if isinstance(exc, msal.exceptions.MsalServiceError):
+            # msal raises this for a 5xx from the token endpoint ("HTTP Error: 503").
+            found = re.search(r"\b([1-5]\d\d)\b", str(exc))
+            status = int(found.group(1)) if found else None
+            if status is None or status >= 500 or status == 429:
+                return TransientError("entra", method, where, status, "ServiceError")
+            return AuthError("entra", _first_line(str(exc)), code=f"HTTP {status}")
+        if isinstance(exc, ValueError):
+            # msal's "Unable to get authority configuration for ...": unknown tenant or host.
+            return AuthError("entra", _first_line(str(exc)), code="authority")
+        return exc
+
+    async def close(self) -> None:
+        """Close msal's HTTP session."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await asyncio.to_thread(http.close)
+        self._app = None
+
+
+def _entra_error(result: Any) -> AuthError:
+    """``{"error", "error_description", "error_codes"}`` -> AuthError with the AADSTS code."""
+    if not isinstance(result, Mapping):
+        return AuthError("entra", "no token in the response")
+    error = str(result.get("error") or "unknown_error")
+    description = _first_line(str(result.get("error_description") or ""))
+    codes = result.get("error_codes")
+    aadsts = _AADSTS.search(description)
+    code = (
+        aadsts.group(0) if aadsts else (f"AADSTS{codes[0]}" if isinstance(codes, list) and codes else error)
+    )
+    return AuthError("entra", f"{error}: {description}" if description else error, code=code)
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    return line[:300]
+
+
+def _seconds(value: Any, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _status_of(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+# --- ServiceNow -----------------------------------------------------------------------------
+
+
+class ServiceNowBasicAuth:
+    """HTTP Basic for the integration account (REFERENCE C.7)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        register_secret(password)
+        encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+        register_secret(encoded)
+        self._header = {"Authorization": f"Basic {encoded}"}
+
+    async def header(self, force_refresh: bool = False) -> dict[str, str]:
+        """The same header every time; a 401 after a refresh surfaces as an error."""
+        return dict(self._header)
+
+
+class ServiceNowOAuth:
+    """OAuth password grant at ``<instance>/oauth_token.do`` (REFERENCE C.7).
+
+    The access token is refreshed ``refresh_margin`` seconds before it expires with
+    ``grant_type=refresh_token``; if that fails (refresh token expired or revoked) the password
+    grant is used again. Token requests use ``http`` when given, else a short-lived client of
+    their own (tokens are fetched about twice an hour, so no session is kept open).
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_url: str,
+        client_id: str,
+        client_secret: str,
+        username: str,
+        password: str,
+        ca_bundle: str | Path | None = None,
+        http: HttpClient | None = None,
+        refresh_margin: float = 120.0,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        for value in (client_secret, password):
+            register_secret(value)
+        self.token_url = instance_url.rstrip("/") + "/oauth_token.do"
+        self.client_id = client_id
+        self.username = username
+        self.refresh_margin = refresh_margin
+        self.token_requests = 0
+        self._client_secret = client_secret
+        self._password = password
+        self._ca_bundle = ca_bundle
+        self._http = http
+        self._retry = retry
+        self._clock = clock
+        self._token: _Token | None = None
+        self._refresh: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def header(self, force_refresh: bool = False) -> dict[str, str]:
+        """``{"Authorization": "Bearer ..."}``, refreshed ahead of expiry or when forced."""
+        token = self._token
+        if not force_refresh and token is not None and self._fresh(token):
+            return {"Authorization": f"Bearer {token.value}"}
+        seen = token
+        async with self._lock:
+            token = self._token
+            if token is None or token is seen or not self._fresh(token):
+                token = await self._obtain()
+                self._token = token
+        return {"Authorization": f"Bearer {token.value}"}
+
+    def _fresh(self, token: _Token) -> bool:
+        return token.expires_at - self.refresh_margin > self._clock()
+
+    async def _obtain(self) -> _Token:
+        if self._refresh is not None:
+            try:
+                return await self._grant({"grant_type": "refresh_token", "refresh_token": self._refresh})
+            except AuthError as exc:
+                log.info("snow_oauth_refresh_failed", error=str(exc))
+                self._refresh = None
+        return await self._grant(
+            {"grant_type": "password", "username": self.username, "password": self._password}
+        )
+
+    async def _grant(self, form: dict[str, str]) -> _Token:
+        data = {**form, "client_id": self.client_id, "client_secret": self._client_secret}
+        started = self._clock()
+        self.token_requests += 1
+        try:
+            if self._http is not None:
+                body = await self._post(self._http, data)
+            else:
+                async with HttpClient("servicenow", ca_bundle=self._ca_bundle, retry=self._retry) as http:
+                    body = await self._post(http, data)
+        except PermanentError as exc:
+            code = exc.code or f"HTTP {exc.status}"
+            raise AuthError(
+                "servicenow", f"{code}: {exc.detail}" if exc.detail else code, code=exc.code
+            ) from None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            error = error_details(body)[0]
+            raise AuthError("servicenow", f"no access token ({error or 'invalid response'})", code=error)
+        register_secret(token)
+        refresh = body.get("refresh_token")
+        if isinstance(refresh, str) and refresh:
+            register_secret(refresh)
+            self._refresh = refresh
+        expires_in = _seconds(body.get("expires_in"), default=1799.0)
+        log.info("snow_oauth_token", grant=form["grant_type"], expires_in=int(expires_in))
+        return _Token(token, started + expires_in)
+
+    async def _post(self, http: HttpClient, data: dict[str, str]) -> Any:
+        resp = await http.request(
+            "POST",
+            self.token_url,
+            data=data,
+            authenticate=False,
+            sensitive=True,
+            idempotent=True,  # asking for another token twice is harmless
+            expected=(200,),
+        )
+        return resp.body
+
+    async def close(self) -> None:
+        """Nothing to close (token requests use short-lived sessions); for symmetry."""

@@ -68,12 +68,14 @@ class Q:
     """An immutable encoded query: AND-ed terms (each a condition or an OR chain) plus ordering.
 
     Combine with ``&`` (AND) and ``|`` (OR, only between single conditions or OR chains, since
-    ``^OR`` binds to its neighbours only). ``Q()`` is the empty query (all records).
+    ``^OR`` binds to its neighbours only); :meth:`either` ORs whole queries (``^NQ``).
+    ``Q()`` is the empty query (all records).
     """
 
     terms: tuple[str, ...] = ()
     orders: tuple[str, ...] = ()
     _or_chain: bool = False
+    _groups: bool = False
 
     # -- conditions --
 
@@ -146,11 +148,32 @@ class Q:
 
     # -- combination --
 
+    @classmethod
+    def either(cls, *queries: Q) -> Q:
+        """``a^NQb``: records matching any of the queries (each a full AND of conditions).
+
+        The result can only be ordered, not combined further: ``^NQ`` binds loosest, so an
+        ``&`` appended afterwards would apply to the last group only.
+        """
+        groups: list[str] = []
+        for q in queries:
+            if not q.terms or q.orders:
+                raise ValueError("Q.either needs non-empty queries without ordering")
+            groups.append("^".join(q.terms) if not q._groups else q.terms[0])
+        if not groups:
+            raise ValueError("Q.either needs at least one query")
+        if len(groups) == 1:
+            return queries[0]
+        return cls(("^NQ".join(groups),), (), False, True)
+
     def __and__(self, other: Q) -> Q:
         if not isinstance(other, Q):
             return NotImplemented
+        if (self._groups and other.terms) or (other._groups and self.terms):
+            raise ValueError("a Q.either query cannot be AND-ed further (^NQ binds loosest)")
         terms = self.terms + other.terms
-        return Q(terms, self.orders + other.orders, len(terms) == 1 and (self._or_chain or other._or_chain))
+        single = len(terms) == 1 and (self._or_chain or other._or_chain)
+        return Q(terms, self.orders + other.orders, single, self._groups or other._groups)
 
     def __or__(self, other: Q) -> Q:
         if not isinstance(other, Q):
@@ -163,7 +186,7 @@ class Q:
     def order_by(self, field: str, desc: bool = False) -> Q:
         """A copy that also sorts by ``field`` (after any earlier ordering)."""
         order = f"ORDERBY{'DESC' if desc else ''}{field_name(field)}"
-        return Q(self.terms, (*self.orders, order), self._or_chain)
+        return Q(self.terms, (*self.orders, order), self._or_chain, self._groups)
 
     @property
     def encoded(self) -> str:

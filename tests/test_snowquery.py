@@ -130,3 +130,29 @@ def test_any_value_round_trips_as_exactly_one_condition(value: str, other: str) 
         ("description", "LIKE", other),
     ]
     assert [(k.field, k.descending) for k in parsed.order] == [("sys_id", False)]
+
+
+def test_either_builds_new_query_groups() -> None:
+    a = Q.eq("active", True) & Q.gt("sys_updated_on", datetime(2024, 1, 1, tzinfo=UTC))
+    b = Q.eq("active", True) & Q.eq("sys_updated_on", datetime(2024, 1, 1, tzinfo=UTC)) & Q.gt("sys_id", "ab")
+    q = Q.either(a, b).order_by("sys_updated_on").order_by("sys_id")
+    assert str(q) == (
+        "active=true^sys_updated_on>2024-01-01 00:00:00^NQactive=true^sys_updated_on=2024-01-01 00:00:00"
+        "^sys_id>ab^ORDERBYsys_updated_on^ORDERBYsys_id"
+    )
+    parsed = parse(str(q))
+    assert len(parsed.groups) == 2 and len(parsed.order) == 2
+    assert str(Q.either(Q.either(Q.eq("a", "1"), Q.eq("b", "2")), Q.eq("c", "3"))) == "a=1^NQb=2^NQc=3"
+    assert Q.either(a) == a
+    with pytest.raises(ValueError, match="AND-ed"):
+        _ = Q.either(a, b) & Q.eq("x", "1")
+    with pytest.raises(ValueError, match="AND-ed"):
+        _ = Q.eq("x", "1") & Q.either(a, b)
+    with pytest.raises(ValueError, match="non-empty"):
+        Q.either(a, Q())
+    with pytest.raises(ValueError, match="non-empty"):
+        Q.either(a, b.order_by("sys_id"))
+    with pytest.raises(ValueError, match="at least one"):
+        Q.either()
+    with pytest.raises(ValueError, match="single conditions"):
+        _ = Q.either(Q.eq("a", "1"), Q.eq("b", "2")) | Q.eq("c", "3")

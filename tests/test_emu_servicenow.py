@@ -848,6 +848,8 @@ async def test_close_data_policy_rejects_and_stores_nothing(env: Env) -> None:
     post = await env.call("POST", "/api/now/table/incident", json={"short_description": "x", "state": "6"})
     assert (post.status, post.body) == (403, DATA_POLICY)
     assert len(env.emu.tables["incident"]) == 1
+    after = await env.call("POST", "/api/now/table/incident", json={"short_description": "y"})
+    assert after.body["result"]["number"] == "INC0010002"  # the rejected insert used no number
     ok = await env.call(
         "PATCH", path, json={"state": "6", "close_code": "Duplicate", "close_notes": "dup of INC1"}
     )

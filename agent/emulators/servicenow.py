@@ -523,6 +523,10 @@ class ServiceNowEmulator:
             return current  # the platform skips a no-op update (REFERENCE C.9)
         if policy and self.close_data_policy and table == "incident":
             self._check_close_policy(new)
+        if current is None and table == "incident":
+            # Numbered only once the insert is accepted, so a rejected POST leaves no gap.
+            new["number"] = f"INC{self._next_number:07d}"
+            self._next_number += 1
         if current is not None and "sys_mod_count" in schema:
             new["sys_mod_count"] = str(int(current["sys_mod_count"] or "0") + 1)
             new["sys_updated_on"] = format_snow_time(now)
@@ -547,8 +551,6 @@ class ServiceNowEmulator:
         if "sys_mod_count" in new:
             new.update(sys_mod_count="0", sys_updated_on=stamp, sys_updated_by=by)
         if table == "incident":
-            new["number"] = f"INC{self._next_number:07d}"
-            self._next_number += 1
             new["opened_at"] = new["opened_at"] or stamp
             new["opened_by"] = new["opened_by"] or self._actor_sys_id(by)
 

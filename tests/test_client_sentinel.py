@@ -1,0 +1,452 @@
+"""The Sentinel client against the emulator stack (Entra + Sentinel over TLS, real tokens)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.auth import EntraAuth
+from agent.emulators.sentinel import SentinelWorkspace
+from agent.emulators.stack import EmulatorStack
+from agent.errors import Conflict, Forbidden, NotFound, PermanentError
+from agent.http import HttpClient
+from agent.log import log
+from agent.models import Owner, parse_arm_time
+from agent.retry import RetryPolicy
+from agent.sentinel import WRITABLE, SentinelClient, build_put_body, odata_string, parse_incident
+
+API_VERSION = "2025-09-01"
+ALICE = "alice@contoso.example"
+BOB = "bob@contoso.example"
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@dataclass
+class Env:
+    stack: EmulatorStack
+    ws: SentinelWorkspace
+    auth: EntraAuth
+    http: HttpClient
+    client: SentinelClient
+    sleeps: Sleeps
+
+    def calls(self, mark: int, system: str | None = None) -> list[tuple[str, int]]:
+        return [(c.route, c.status) for c in self.stack.recorder.since(mark) if system in (None, c.system)]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with EmulatorStack(seed=7, directory=tmp_path) as stack:
+        ws = stack.add_workspace("soc-eu")
+        auth = EntraAuth(
+            tenant_id=stack.tenant,
+            client_id=stack.client_id,
+            client_secret=stack.client_secret,
+            authority_host=stack.entra_url,
+            ca_bundle=stack.tls.ca_file,
+        )
+        sleeps = Sleeps()
+        http = HttpClient(
+            "sentinel",
+            auth=auth,
+            ca_bundle=stack.tls.ca_file,
+            sleep=sleeps,
+            retry=RetryPolicy(attempts=4, total=600.0),
+        )
+        client = SentinelClient(http, stack.sentinel_url, API_VERSION, *stack.workspace_key("soc-eu"))
+        try:
+            yield Env(stack, ws, auth, http, client, sleeps)
+        finally:
+            await http.close()
+            await auth.close()
+
+
+@pytest.fixture
+def records() -> Iterator[list[dict[str, Any]]]:
+    captured: list[dict[str, Any]] = []
+    log.sinks.append(captured.append)
+    yield captured
+    log.sinks.remove(captured.append)
+
+
+def at(env: Env) -> datetime:
+    return datetime.fromtimestamp(env.stack.clock.time(), UTC)
+
+
+# --- listing --------------------------------------------------------------------------------
+
+
+async def test_list_pages_follow_next_link_without_gaps(env: Env) -> None:
+    wanted = {env.ws.create_incident(title=f"inc {i}", labels=["snow"])["name"] for i in range(23)}
+    for i in range(3):
+        env.ws.create_incident(title=f"unlabelled {i}", labels=["other"])
+    mark = env.stack.recorder.mark()
+    got = [i async for i in env.client.list_incidents(label="snow", page_size=5)]
+    assert {i.name for i in got} == wanted and len(got) == 23
+    assert [i.modified for i in got] == sorted(i.modified for i in got)
+    lists = [c for c in env.calls(mark, "sentinel") if c[0] == "incidents.list"]
+    assert lists == [("incidents.list", 200)] * 5
+
+
+async def test_list_filters_by_modification_and_creation(env: Env) -> None:
+    old = [env.ws.create_incident(title=f"old {i}")["name"] for i in range(3)]
+    env.stack.clock.advance(600)
+    since = at(env)
+    env.ws.analyst_update(old[0], severity="High")
+    fresh = env.ws.create_incident(title="fresh")["name"]
+    modified = {i.name async for i in env.client.list_incidents(modified_since=since)}
+    assert modified == {old[0], fresh}
+    created = {i.name async for i in env.client.list_incidents(created_since=since)}
+    assert created == {fresh}
+    inclusive = env.ws.incidents[fresh]["properties"]["lastModifiedTimeUtc"]
+    same = {i.name async for i in env.client.list_incidents(modified_since=parse_arm_time(inclusive))}
+    assert fresh in same
+
+
+async def test_list_rejects_naive_times_and_bad_page_sizes(env: Env) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        _ = [i async for i in env.client.list_incidents(modified_since=datetime(2024, 1, 1))]
+    with pytest.raises(ValueError, match="page_size"):
+        _ = [i async for i in env.client.list_incidents(page_size=1001)]
+
+
+async def test_label_quotes_cannot_change_the_filter(env: Env) -> None:
+    quoted = env.ws.create_incident(title="quoted", labels=["it's"])["name"]
+    high = [
+        env.ws.create_incident(title=f"high {i}", severity="High", labels=["snow"])["name"] for i in range(3)
+    ]
+    assert [i.name async for i in env.client.list_incidents(label="it's")] == [quoted]
+
+    evil = "nomatch') or properties/severity eq ('High"
+    assert [i async for i in env.client.list_incidents(label=evil)] == []
+    # Unescaped, the same label closes the literal early and matches every High incident.
+    raw = f"properties/labels/any(l: l/labelName eq '{evil}')"
+    resp = await env.http.request(
+        "GET", env.client.base_url + "/incidents", params={"api-version": API_VERSION, "$filter": raw}
+    )
+    assert {i["name"] for i in resp.body["value"]} == set(high)
+
+
+def test_odata_string() -> None:
+    assert odata_string("a'b''c") == "'a''b''''c'"
+    with pytest.raises(ValueError, match="control"):
+        odata_string("a\nb")
+
+
+async def test_unparsable_incident_is_skipped_in_listings(env: Env, records: list[dict[str, Any]]) -> None:
+    good = env.ws.create_incident(title="good")["name"]
+    bad = env.ws.create_incident(title="bad")["name"]
+    del env.ws.incidents[bad]["properties"]["createdTimeUtc"]
+    env.ws.incidents[bad]["properties"]["lastModifiedTimeUtc"] = "not a time"
+    got = [i.name async for i in env.client.list_incidents()]
+    assert got == [good] and env.client.skipped == 1
+    assert any(r["event"] == "sentinel_incident_skipped" and bad in r["error"] for r in records)
+    with pytest.raises(PermanentError, match=bad):
+        await env.client.get_incident(bad)
+
+
+def test_next_link_must_stay_on_the_arm_host(env: Env) -> None:
+    with pytest.raises(PermanentError, match="UntrustedNextLink"):
+        env.client._next_link("https://elsewhere.example/x?$skipToken=a", env.client.base_url)
+    url = env.client._next_link(
+        env.stack.sentinel_url + "/p?$filter=a eq 'b c'&$skipToken=eyJ9", env.client.base_url
+    )
+    assert url.raw_query_string == "$filter=a%20eq%20'b%20c'&$skipToken=eyJ9"
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+async def test_get_incident_parses_every_field(env: Env) -> None:
+    raw = env.ws.create_incident(
+        title="Suspicious sign-in",
+        severity="High",
+        description="<p>details</p>",
+        owner_upn=ALICE,
+        labels=["snow", "vip"],
+    )
+    env.ws.add_alert(raw["name"], display_name="Impossible travel")
+    env.ws.analyst_comment(raw["name"], "looking", author_upn=BOB)
+    inc = await env.client.get_incident(raw["name"])
+    stored = env.ws.incidents[raw["name"]]
+    assert (inc.name, inc.id, inc.etag) == (raw["name"], raw["id"], stored["etag"])
+    assert (inc.title, inc.severity, inc.status, inc.description) == (
+        "Suspicious sign-in",
+        "High",
+        "New",
+        "<p>details</p>",
+    )
+    assert inc.owner.upn == ALICE and inc.owner.object_id and inc.owner.key == ALICE
+    assert inc.labels == ("snow", "vip")
+    assert inc.number == stored["properties"]["incidentNumber"] and inc.number > 0
+    assert inc.alerts_count == 1 and inc.comments_count == 1
+    assert inc.modified == parse_arm_time(stored["properties"]["lastModifiedTimeUtc"])
+    assert inc.classification is None and inc.provider_name == "Azure Sentinel"
+    assert inc.raw == stored
+
+
+async def test_unknown_enum_values_pass_through(env: Env) -> None:
+    name = env.ws.create_incident(title="new enums")["name"]
+    env.ws.analyst_update(name, severity="Critical", status="Investigating", owner_upn=None)
+    inc = await env.client.get_incident(name)
+    assert (inc.severity, inc.status, inc.owner) == ("Critical", "Investigating", Owner())
+
+
+async def test_get_missing_incident_is_not_found(env: Env) -> None:
+    with pytest.raises(NotFound) as info:
+        await env.client.get_incident("7c3e7d8a-0000-4000-8000-000000000000")
+    assert info.value.code == "NotFound"
+    with pytest.raises(ValueError, match="path segment"):
+        await env.client.get_incident("../../x")
+
+
+def test_parse_incident_minimal_and_hopeless() -> None:
+    inc = parse_incident(
+        {"name": "n1", "properties": {"createdTimeUtc": "2024-01-01T00:00:00Z", "owner": None}}
+    )
+    assert (inc.title, inc.etag, inc.number, inc.alerts_count, inc.owner) == ("", "", 0, 0, Owner())
+    assert inc.modified == inc.created and inc.labels == () and inc.provider_incident_url is None
+    for hopeless in (None, [], {"name": "n2"}, {"properties": {}}, {"name": "n3", "properties": {}}):
+        with pytest.raises(PermanentError, match="InvalidIncident"):
+            parse_incident(hopeless)
+
+
+# --- updating -------------------------------------------------------------------------------
+
+
+async def test_full_put_keeps_owner_labels_description(env: Env) -> None:
+    name = env.ws.create_incident(
+        title="keep me", description="full text", owner_upn=ALICE, labels=["snow"], severity="Low"
+    )["name"]
+    env.ws.incidents[name]["properties"]["labels"].append({"labelName": "auto", "labelType": "AutoAssigned"})
+    first_activity = env.ws.incidents[name]["properties"]["firstActivityTimeUtc"]
+    current = await env.client.get_incident(name)
+    updated = await env.client.update_incident(current, {"severity": "High"})
+    stored = env.ws.incidents[name]["properties"]
+    assert updated.severity == "High" and stored["severity"] == "High"
+    assert stored["description"] == "full text" and updated.description == "full text"
+    assert stored["owner"]["userPrincipalName"] == ALICE and updated.owner.upn == ALICE
+    assert [lbl["labelName"] for lbl in stored["labels"]] == ["snow", "auto"]
+    # labelType is read-only (A.4): the emulator stores what it likes, the body kept the type.
+    assert build_put_body(current, {"severity": "High"})["properties"]["labels"] == [
+        {"labelName": "snow", "labelType": "User"},
+        {"labelName": "auto", "labelType": "AutoAssigned"},
+    ]
+    assert stored["firstActivityTimeUtc"] == first_activity
+    assert updated.etag == env.ws.incidents[name]["etag"] != current.etag
+
+
+async def test_labels_owner_and_unassign(env: Env) -> None:
+    name = env.ws.create_incident(title="labels", owner_upn=ALICE, labels=["snow"])["name"]
+    env.ws.incidents[name]["properties"]["labels"].append({"labelName": "auto", "labelType": "AutoAssigned"})
+    inc = await env.client.get_incident(name)
+    inc = await env.client.update_incident(
+        inc, {"labels": ["snow", "INC0010001", "snow"], "owner": {"userPrincipalName": BOB, "objectId": None}}
+    )
+    assert inc.labels == ("snow", "INC0010001", "auto")
+    assert inc.owner.upn == BOB and inc.owner.email == BOB and inc.owner.object_id
+    # The emulator treats labelType as read-only and stores "User"; the real service keeps the
+    # type of labels its automation added, which is what the next update reads back.
+    env.ws.incidents[name]["properties"]["labels"][2]["labelType"] = "AutoAssigned"
+    inc = await env.client.get_incident(name)
+    inc = await env.client.update_incident(inc, {"owner": None, "labels": []})
+    assert inc.owner == Owner(owner_type=inc.owner.owner_type) and inc.owner.key == ""
+    assert inc.labels == ("auto",)  # AutoAssigned labels are never removed
+
+
+async def test_close_then_reopen_clears_the_classification(env: Env) -> None:
+    name = env.ws.create_incident(title="close me")["name"]
+    inc = await env.client.get_incident(name)
+    inc = await env.client.update_incident(
+        inc,
+        {
+            "status": "Closed",
+            "classification": "TruePositive",
+            "classificationReason": "SuspiciousActivity",
+            "classificationComment": "confirmed",
+        },
+    )
+    assert (inc.status, inc.classification, inc.classification_reason) == (
+        "Closed",
+        "TruePositive",
+        "SuspiciousActivity",
+    )
+    inc = await env.client.update_incident(inc, {"status": "Active"})
+    assert inc.status == "Active"
+    assert (inc.classification, inc.classification_reason, inc.classification_comment) == (None, None, None)
+
+
+def test_put_body_shape(env: Env) -> None:
+    raw = env.ws.create_incident(title="body", owner_upn=ALICE, labels=["snow"])
+    current = parse_incident(raw)
+    body = build_put_body(current, {"title": "renamed"})
+    assert body["etag"] == raw["etag"]
+    props = body["properties"]
+    assert set(props) <= set(WRITABLE)
+    assert props["title"] == "renamed" and props["owner"] == {
+        "objectId": raw["properties"]["owner"]["objectId"]
+    }
+    assert "incidentNumber" not in props and "createdTimeUtc" not in props
+    with pytest.raises(ValueError, match="not writable"):
+        build_put_body(current, {"incidentNumber": 5})
+    with pytest.raises(TypeError, match="label names"):
+        build_put_body(current, {"labels": "snow"})
+    assert build_put_body(current, {"owner": BOB})["properties"]["owner"] == {
+        "userPrincipalName": BOB,
+        "objectId": None,
+    }
+
+
+async def test_stale_etag_surfaces_as_conflict_without_retry(env: Env) -> None:
+    name = env.ws.create_incident(title="race")["name"]
+    current = await env.client.get_incident(name)
+    env.ws.race_next_put(name)
+    mark = env.stack.recorder.mark()
+    with pytest.raises(Conflict) as info:
+        await env.client.update_incident(current, {"severity": "High"})
+    assert info.value.status == 409 and "Newer version" in (info.value.detail or "")
+    assert [c for c in env.calls(mark) if c[0] == "incidents.put"] == [("incidents.put", 409)]
+    fresh = await env.client.get_incident(name)
+    assert (await env.client.update_incident(fresh, {"severity": "High"})).severity == "High"
+
+
+async def test_reader_role_is_forbidden_to_write(env: Env) -> None:
+    name = env.ws.create_incident(title="ro")["name"]
+    env.stack.sentinel.set_role(env.stack.client_id, "Reader")
+    inc = await env.client.get_incident(name)
+    with pytest.raises(Forbidden) as info:
+        await env.client.update_incident(inc, {"severity": "High"})
+    assert info.value.code == "AuthorizationFailed"
+
+
+# --- comments, alerts, entities -------------------------------------------------------------
+
+
+async def test_put_comment_is_idempotent_by_id_and_retried(env: Env) -> None:
+    name = env.ws.create_incident(title="comments")["name"]
+    comment_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    env.stack.sentinel.faults.once("comments.put", 500)
+    mark = env.stack.recorder.mark()
+    first = await env.client.put_comment(name, comment_id, "from ServiceNow")
+    again = await env.client.put_comment(name, comment_id, "from ServiceNow")
+    puts = [c for c in env.calls(mark) if c[0] == "comments.put"]
+    assert puts == [("comments.put", 500), ("comments.put", 201), ("comments.put", 200)]
+    assert first.name == again.name == comment_id and first.message == "from ServiceNow"
+    assert first.author_object_id == env.stack.app_object_id
+    assert len(env.ws.comments(name)) == 1
+    with pytest.raises(ValueError, match="30000"):
+        await env.client.put_comment(name, comment_id, "x" * 30_001)
+
+
+async def test_list_comments_pages(env: Env) -> None:
+    name = env.ws.create_incident(title="chatty")["name"]
+    for i in range(60):
+        env.ws.analyst_comment(name, f"comment {i}", author_upn=ALICE)
+    mark = env.stack.recorder.mark()
+    comments = await env.client.list_comments(name)
+    assert [c.message for c in comments] == [f"comment {i}" for i in range(60)]
+    assert comments[0].author_upn == ALICE and comments[0].author_name == "Alice Analyst"
+    assert [c for c in env.calls(mark) if c[0] == "comments.list"] == [("comments.list", 200)] * 2
+
+
+async def test_alerts_and_entities(env: Env) -> None:
+    name = env.ws.create_incident(title="enriched")["name"]
+    env.ws.add_alert(name, display_name="Malware detected", severity="High", product="Microsoft Defender XDR")
+    env.ws.add_entity(name, kind="Host", friendly_name="web-01", hostName="web-01")
+    env.ws.add_entity(name, kind="Ip", friendly_name="10.0.0.1", address="10.0.0.1")
+    alerts = await env.client.list_alerts(name)
+    assert [(a.display_name, a.severity, a.product_name, a.status) for a in alerts] == [
+        ("Malware detected", "High", "Microsoft Defender XDR", "New")
+    ]
+    assert alerts[0].time_generated is not None
+    entities = await env.client.list_entities(name)
+    assert [(e.kind, e.friendly_name) for e in entities] == [("Host", "web-01"), ("Ip", "10.0.0.1")]
+
+
+# --- links ----------------------------------------------------------------------------------
+
+
+async def test_portal_and_defender_links(env: Env) -> None:
+    raw = env.ws.create_incident(title="links")
+    inc = parse_incident(raw)
+    assert env.client.portal_url(inc) == raw["properties"]["incidentUrl"]
+    bare = parse_incident({**raw, "properties": {**raw["properties"], "incidentUrl": None}})
+    assert env.client.portal_url(bare) == (
+        "https://portal.azure.com/#asset/Microsoft_Azure_Security_Insights/Incident" + raw["id"]
+    )
+    assert env.client.defender_url(inc) is None
+    xdr = parse_incident({**raw, "properties": {**raw["properties"], "providerName": "Microsoft XDR"}})
+    assert (
+        env.client.defender_url(xdr) == f"https://security.microsoft.com/incidents/{inc.provider_incident_id}"
+    )
+
+
+# --- auth and throttling through the real stack ---------------------------------------------
+
+
+async def test_expired_token_gets_one_refresh(env: Env, records: list[dict[str, Any]]) -> None:
+    name = env.ws.create_incident(title="tokens")["name"]
+    await env.client.get_incident(name)
+    token = (await env.auth.header())["Authorization"].split(" ", 1)[1]
+    env.stack.clock.advance(3600)  # the emulators now consider the cached token expired
+    mark = env.stack.recorder.mark()
+    await env.client.get_incident(name)
+    assert env.calls(mark) == [("incidents.get", 401), ("token.v2", 200), ("incidents.get", 200)]
+    text = repr(records)
+    assert token not in text and env.stack.client_secret not in text
+
+
+async def test_revoked_tokens_surface_after_one_refresh(env: Env) -> None:
+    name = env.ws.create_incident(title="revoked")["name"]
+    await env.client.get_incident(name)
+    env.stack.sentinel.audience = "https://management.usgovcloudapi.net"  # every token is now wrong
+    mark = env.stack.recorder.mark()
+    with pytest.raises(PermanentError) as info:
+        await env.client.get_incident(name)
+    assert info.value.status == 401 and info.value.code == "InvalidAuthenticationToken"
+    assert env.calls(mark) == [("incidents.get", 401), ("token.v2", 200), ("incidents.get", 401)]
+
+
+async def test_arm_429_waits_retry_after(env: Env) -> None:
+    env.ws.create_incident(title="throttled")
+    env.stack.sentinel.faults.once("incidents.list", 429)
+    got = [i async for i in env.client.list_incidents()]
+    assert len(got) == 1 and env.sleeps.calls == [1.0]
+    assert env.http.throttled == 1
+    assert env.http.ratelimit_remaining["subscription-reads"] > 0
+
+
+async def test_low_arm_bucket_slows_down_before_429(tmp_path: Path) -> None:
+    async with EmulatorStack(seed=8, directory=tmp_path) as stack:
+        stack.sentinel.read_bucket = (30, 0.0)  # no refill: the bucket only drains
+        ws = stack.add_workspace("soc-eu")
+        name = ws.create_incident(title="slow")["name"]
+        auth = EntraAuth(
+            tenant_id=stack.tenant,
+            client_id=stack.client_id,
+            client_secret=stack.client_secret,
+            authority_host=stack.entra_url,
+            ca_bundle=stack.tls.ca_file,
+        )
+        sleeps = Sleeps()
+        async with HttpClient(
+            "sentinel", auth=auth, ca_bundle=stack.tls.ca_file, sleep=sleeps, ratelimit_floor=25
+        ) as http:
+            client = SentinelClient(http, stack.sentinel_url, API_VERSION, *stack.workspace_key("soc-eu"))
+            for _ in range(8):
+                await client.get_incident(name)
+        await auth.close()
+    # Remaining reads go 29, 28, ...: below 25 from the 6th answer on, so requests 7 and 8 wait.
+    assert sleeps.calls == [1.0, 1.0] and http.slowdowns == 2

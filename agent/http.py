@@ -59,6 +59,8 @@ _MAX_LOGGED_BODY = 2000
 _SECRET_QUERY_WORDS = frozenset(
     {"token", "secret", "password", "passwd", "pwd", "assertion", "apikey", "key", "sig", "signature", "code"}
 )
+_TRACE_LINES = ("Trace ID:", "Correlation ID:", "Timestamp:")
+_URL_CREDENTIALS = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 _NOT_SECRET_QUERY_KEYS = frozenset({"$skiptoken", "skiptoken"})
 # Keep OData and ServiceNow queries readable in URLs; everything else is percent-encoded.
 _QUERY_SAFE = "$'(),:/@!*"
@@ -141,13 +143,20 @@ def error_details(body: Any) -> tuple[str | None, str | None]:
 
 
 def _clean(value: Any) -> str | None:
-    """First line of a remote message, shortened and redacted (Entra appends trace ids)."""
+    """A remote message on one line, shortened and redacted.
+
+    Line breaks become spaces (ServiceNow's data-policy detail continues on the next line);
+    Entra's trailing ``Trace ID``/``Correlation ID``/``Timestamp`` lines are dropped, and so is
+    the password of any ``scheme://user:password@`` URL (proxy errors quote the proxy URL).
+    """
     if not isinstance(value, str) or not value.strip():
         return None
-    line = value.strip().splitlines()[0].strip()
-    if len(line) > _MAX_DETAIL:
-        line = line[:_MAX_DETAIL] + "…"
-    return redact(line)
+    lines = [line.strip() for line in value.strip().splitlines() if line.strip()]
+    kept = [line for line in lines if not line.startswith(_TRACE_LINES)] or lines[:1]
+    text = _URL_CREDENTIALS.sub(r"\1***@", " ".join(kept))
+    if len(text) > _MAX_DETAIL:
+        text = text[:_MAX_DETAIL] + "…"
+    return redact(text)
 
 
 def error_for_status(

@@ -441,6 +441,23 @@ def test_error_details_shapes() -> None:
     assert error_details("<html>x</html>") == (None, None)
     assert error_details(None) == (None, None)
     assert error_details({"error": None}) == (None, None)
+    data_policy = {
+        "error": {
+            "message": "Operation Failed",
+            "detail": "Data Policy Exception: \n\tThe following fields are mandatory: "
+            "Resolution code, Close notes",
+        },
+        "status": "failure",
+    }
+    assert error_details(data_policy) == (
+        "Operation Failed",
+        "Data Policy Exception: The following fields are mandatory: Resolution code, Close notes",
+    )
+    assert error_details("failed via http://bob:hunter2@proxy.example:3128/") == (
+        None,
+        "failed via http://bob:***@proxy.example:3128/",
+    )
+    assert error_details({"error": {"code": "C", "message": "x" * 1000}})[1] == "x" * 300 + "…"
 
 
 def test_parse_retry_after() -> None:

@@ -336,7 +336,8 @@ class ServiceNowOAuth:
         self._password = password
         self._ca_bundle = ca_bundle
         self._http = http
-        self._retry = retry
+        # Short: a failed token fetch is retried again by the request that needed the token.
+        self._retry = retry or RetryPolicy(attempts=2, total=10.0)
         self._clock = clock
         self._token: _Token | None = None
         self._refresh: str | None = None

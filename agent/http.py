@@ -453,7 +453,7 @@ class HttpClient:
                     "the response body is not valid JSON",
                 )
             return HttpResponse(status, headers, body)
-        if 200 <= status < 300 or 300 <= status < 400:
+        if status < 400:  # a success we did not expect, or a redirect (never followed)
             raise PermanentError(self.system, method, safe_url, status, "UnexpectedStatus", None)
         raise error_for_status(self.system, method, safe_url, status, headers, body)
 

@@ -147,6 +147,7 @@ _LIST_OPTIONS = ("$filter", "$orderby", "$top", "$skipToken")
 _current_request: contextvars.ContextVar[web.Request | None] = contextvars.ContextVar(
     "sentinel_request", default=None
 )
+_ARM_HEADERS = web.RequestKey("sentinel_arm_headers", dict[str, str])
 _SUBSCRIPTION_RE = re.compile(r"/subscriptions/([^/]+)", re.IGNORECASE)
 
 
@@ -819,7 +820,7 @@ class SentinelEmulator:
                 )
         mine.tokens -= 1
         shared.tokens -= 1
-        request["arm_headers"] = {
+        request[_ARM_HEADERS] = {
             f"x-ms-ratelimit-remaining-subscription-{kind}": str(int(mine.tokens)),
             f"x-ms-ratelimit-remaining-subscription-global-{kind}": str(int(shared.tokens)),
         }
@@ -858,7 +859,7 @@ class SentinelEmulator:
         response.headers["x-ms-routing-request-id"] = f"WESTEUROPE:{stamp}:{request_id}"
         if "x-ms-client-request-id" in request.headers:
             response.headers["x-ms-client-request-id"] = request.headers["x-ms-client-request-id"]
-        response.headers.update(request.get("arm_headers", {}))
+        response.headers.update(request.get(_ARM_HEADERS, {}))
         return response
 
     def _fault_response(self, status: int, retry_after: int) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,16 @@ from agent.http import HttpClient
 from agent.log import log
 from agent.models import Owner, parse_arm_time
 from agent.retry import RetryPolicy
-from agent.sentinel import WRITABLE, SentinelClient, build_put_body, odata_string, parse_incident
+from agent.sentinel import (
+    WRITABLE,
+    SentinelClient,
+    build_put_body,
+    odata_string,
+    parse_alert,
+    parse_comment,
+    parse_entity,
+    parse_incident,
+)
 
 API_VERSION = "2025-09-01"
 ALICE = "alice@contoso.example"
@@ -450,3 +460,75 @@ async def test_low_arm_bucket_slows_down_before_429(tmp_path: Path) -> None:
         await auth.close()
     # Remaining reads go 29, 28, ...: below 25 from the 6th answer on, so requests 7 and 8 wait.
     assert sleeps.calls == [1.0, 1.0] and http.slowdowns == 2
+
+
+# --- Microsoft's own examples and schema (the shared API folder next to the repository) -----
+
+API_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "api"
+STABLE = (
+    API_FOLDER
+    / "sentinel-openapi"
+    / "specification"
+    / "securityinsights"
+    / "resource-manager"
+    / "Microsoft.SecurityInsights"
+    / "stable"
+)
+needs_spec = pytest.mark.skipif(
+    not STABLE.is_dir(), reason=f"the Sentinel OpenAPI files are not present at {STABLE}"
+)
+
+
+def spec_example(*parts: str, status: str = "200") -> Any:
+    return json.loads(STABLE.joinpath(*parts).read_text())["responses"][status]["body"]
+
+
+@needs_spec
+def test_spec_examples_parse() -> None:
+    raw = spec_example("2025-09-01", "examples", "incidents", "CreateIncident.json")
+    inc = parse_incident(raw)
+    assert (inc.name, inc.title, inc.severity, inc.status) == (
+        "73e01a99-5cd7-4139-a149-9f2736ff2ab5",
+        "My incident",
+        "High",
+        "Closed",
+    )
+    assert (inc.classification, inc.classification_reason) == ("FalsePositive", "IncorrectAlertLogic")
+    assert (
+        inc.owner.object_id == "2046feea-040d-4a46-9e2b-91c2941bfa70" and inc.owner.upn == "john@contoso.com"
+    )
+    assert (inc.number, inc.comments_count, inc.etag) == (3177, 3, '"0300bf09-0000-0000-0000-5c37296e0001"')
+    listed = spec_example("2025-03-01", "examples", "incidents", "GetIncidents.json")["value"]
+    assert [parse_incident(i).name for i in listed] == [i["name"] for i in listed]
+    comments = spec_example("2025-09-01", "examples", "incidents", "comments", "GetAllIncidentComments.json")
+    parsed = [parse_comment(c) for c in comments["value"]]
+    assert parsed and parsed[0].message and parsed[0].author_object_id
+    alerts = spec_example("2025-09-01", "examples", "incidents", "GetAllIncidentAlerts.json")["value"]
+    assert [parse_alert(a).display_name for a in alerts] == [
+        a["properties"]["alertDisplayName"] for a in alerts
+    ]
+    entities = spec_example("2025-09-01", "examples", "incidents", "GetAllIncidentEntities.json")["entities"]
+    assert [parse_entity(e).kind for e in entities] == [e["kind"] for e in entities]
+
+
+@needs_spec
+def test_put_bodies_validate_against_the_spec() -> None:
+    from tests.test_emu_contract import SpecValidator
+
+    spec = SpecValidator()
+    current = parse_incident(spec_example("2025-09-01", "examples", "incidents", "CreateIncident.json"))
+    for changes in (
+        {},
+        {"status": "Active"},
+        {"owner": None, "labels": ["snow", "INC0010001"]},
+        {"owner": {"userPrincipalName": BOB, "objectId": None}, "description": "<p>x</p>"},
+        {"status": "Closed", "classification": "TruePositive", "classificationReason": "SuspiciousActivity"},
+    ):
+        spec.check(build_put_body(current, changes), "Incident")
+    raw = spec_example("2025-09-01", "examples", "incidents", "CreateIncident.json")
+    raw["properties"]["labels"] = [{"labelName": "auto", "labelType": "AutoAssigned"}]
+    body = build_put_body(parse_incident(raw), {"labels": ["snow"]})
+    assert body["properties"]["labels"][1] == {"labelName": "auto", "labelType": "AutoAssigned"}
+    spec.check(body, "Incident")
+    assert spec.errors(build_put_body(current, {"severity": 3}), spec.definition_uri("Incident"))
+    spec.check({"properties": {"message": "from ServiceNow"}}, "IncidentComment")

@@ -281,11 +281,11 @@ class SentinelWorkspace:
         lowered = name.lower()
         return next((k for k in self.incidents if k.lower() == lowered), None)
 
-    def _incident(self, name: str) -> dict[str, Any]:
+    def _require_key(self, name: str) -> str:
         key = self._key(name)
         if key is None:
             raise KeyError(f"no incident {name!r} in workspace {self.workspace_name!r}")
-        return self.incidents[key]
+        return key
 
     def _touch(self, incident: dict[str, Any]) -> None:
         # A.5.5/A.5.7: every write to the incident or its children gets a new etag and time.
@@ -376,7 +376,7 @@ class SentinelWorkspace:
         ``labels`` takes label names, ``owner_upn`` a UPN (or None to unassign); a value of None
         removes the property. Bumps the etag and ``lastModifiedTimeUtc``.
         """
-        incident = self._incident(name)
+        incident = self.incidents[self._require_key(name)]
         p = incident["properties"]
         for key, value in props.items():
             if key == "owner_upn":
@@ -393,7 +393,7 @@ class SentinelWorkspace:
 
     def analyst_comment(self, name: str, message: str, author_upn: str | None = None) -> dict[str, Any]:
         """Add a comment written by a directory user (the first one when ``author_upn`` is None)."""
-        key = self._emu_key(name)
+        key = self._require_key(name)
         users = self._emu.directory.users
         user = self._user(author_upn) if author_upn else (users[0] if users else None)
         author: dict[str, Any] = {"name": "Security analyst"}
@@ -405,12 +405,6 @@ class SentinelWorkspace:
                 "name": user.display_name,
             }
         return copy.deepcopy(self._put_comment(key, new_guid(), message, author)[0])
-
-    def _emu_key(self, name: str) -> str:
-        key = self._key(name)
-        if key is None:
-            raise KeyError(f"no incident {name!r} in workspace {self.workspace_name!r}")
-        return key
 
     def _put_comment(
         self, key: str, comment_name: str, message: str, author: dict[str, Any]
@@ -462,7 +456,7 @@ class SentinelWorkspace:
         product: str = "Microsoft Defender for Endpoint",
     ) -> dict[str, Any]:
         """Attach a new SecurityAlert; bumps alertsCount, alertProductNames, etag and time."""
-        key = self._emu_key(name)
+        key = self._require_key(name)
         alert_id = new_guid()
         now = self._now()
         alert = {
@@ -508,7 +502,7 @@ class SentinelWorkspace:
 
     def add_entity(self, name: str, *, kind: str, friendly_name: str, **props: Any) -> dict[str, Any]:
         """Attach an entity of ``kind`` (EntityKindEnum, A.9) with extra kind-specific properties."""
-        key = self._emu_key(name)
+        key = self._require_key(name)
         if kind not in ENTITY_KINDS:
             raise ValueError(f"unknown entity kind {kind!r}")
         entity_id = new_guid()
@@ -524,19 +518,19 @@ class SentinelWorkspace:
 
     def comments(self, name: str) -> list[dict[str, Any]]:
         """The incident's comments, oldest first."""
-        return copy.deepcopy(list(self._comment_store(self._emu_key(name)).values()))
+        return copy.deepcopy(list(self._comment_store(self._require_key(name)).values()))
 
     def alerts(self, name: str) -> list[dict[str, Any]]:
         """The incident's SecurityAlert entities."""
-        return copy.deepcopy(self._alerts.get(self._emu_key(name), []))
+        return copy.deepcopy(self._alerts.get(self._require_key(name), []))
 
     def entities(self, name: str) -> list[dict[str, Any]]:
         """The incident's entities (without its alerts)."""
-        return copy.deepcopy(self._entities.get(self._emu_key(name), []))
+        return copy.deepcopy(self._entities.get(self._require_key(name), []))
 
     def delete_incident(self, name: str) -> None:
         """Remove an incident and everything attached to it."""
-        key = self._emu_key(name)
+        key = self._require_key(name)
         del self.incidents[key]
         for store in (self._comments, self._alerts, self._entities, self._races):
             store.pop(key, None)
@@ -545,7 +539,7 @@ class SentinelWorkspace:
         """One-shot: just before the next PUT to this incident is handled, apply
         ``analyst_update(name, **props)`` (default: move lastActivityTimeUtc), so that PUT's
         etag is stale and it gets 409."""
-        self._races[self._emu_key(name)] = dict(props)
+        self._races[self._require_key(name)] = dict(props)
 
     def _run_race(self, key: str) -> None:
         props = self._races.pop(key, None)

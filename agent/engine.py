@@ -1,0 +1,741 @@
+"""The sync cycle: one coroutine per workspace, all workspaces concurrently.
+
+One cycle of one workspace (``Workspace.cycle``):
+
+1. List Sentinel incidents modified since the Sentinel watermark minus the overlap
+   (server-side ``$filter`` with the label), and ServiceNow records of this workspace modified
+   since the ServiceNow watermark minus the overlap. An idle cycle is exactly these two list
+   calls and no write.
+2. Pair them through the shadow's links; fetch the other half of a pair only when one side
+   changed (one batched ``sys_idIN`` query for ServiceNow, a GET per Sentinel incident);
+   look up unique keys for creation candidates in one batched query (a lost shadow or a crash
+   after a create never duplicates a ticket).
+3. Resolve owners for the batch, ask the pure planner (:func:`agent.reconcile.plan`) what to
+   write, run the safety valves over the whole plan **before any write**, then apply with
+   bounded concurrency.
+4. Per incident pair, write to the remote sides first and commit the shadow only after they
+   succeeded (one short transaction). A crash between the two looks like "changed on both
+   sides to equal values" next cycle and heals without a write.
+5. Advance each watermark to the newest modification time the server reported among the
+   items processed. An item that failed goes to the failures table (retried with backoff by
+   explicit fetch), so it never holds the watermark back and never blocks other incidents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent import mapping
+from agent.config import Config, ServiceNowInstance, Workspace
+from agent.errors import (
+    AgentError,
+    Conflict,
+    NotFound,
+    PermanentError,
+    RemoteError,
+    SafetyValveTripped,
+    TransientError,
+)
+from agent.log import bind, log
+from agent.models import SentinelIncident, SnowRecord
+from agent.reconcile import Plan, Policy, plan
+from agent.sentinel import SentinelClient
+from agent.servicenow import ServiceNowClient
+from agent.shadow import Link, Shadow
+from agent.snowquery import Q
+
+SNOW_FIELDS_BASE = (
+    "sys_id",
+    "number",
+    "sys_updated_on",
+    "sys_updated_by",
+    "sys_mod_count",
+    "assigned_to",
+    "close_code",
+    "close_notes",
+    "correlation_display",
+    "short_description",
+    "active",
+)
+MAX_CONFLICT_RETRIES = 3
+ID_CHUNK = 100
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CycleStats:
+    """What one workspace cycle did; logged as the ``cycle_summary`` event."""
+
+    listed_sentinel: int = 0
+    listed_snow: int = 0
+    created: int = 0
+    adopted: int = 0
+    updated_snow: int = 0
+    updated_sentinel: int = 0
+    conflicts: int = 0
+    failures: int = 0
+    skipped: int = 0
+    unmapped: int = 0
+    deferred: int = 0
+    planned: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "planned"}
+        return d
+
+
+@dataclass
+class Pair:
+    """What the cycle knows about one incident pair."""
+
+    incident: SentinelIncident | None
+    record: SnowRecord | None
+    link: Link | None
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    dry_run: bool = False
+    force: bool = False
+    since: datetime | None = None  # backfill: create incidents created since, beyond max_age_days
+
+
+class WorkspaceSync:
+    """Runs cycles for one workspace against one ServiceNow instance."""
+
+    def __init__(
+        self,
+        config: Config,
+        workspace: Workspace,
+        instance: ServiceNowInstance,
+        sentinel: SentinelClient,
+        snow: ServiceNowClient,
+        shadow: Shadow,
+        *,
+        calls: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config
+        self.ws = workspace
+        self.inst = instance
+        self.sentinel = sentinel
+        self.snow = snow
+        self.shadow = shadow
+        self._calls = calls or (lambda: 0)
+        m = config.mappings
+        self.maps = mapping.Maps(
+            severity_to_snow=m.severity_to_servicenow,
+            severity_to_sentinel=m.severity_to_sentinel,
+            status_to_snow=m.status_to_servicenow,
+            status_to_sentinel=m.status_to_sentinel,
+            closure_to_snow=m.closure_to_servicenow,
+            closure_to_sentinel=m.closure_to_sentinel,
+            severity_field=instance.severity_field,
+            status_field=instance.status_field,
+        )
+        self.owners = m.owners_for(workspace.name)  # user_name -> upn
+        self.owners_rev = {upn.lower(): user for user, upn in self.owners.items()}
+        self.snow_fields = tuple(
+            dict.fromkeys(
+                (*SNOW_FIELDS_BASE, instance.severity_field, instance.status_field, instance.unique_key)
+            )
+        )
+        self.sem = asyncio.Semaphore(config.agent.max_concurrency)
+        self.stopping: asyncio.Event | None = None
+        self._caller_sys_id: str | None = None
+        self.owner_to_snow: dict[str, str] = {}
+        self.owner_to_sentinel: dict[str, str] = {}
+        self._group_sys_id: str | None = None
+
+    # --- identity -------------------------------------------------------------------------
+
+    @property
+    def correlation_display(self) -> str:
+        """Marks the ServiceNow records of this workspace (and scopes the listing to them)."""
+        return f"Sentinel/{self.ws.workspace_name}"
+
+    def _scope(self) -> Q:
+        q = Q.eq("correlation_display", self.correlation_display)
+        if self.ws.sys_domain:
+            q = q & Q.eq("sys_domain", self.ws.sys_domain)
+        return q
+
+    # --- the cycle ------------------------------------------------------------------------
+
+    async def cycle(self, options: CycleOptions = CycleOptions()) -> CycleStats:
+        """One full cycle; returns its statistics. Raises ``SafetyValveTripped`` before writing."""
+        stats = CycleStats()
+        started = utcnow()
+        t0 = time.monotonic()
+        calls0 = self._calls()
+        with bind(workspace=self.ws.name, instance=self.inst.name):
+            ok = False
+            try:
+                await self._cycle(stats, options, started)
+                ok = True
+            finally:
+                summary = stats.as_dict() | {
+                    "calls": self._calls() - calls0,
+                    "duration_ms": round((time.monotonic() - t0) * 1000, 1),
+                    "ok": ok,
+                    "dry_run": options.dry_run,
+                }
+                log.info("cycle_summary", **summary)
+                if not options.dry_run:
+                    await self.shadow.record_cycle(
+                        self.inst.name,
+                        self.ws.name,
+                        started=started,
+                        finished=utcnow(),
+                        ok=ok,
+                        summary=summary,
+                    )
+        return stats
+
+    async def _cycle(self, stats: CycleStats, options: CycleOptions, now: datetime) -> None:
+        inst, wsname = self.inst.name, self.ws.name
+        self._dry = options.dry_run
+        overlap = timedelta(seconds=self.config.agent.overlap)
+        wm_s = await self.shadow.get_watermark(inst, wsname, "sentinel")
+        wm_n = await self.shadow.get_watermark(inst, wsname, "servicenow")
+        max_age = now - timedelta(days=self.ws.max_age_days)
+        first_run = wm_s.modified is None
+        s_since = (wm_s.modified - overlap) if wm_s.modified else max_age
+        if options.since is not None:
+            s_since = min(s_since, options.since)
+
+        # 1. list both sides (the only calls an idle cycle makes)
+        incidents: dict[str, SentinelIncident] = {}
+        async for inc in self.sentinel.list_incidents(
+            modified_since=s_since,
+            label=self.ws.incident_filter or None,
+            page_size=self.config.agent.page_size,
+        ):
+            incidents[inc.name] = inc
+        stats.listed_sentinel = len(incidents)
+        records: dict[str, SnowRecord] = {}
+        if not first_run or wm_n.modified is not None:
+            q = self._scope()
+            if wm_n.modified is not None:
+                q = q & Q.ge("sys_updated_on", wm_n.modified - overlap)
+            async for rec in self.snow.list_records(
+                q, self.snow_fields, page_size=self.config.agent.page_size
+            ):
+                records[rec.sys_id] = rec
+        stats.listed_snow = len(records)
+
+        # 2. pair through the shadow; fetch missing halves
+        pairs = await self._pair(incidents, records, now)
+        blocked = await self.shadow.blocked(inst, wsname, now)
+        creates: list[SentinelIncident] = []
+        updates: list[Pair] = []
+        for name, pair in pairs.items():
+            if name in blocked:
+                stats.skipped += 1
+                continue
+            if pair.link is None:
+                if pair.incident is not None and self._wants_create(pair.incident, max_age, options.since):
+                    creates.append(pair.incident)
+            else:
+                updates.append(pair)
+        if creates:
+            existing = await self._lookup_unique(c.name for c in creates)
+            for inc in list(creates):
+                found = existing.get(inc.name)
+                if found is not None:
+                    creates.remove(inc)
+                    updates.append(Pair(inc, found, None))
+
+        # 3. plan everything, then run the safety valves before any write
+        await self._resolve_owners([p for p in updates if p.incident and p.record], creates)
+        for u in updates:
+            if u.incident is None or u.record is None:
+                stats.skipped += 1
+                log.warning(
+                    "pair_incomplete",
+                    incident=u.link.incident if u.link else None,
+                    snow_number=u.link.number if u.link else None,
+                    missing="sentinel" if u.incident is None else "servicenow",
+                )
+        planned = [(u, self._plan(u)) for u in updates if u.incident is not None and u.record is not None]
+        self._safety_valves(planned, options, stats)
+
+        # 4. apply with bounded concurrency; failures are per incident
+        async with asyncio.TaskGroup() as tg:
+            for inc in creates:
+                tg.create_task(self._guard(inc.name, stats, self._create(inc, stats, options)))
+            for pair, pl in planned:
+                assert pair.incident is not None
+                tg.create_task(self._guard(pair.incident.name, stats, self._apply(pair, pl, stats, options)))
+
+        # 5. watermarks: the newest server time seen; failures are retried from their table.
+        # Work deferred by a shutdown keeps both watermarks where they were.
+        if not options.dry_run and not stats.deferred:
+            if incidents and options.since is None:
+                newest = max(i.modified for i in incidents.values())
+                if wm_s.modified is None or newest > wm_s.modified:
+                    await self.shadow.set_watermark(inst, wsname, "sentinel", modified=newest, moved_at=now)
+            elif first_run and options.since is None:
+                await self.shadow.set_watermark(inst, wsname, "sentinel", modified=s_since, moved_at=now)
+            snow_newest = max((r.updated_on for r in records.values()), default=None)
+            if snow_newest is not None and (wm_n.modified is None or snow_newest > wm_n.modified):
+                await self.shadow.set_watermark(
+                    inst, wsname, "servicenow", modified=snow_newest, moved_at=now
+                )
+            elif wm_n.modified is None:
+                # Start the ServiceNow side at the Sentinel start point: nothing of ours is older.
+                await self.shadow.set_watermark(inst, wsname, "servicenow", modified=s_since, moved_at=now)
+
+    # --- pairing --------------------------------------------------------------------------
+
+    async def _pair(
+        self, incidents: Mapping[str, SentinelIncident], records: Mapping[str, SnowRecord], now: datetime
+    ) -> dict[str, Pair]:
+        inst, wsname = self.inst.name, self.ws.name
+        links = await self.shadow.get_links(inst, wsname, incidents.keys())
+        by_sys = await self.shadow.get_links_by_sys_id(inst, records.keys())
+        pairs: dict[str, Pair] = {}
+        for name, inc in incidents.items():
+            pairs[name] = Pair(inc, None, links.get(name))
+        for sys_id, rec in records.items():
+            link = by_sys.get(sys_id)
+            if link is None or link.workspace != wsname:
+                continue  # not ours (another workspace, or not linked: adoption is resync's job)
+            pair = pairs.setdefault(link.incident, Pair(None, None, link))
+            pair.record = rec
+        # Unison's rule: a side whose etag / sys_mod_count equals the shadow's did not change.
+        # Drop pairs where nothing changed (re-listed in the overlap window, or our own writes),
+        # so an idle cycle never fetches the other half.
+        for name, pair in list(pairs.items()):
+            if pair.link is None:
+                continue
+            s_same = pair.incident is None or pair.incident.etag == pair.link.sentinel_etag
+            n_same = pair.record is None or pair.record.mod_count == pair.link.snow_mod_count
+            if s_same and n_same:
+                del pairs[name]
+        # due retries from the failures table: fetch explicitly
+        self._retrying = set()
+        for failure in await self.shadow.due_failures(inst, wsname, now):
+            self._retrying.add(failure.incident)
+            if failure.incident not in pairs:
+                link = (await self.shadow.get_links(inst, wsname, [failure.incident])).get(failure.incident)
+                pairs[failure.incident] = Pair(None, None, link)
+        # the missing halves
+        need_snow = [p.link.sys_id for p in pairs.values() if p.link is not None and p.record is None]
+        fetched = await self._fetch_records(need_snow)
+        for pair in pairs.values():
+            if pair.link is not None and pair.record is None:
+                pair.record = fetched.get(pair.link.sys_id)
+        missing_inc = [name for name, p in pairs.items() if p.incident is None]
+        results = await self._bounded(self._get_incident(name) for name in missing_inc)
+        for name, inc in zip(missing_inc, results, strict=True):
+            pairs[name].incident = inc
+        return pairs
+
+    async def _get_incident(self, name: str) -> SentinelIncident | None:
+        try:
+            return await self.sentinel.get_incident(name)
+        except NotFound:
+            log.warning("sentinel_incident_missing", incident=name)
+            return None
+
+    async def _fetch_records(self, sys_ids: Sequence[str]) -> dict[str, SnowRecord]:
+        out: dict[str, SnowRecord] = {}
+        for i in range(0, len(sys_ids), ID_CHUNK):
+            chunk = sys_ids[i : i + ID_CHUNK]
+            async for rec in self.snow.list_records(
+                Q.in_("sys_id", chunk), self.snow_fields, page_size=self.config.agent.page_size
+            ):
+                out[rec.sys_id] = rec
+        for sys_id in sys_ids:
+            if sys_id not in out:
+                log.warning("snow_record_missing", sys_id=sys_id)
+        return out
+
+    async def _lookup_unique(self, names: Iterable[str]) -> dict[str, SnowRecord]:
+        """Records that already carry these incidents' unique key (crash or lost shadow)."""
+        key = self.inst.unique_key
+        found: dict[str, SnowRecord] = {}
+        names = list(names)
+        for i in range(0, len(names), ID_CHUNK):
+            async for rec in self.snow.list_records(
+                Q.in_(key, names[i : i + ID_CHUNK]), self.snow_fields, page_size=self.config.agent.page_size
+            ):
+                found.setdefault(rec.get(key), rec)
+        return found
+
+    async def _bounded(self, coros: Iterable[Awaitable[Any]]) -> list[Any]:
+        async def run(c: Awaitable[Any]) -> Any:
+            async with self.sem:
+                return await c
+
+        return list(await asyncio.gather(*(run(c) for c in coros)))
+
+    # --- owners ---------------------------------------------------------------------------
+
+    async def _resolve_owners(self, pairs: Sequence[Pair], creates: Sequence[SentinelIncident]) -> None:
+        """Resolve every owner seen in this batch, both directions (cached per cycle, and the
+        client caches ``sys_user`` look-ups across cycles)."""
+        self.owner_to_snow = {}
+        self.owner_to_sentinel = {}
+        await self._resolve(
+            [p.incident for p in pairs if p.incident] + list(creates), [p.record for p in pairs if p.record]
+        )
+
+    async def _resolve(self, incidents: Sequence[SentinelIncident], records: Sequence[SnowRecord]) -> None:
+        upns = {i.owner.key for i in incidents} - {""} - self.owner_to_snow.keys()
+        sys_ids = {r.get("assigned_to") for r in records} - {""} - self.owner_to_sentinel.keys()
+        for upn in sorted(upns):
+            user_name = self.owners_rev.get(upn)
+            user = await self.snow.find_user(user_name=user_name) if user_name else None
+            if user is None:
+                user = await self.snow.find_user(email=upn)
+            if user is not None:
+                self.owner_to_snow[upn] = user.sys_id
+            else:
+                log.warning("owner_unknown_in_servicenow", upn=upn)
+        for sys_id in sorted(sys_ids):
+            snow_user = await self.snow.find_user(sys_id=sys_id)
+            found_upn = ""
+            if snow_user is not None:
+                found_upn = self.owners.get(snow_user.user_name) or (snow_user.email or "").lower()
+            if found_upn:
+                self.owner_to_sentinel[sys_id] = found_upn.lower()
+            else:
+                log.warning("owner_unknown_in_sentinel", sys_id=sys_id)
+
+    # --- planning -------------------------------------------------------------------------
+
+    def _plan(self, pair: Pair) -> Plan:
+        assert pair.incident is not None and pair.record is not None
+        pol = mapping.policy(
+            self.maps, self.owner_to_snow, self.owner_to_sentinel, self.config.agent.conflict_policy
+        )
+        base = pair.link.fields if pair.link is not None else None
+        return plan(
+            base, mapping.sentinel_side(pair.incident), mapping.snow_side(pair.record, self.maps), pol
+        )
+
+    def _safety_valves(
+        self, planned: Sequence[tuple[Pair, Plan]], options: CycleOptions, stats: CycleStats
+    ) -> None:
+        """Refuse a cycle that would close too large a share of the open links (rclone-style)."""
+        if options.force:
+            return
+        closing = sum(
+            1
+            for pair, p in planned
+            if pair.link is not None
+            and pair.link.open
+            and (
+                p.to_sentinel.get("status") == "Closed" or mapping.snow_is_closed(p.to_snow.get("status", ""))
+            )
+        )
+        open_links = sum(1 for pair, _ in planned if pair.link is not None and pair.link.open)
+        total_open = max(open_links, self._open_links_hint)
+        ratio = self.config.agent.max_close_ratio
+        if closing >= 5 and total_open and closing / total_open > ratio:
+            raise SafetyValveTripped(
+                self.ws.name,
+                "max_close_ratio",
+                f"this cycle would close {closing} of {total_open} open linked incidents "
+                f"({closing / total_open:.0%} > max_close_ratio {ratio:.0%})",
+            )
+
+    _open_links_hint = 0
+    _dry = False
+    _retrying: set[str] = set()  # noqa: RUF012 - replaced per cycle
+
+    async def prepare(self) -> None:
+        """Cheap per-cycle facts the safety valves need (open links in the shadow)."""
+        _total, open_ = await self.shadow.count_links(self.inst.name, self.ws.name)
+        self._open_links_hint = open_
+
+    # --- applying -------------------------------------------------------------------------
+
+    async def _guard(self, incident: str, stats: CycleStats, work: Coroutine[Any, Any, None]) -> None:
+        """Run one incident's work; a failure is recorded for that incident only."""
+        async with self.sem:
+            if self.stopping is not None and self.stopping.is_set():
+                work.close()  # shutting down: start no new work (the watermark stays put)
+                stats.deferred += 1
+                return
+            with bind(incident=incident):
+                try:
+                    await work
+                    if incident in self._retrying:
+                        await self.shadow.clear_failure(self.inst.name, self.ws.name, incident)
+                except (RemoteError, ValueError, KeyError) as exc:
+                    stats.failures += 1
+                    if self._dry:
+                        log.warning("incident_failed", kind="dry_run", error=_safe_error(exc))
+                        return
+                    kind = "transient" if isinstance(exc, TransientError) else "permanent"
+                    nxt = await self.shadow.record_failure(
+                        self.inst.name, self.ws.name, incident, _safe_error(exc), now=utcnow()
+                    )
+                    log.warning(
+                        "incident_failed", kind=kind, error=_safe_error(exc), next_try=nxt.isoformat()
+                    )
+                except AgentError as exc:
+                    stats.failures += 1
+                    await self.shadow.record_failure(
+                        self.inst.name, self.ws.name, incident, _safe_error(exc), now=utcnow()
+                    )
+                    log.error("incident_failed", kind="agent", error=_safe_error(exc))
+
+    def _wants_create(self, inc: SentinelIncident, max_age: datetime, since: datetime | None) -> bool:
+        if self.ws.incident_filter and self.ws.incident_filter not in inc.labels:
+            return False
+        if inc.status == "Closed":
+            return False
+        oldest = min(max_age, since) if since is not None else max_age
+        return inc.created >= oldest
+
+    async def _create(self, inc: SentinelIncident, stats: CycleStats, options: CycleOptions) -> None:
+        """Sentinel -> ServiceNow: create the ticket, link, then write the number back as a label."""
+        m = self.maps
+        sev = m.severity_to_snow.get(inc.severity)
+        state = m.status_to_snow.get(inc.status)
+        owner = self.owner_to_snow.get(inc.owner.key, "") if inc.owner.key else ""
+        values: dict[str, str] = {
+            "short_description": inc.title[:160],
+            "description": mapping.description_for_snow(
+                inc, self.sentinel.portal_url(inc), self.sentinel.defender_url(inc)
+            ),
+            self.inst.unique_key: inc.name,
+            "correlation_display": self.correlation_display,
+        }
+        if sev is not None:
+            values[m.severity_field] = sev
+        if state is not None:
+            values[m.status_field] = state
+        if owner:
+            values["assigned_to"] = owner
+        caller = await self._caller()
+        if caller:
+            values["caller_id"] = caller
+        group = await self._group()
+        if group:
+            values["assignment_group"] = group
+        if self.ws.sys_domain:
+            values["sys_domain"] = self.ws.sys_domain
+        if self.ws.company:
+            values["company"] = self.ws.company
+        if options.dry_run:
+            stats.planned.append({"action": "create_snow", "incident": inc.name, "values": values})
+            stats.created += 1
+            return
+        try:
+            rec = await self.snow.create(values, self.snow_fields)
+        except TransientError:
+            # The POST may have landed: look before anyone retries (never duplicate a ticket).
+            again = (await self._lookup_unique([inc.name])).get(inc.name)
+            if again is None:
+                raise
+            rec = again
+        fields = {
+            "severity": (inc.severity, rec.get(m.severity_field)),
+            "status": (inc.status, rec.get(m.status_field)),
+            "owner": (inc.owner.key, rec.get("assigned_to")) if (owner or not inc.owner.key) else None,
+        }
+        link = Link(
+            instance=self.inst.name,
+            workspace=self.ws.name,
+            incident=inc.name,
+            sys_id=rec.sys_id,
+            number=rec.number,
+            fields={k: v for k, v in fields.items() if v is not None},
+            sentinel_etag=inc.etag,
+            snow_mod_count=rec.mod_count,
+            open=True,
+            created_at=utcnow(),
+            enrich_after=utcnow() + timedelta(seconds=self.config.agent.enrichment_delay),
+        )
+        await self.shadow.save_link(link)
+        stats.created += 1
+        log.info("snow_created", snow_number=rec.number, sys_id=rec.sys_id, direction="to_snow")
+        if self.config.agent.writeback_label and rec.number not in inc.labels:
+            await self._writeback_label(inc, rec.number, link)
+
+    async def _writeback_label(self, inc: SentinelIncident, number: str, link: Link) -> None:
+        current = inc
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                updated = await self.sentinel.update_incident(current, {"labels": [*current.labels, number]})
+            except Conflict:
+                current = await self.sentinel.get_incident(inc.name)
+                if number in current.labels:
+                    return
+                continue
+            await self.shadow.save_link(replace(link, sentinel_etag=updated.etag))
+            log.info("sentinel_label_added", snow_number=number, direction="to_sentinel")
+            return
+        log.warning("sentinel_label_conflict", snow_number=number)
+
+    async def _caller(self) -> str | None:
+        if self._caller_sys_id is None:
+            caller = self.ws.caller_id or self.inst.caller_id
+            if not caller:
+                self._caller_sys_id = ""
+            elif len(caller) == 32 and all(c in "0123456789abcdef" for c in caller):
+                self._caller_sys_id = caller
+            else:
+                user = await self.snow.find_user(user_name=caller)
+                if user is None:
+                    log.warning("caller_unknown", caller_id=caller)
+                self._caller_sys_id = user.sys_id if user else ""
+        return self._caller_sys_id or None
+
+    async def _group(self) -> str | None:
+        if self._group_sys_id is None:
+            name = self.ws.assignment_group
+            sys_id = await self.snow.find_group(name) if name else None
+            if name and sys_id is None:
+                log.warning("assignment_group_unknown", assignment_group=name)
+            self._group_sys_id = sys_id or ""
+        return self._group_sys_id or None
+
+    async def _apply(self, pair: Pair, p: Plan, stats: CycleStats, options: CycleOptions) -> None:
+        """Write one pair's plan: ServiceNow PATCH, Sentinel full-object PUT, then the shadow.
+
+        A 409 on the PUT means an analyst changed the incident after we read it: re-read it and
+        re-plan against the same last-agreed base (with the ServiceNow record as it is after our
+        PATCH), so the analyst's change is copied, never overwritten.
+        """
+        assert pair.incident is not None and pair.record is not None
+        inc, rec = pair.incident, pair.record
+        if options.dry_run:
+            self._record_dry_run(inc, rec, p, stats)
+            return
+        base_before = pair.link.fields if pair.link is not None else None
+        for attempt in range(MAX_CONFLICT_RETRIES + 1):
+            self._log_plan_notes(p, stats)
+            if p.to_snow:
+                body = mapping.snow_write(p.to_snow, inc, rec, self.maps)
+                rec = await self.snow.patch(rec.sys_id, body, self.snow_fields)
+                stats.updated_snow += 1
+                log.info(
+                    "snow_updated", snow_number=rec.number, direction="to_snow", fields=sorted(p.to_snow)
+                )
+            if not p.to_sentinel:
+                break
+            try:
+                inc = await self.sentinel.update_incident(
+                    inc, mapping.sentinel_write(p.to_sentinel, rec, self.maps)
+                )
+            except Conflict:
+                if attempt == MAX_CONFLICT_RETRIES:
+                    raise
+                log.info("sentinel_conflict_replan", attempt=attempt + 1)
+                inc = await self.sentinel.get_incident(inc.name)
+                await self._resolve([inc], [rec])
+                p = plan(
+                    base_before, mapping.sentinel_side(inc), mapping.snow_side(rec, self.maps), self._policy()
+                )
+                continue
+            stats.updated_sentinel += 1
+            log.info(
+                "sentinel_updated",
+                snow_number=rec.number,
+                direction="to_sentinel",
+                fields=sorted(p.to_sentinel),
+            )
+            break
+        unchanged = pair.link is not None and not p.base_changed and not p.writes
+        if unchanged and pair.link is not None:
+            if pair.link.sentinel_etag == inc.etag and pair.link.snow_mod_count == rec.mod_count:
+                return
+        closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(self.maps.status_field))
+        old = pair.link
+        link = Link(
+            instance=self.inst.name,
+            workspace=self.ws.name,
+            incident=inc.name,
+            sys_id=rec.sys_id,
+            number=rec.number,
+            fields=dict(p.base),
+            sentinel_etag=inc.etag,
+            snow_mod_count=rec.mod_count,
+            open=not closed,
+            alerts_posted=old.alerts_posted if old else frozenset(),
+            entities_posted=old.entities_posted if old else frozenset(),
+            created_at=old.created_at if old else utcnow(),
+            enrich_after=old.enrich_after if old else None,
+            extra=old.extra if old else {},
+        )
+        await self.shadow.save_link(
+            link, conflicts=[(c.field, c.sentinel, c.servicenow, c.winner) for c in p.conflicts]
+        )
+        if old is None:
+            stats.adopted += 1
+            log.info("link_adopted", snow_number=rec.number, sys_id=rec.sys_id)
+
+    def _policy(self) -> Policy:
+        return mapping.policy(
+            self.maps, self.owner_to_snow, self.owner_to_sentinel, self.config.agent.conflict_policy
+        )
+
+    def _log_plan_notes(self, p: Plan, stats: CycleStats) -> None:
+        for c in p.conflicts:
+            stats.conflicts += 1
+            log.info("conflict", field=c.field, sentinel=c.sentinel, servicenow=c.servicenow, winner=c.winner)
+        for f, side, value in p.unmapped:
+            stats.unmapped += 1
+            log.warning("value_unmapped", field=f, side=side, value=value)
+
+    def _record_dry_run(self, inc: SentinelIncident, rec: SnowRecord, p: Plan, stats: CycleStats) -> None:
+        self._log_plan_notes(p, stats)
+        if p.to_snow:
+            values = mapping.snow_write(p.to_snow, inc, rec, self.maps)
+            stats.planned.append(
+                {"action": "update_snow", "incident": inc.name, "snow_number": rec.number, "values": values}
+            )
+            stats.updated_snow += 1
+        if p.to_sentinel:
+            changes = mapping.sentinel_write(p.to_sentinel, rec, self.maps)
+            stats.planned.append(
+                {
+                    "action": "update_sentinel",
+                    "incident": inc.name,
+                    "snow_number": rec.number,
+                    "changes": changes,
+                }
+            )
+            stats.updated_sentinel += 1
+
+
+def _safe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return text[:500]
+
+
+async def run_workspaces(
+    syncs: Sequence[WorkspaceSync], options: CycleOptions
+) -> dict[str, BaseException | CycleStats]:
+    """One cycle of every workspace concurrently; one failing workspace never stops the others."""
+
+    async def one(s: WorkspaceSync) -> CycleStats:
+        await s.prepare()
+        return await s.cycle(options)
+
+    results = await asyncio.gather(*(one(s) for s in syncs), return_exceptions=True)
+    out: dict[str, BaseException | CycleStats] = {}
+    for s, r in zip(syncs, results, strict=True):
+        if isinstance(r, BaseException) and not isinstance(r, Exception):
+            raise r  # CancelledError, KeyboardInterrupt: never swallowed
+        out[s.ws.name] = r
+        if isinstance(r, SafetyValveTripped):
+            log.error("safety_valve", workspace=s.ws.name, check=r.check, message=str(r))
+        elif isinstance(r, PermanentError | TransientError | AgentError):
+            log.error("cycle_failed", workspace=s.ws.name, error=_safe_error(r))
+        elif isinstance(r, Exception):
+            log.error("cycle_crashed", workspace=s.ws.name, error=f"{type(r).__name__}: {_safe_error(r)}")
+    return out

@@ -1,0 +1,156 @@
+"""Translation between Sentinel's and ServiceNow's terms, kept pure (no I/O).
+
+The planner (:mod:`agent.reconcile`) compares each side in its own terms. This module
+extracts those terms from the typed records, builds the planner's translation tables from
+the configured maps (plus the owner look-ups the engine resolved for this batch), and turns a
+plan's field changes back into the concrete write for each side, including what closing or
+reopening requires on that side:
+
+- ServiceNow resolved/closed needs ``close_code`` and ``close_notes`` **in the same PATCH** as
+  the state (REFERENCE C.8, the data policy).
+- Sentinel Closed needs a classification, and a determined classification needs a reason
+  (REFERENCE A.6); reopening clears classification, reason and comment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.models import SentinelIncident, SnowRecord
+from agent.reconcile import Policy, SideState
+
+SNOW_CLOSED_STATES = frozenset({"6", "7", "8"})
+"""ServiceNow states that mean the incident is finished (Resolved, Closed, Canceled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Maps:
+    """The configured mapping tables, in the shape the engine needs them."""
+
+    severity_to_snow: Mapping[str, str]
+    severity_to_sentinel: Mapping[str, str]
+    status_to_snow: Mapping[str, str]
+    status_to_sentinel: Mapping[str, str]
+    closure_to_snow: Mapping[str, str]
+    closure_to_sentinel: Mapping[str, tuple[str, str | None]]
+    severity_field: str = "impact"
+    status_field: str = "state"
+
+
+def sentinel_side(incident: SentinelIncident) -> SideState:
+    return SideState(
+        values={"severity": incident.severity, "status": incident.status, "owner": incident.owner.key},
+        modified=incident.modified,
+    )
+
+
+def snow_side(record: SnowRecord, maps: Maps) -> SideState:
+    return SideState(
+        values={
+            "severity": record.get(maps.severity_field),
+            "status": record.get(maps.status_field),
+            "owner": record.get("assigned_to"),
+        },
+        modified=record.updated_on,
+    )
+
+
+def policy(
+    maps: Maps, owner_to_snow: Mapping[str, str], owner_to_sentinel: Mapping[str, str], conflict: str
+) -> Policy:
+    """Planner tables. ``owner_*`` hold only the look-ups that resolved; "" (unassigned) always maps."""
+    return Policy(
+        to_snow={
+            "severity": maps.severity_to_snow,
+            "status": maps.status_to_snow,
+            "owner": {"": "", **owner_to_snow},
+        },
+        to_sentinel={
+            "severity": maps.severity_to_sentinel,
+            "status": maps.status_to_sentinel,
+            "owner": {"": "", **owner_to_sentinel},
+        },
+        conflict=conflict,
+    )
+
+
+def snow_is_closed(state: str) -> bool:
+    return state in SNOW_CLOSED_STATES
+
+
+def close_notes_from_sentinel(incident: SentinelIncident) -> str:
+    """Readable close notes from Sentinel's classification, reason and comment (never empty)."""
+    cls = incident.classification or "Undetermined"
+    text = f"Closed in Microsoft Sentinel as {cls}"
+    if incident.classification_reason:
+        text += f" ({incident.classification_reason})"
+    if incident.classification_comment:
+        text += f": {incident.classification_comment}"
+    return text
+
+
+def snow_write(
+    changes: Mapping[str, str], incident: SentinelIncident, record: SnowRecord | None, maps: Maps
+) -> dict[str, str]:
+    """Field changes in ServiceNow terms -> the PATCH body, with what closing/reopening needs."""
+    body: dict[str, str] = {}
+    if "severity" in changes:
+        body[maps.severity_field] = changes["severity"]
+    if "owner" in changes:
+        body["assigned_to"] = changes["owner"]
+    if "status" in changes:
+        new_state = changes["status"]
+        body[maps.status_field] = new_state
+        was_closed = record is not None and snow_is_closed(record.get(maps.status_field))
+        if snow_is_closed(new_state):
+            cls = incident.classification or "Undetermined"
+            body["close_code"] = maps.closure_to_snow.get(cls) or maps.closure_to_snow.get("Undetermined", "")
+            body["close_notes"] = close_notes_from_sentinel(incident)
+        elif was_closed:
+            body["close_code"] = ""
+            body["close_notes"] = ""
+    return body
+
+
+def sentinel_closure(record: SnowRecord, maps: Maps) -> tuple[str, str | None, str]:
+    """ServiceNow close data -> (classification, reason, comment) Sentinel accepts."""
+    code = record.get("close_code")
+    cls, reason = (
+        maps.closure_to_sentinel.get(code) or maps.closure_to_sentinel.get("*") or ("Undetermined", None)
+    )
+    notes = record.get("close_notes") or f"Closed in ServiceNow {record.number}"
+    return cls, reason, notes
+
+
+def sentinel_write(changes: Mapping[str, str], record: SnowRecord, maps: Maps) -> dict[str, Any]:
+    """Field changes in Sentinel terms -> the property changes for a full-object PUT."""
+    body: dict[str, Any] = {}
+    if "severity" in changes:
+        body["severity"] = changes["severity"]
+    if "owner" in changes:
+        upn = changes["owner"]
+        body["owner"] = {"userPrincipalName": upn, "objectId": None} if upn else None
+    if "status" in changes:
+        status = changes["status"]
+        body["status"] = status
+        if status == "Closed":
+            cls, reason, comment = sentinel_closure(record, maps)
+            body["classification"] = cls
+            body["classificationReason"] = reason
+            body["classificationComment"] = comment
+        else:
+            body["classification"] = None
+            body["classificationReason"] = None
+            body["classificationComment"] = None
+    return body
+
+
+def description_for_snow(incident: SentinelIncident, portal_url: str, defender_url: str | None) -> str:
+    """The ServiceNow description: Sentinel's description plus links to the incident."""
+    parts = [incident.description.strip()] if incident.description and incident.description.strip() else []
+    parts.append(f"Microsoft Sentinel incident #{incident.number}: {portal_url}")
+    if defender_url:
+        parts.append(f"Microsoft Defender portal: {defender_url}")
+    return "\n\n".join(parts)

@@ -1,0 +1,137 @@
+"""Everything one agent process holds open: the shadow and one HTTP client per remote system.
+
+One ``HttpClient`` (one aiohttp session and connection pool) per Entra application for ARM,
+and one per ServiceNow instance, shared by every workspace that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+from agent.auth import EntraAuth, ServiceNowBasicAuth, ServiceNowOAuth
+from agent.config import Config
+from agent.engine import WorkspaceSync
+from agent.errors import ConfigError
+from agent.http import HttpClient
+from agent.retry import RetryPolicy
+from agent.sentinel import SentinelClient
+from agent.servicenow import ServiceNowClient
+from agent.shadow import Shadow
+
+
+class Runtime:
+    """``async with Runtime(config) as rt: rt.syncs()``."""
+
+    def __init__(self, config: Config, *, retry: RetryPolicy | None = None) -> None:
+        self.config = config
+        self.retry = retry or RetryPolicy()
+        self.shadow: Shadow | None = None
+        self.arm: dict[str, HttpClient] = {}
+        self.snow_http: dict[str, HttpClient] = {}
+        self.entra: dict[str, EntraAuth] = {}
+        self._snow_clients: dict[str, ServiceNowClient] = {}
+
+    async def __aenter__(self) -> Runtime:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        cfg = self.config
+        ca = str(cfg.agent.ca_bundle) if cfg.agent.ca_bundle else None
+        limit = cfg.agent.max_concurrency
+        for name, app in cfg.oauth.items():
+            auth = EntraAuth(
+                authority=app.authority,
+                client_id=app.client_id,
+                client_secret=app.client_secret.reveal() if app.client_secret else None,
+                certificate_file=str(app.certificate_file) if app.certificate_file else None,
+                scope=app.scope,
+                ca_bundle=ca,
+            )
+            self.entra[name] = auth
+            self.arm[name] = HttpClient(
+                "sentinel", auth=auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry
+            )
+        for name, inst in cfg.servicenow.items():
+            snow_auth: ServiceNowBasicAuth | ServiceNowOAuth
+            if inst.auth == "oauth":
+                snow_auth = ServiceNowOAuth(
+                    instance_url=inst.instance_url,
+                    client_id=inst.client_id or "",
+                    client_secret=inst.client_secret.reveal() if inst.client_secret else "",
+                    username=inst.username or "",
+                    password=inst.password.reveal() if inst.password else "",
+                    ca_bundle=ca,
+                )
+            else:
+                snow_auth = ServiceNowBasicAuth(
+                    inst.username or "", inst.password.reveal() if inst.password else ""
+                )
+            http = HttpClient(
+                "servicenow", auth=snow_auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry
+            )
+            self.snow_http[name] = http
+            self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)
+        self.shadow = await Shadow.open(cfg.agent.state_db)
+
+    async def close(self) -> None:
+        for http in [*self.arm.values(), *self.snow_http.values()]:
+            await http.close()
+        for auth in self.entra.values():
+            close = getattr(auth, "close", None)
+            if close is not None:
+                await close()
+        if self.shadow is not None:
+            await self.shadow.close()
+            self.shadow = None
+
+    def calls(self) -> int:
+        """Requests sent to every remote system so far (retries included)."""
+        return sum(h.requests for h in [*self.arm.values(), *self.snow_http.values()])
+
+    def sentinel_client(self, workspace: str) -> SentinelClient:
+        ws = self.config.workspaces[workspace]
+        app = self.config.oauth[ws.oauth]
+        return SentinelClient(
+            self.arm[ws.oauth],
+            app.management_url,
+            app.api_version,
+            ws.subscription_id,
+            ws.resource_group,
+            ws.workspace_name,
+            portal_host=app.portal_host,
+        )
+
+    def snow_client(self, instance: str) -> ServiceNowClient:
+        return self._snow_clients[instance]
+
+    def syncs(self, only: Sequence[str] | None = None) -> list[WorkspaceSync]:
+        """One ``WorkspaceSync`` per enabled workspace (``enabled = false`` is never touched)."""
+        assert self.shadow is not None
+        unknown = [w for w in only or () if w not in self.config.workspaces]
+        if unknown:
+            raise ConfigError([f"[workspace:{w}]: no such workspace in the config" for w in unknown])
+        out = []
+        for name, ws in self.config.workspaces.items():
+            if only and name not in only:
+                continue
+            if not ws.enabled:
+                continue
+            out.append(
+                WorkspaceSync(
+                    self.config,
+                    ws,
+                    self.config.servicenow[ws.servicenow],
+                    self.sentinel_client(name),
+                    self.snow_client(ws.servicenow),
+                    self.shadow,
+                    calls=self.calls,
+                )
+            )
+        return out

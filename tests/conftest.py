@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from agent.emulators.stack import EmulatorStack
+from tests.e2e import Env
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile("soak", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    """A started emulator stack with one workspace ``soc`` and an agent config pointing at it."""
+    async with EmulatorStack(directory=tmp_path / "emu") as stack:
+        stack.add_workspace("soc")
+        cfg = stack.write_config(
+            tmp_path / "agent.ini",
+            state_db=tmp_path / "state.db",
+            workspaces=["soc"],
+            extra={"agent": {"overlap": "0s", "max_concurrency": "4"}},
+        )
+        yield Env(stack, tmp_path, cfg, ["soc"])

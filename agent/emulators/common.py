@@ -180,7 +180,8 @@ class Directory:
         self.users: list[DirectoryUser] = []
 
     def add(self, upn: str, display_name: str, email: str | None = None) -> DirectoryUser:
-        user = DirectoryUser(str(uuid.uuid5(uuid.NAMESPACE_DNS, upn.lower())), upn, email or upn, display_name)
+        object_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, upn.lower()))
+        user = DirectoryUser(object_id, upn, email or upn, display_name)
         self.users.append(user)
         return user
 
@@ -241,7 +242,8 @@ class Faults:
         if rule is None:
             return None, 0.0, 1
         roll = self.rng.random()
-        for status, rate in ((429, rule.rate_429), (500, rule.rate_500), (503, rule.rate_503), (0, rule.rate_drop)):
+        rates = ((429, rule.rate_429), (500, rule.rate_500), (503, rule.rate_503), (0, rule.rate_drop))
+        for status, rate in rates:
             if roll < rate:
                 return status, rule.latency, rule.retry_after
             roll -= rate

@@ -614,6 +614,9 @@ class SentinelEmulator:
         self.faults = faults if faults is not None else Faults()
         self.recorder = recorder if recorder is not None else Recorder()
         self.audience = audience
+        # Further accepted audiences: the emulator's own URL, since an agent configured with
+        # management_url = <emulator URL> asks for "<that URL>/.default" (REFERENCE A.12).
+        self.audience_aliases: tuple[str, ...] = ()
         self.missing_etag = missing_etag
         self.default_top = default_top
         self.max_top = max_top
@@ -734,7 +737,8 @@ class SentinelEmulator:
 
     def _audiences(self) -> tuple[str, ...]:
         own = normalise_audience(self.audience)
-        return PUBLIC_ARM_AUDIENCES if own in PUBLIC_ARM_AUDIENCES else (own,)
+        base = PUBLIC_ARM_AUDIENCES if own in PUBLIC_ARM_AUDIENCES else (own,)
+        return base + tuple(normalise_audience(a) for a in self.audience_aliases)
 
     def _authenticate(self, request: web.Request) -> IssuedToken:
         header = request.headers.get("Authorization")

@@ -175,6 +175,9 @@ class EmulatorStack:
             raise
         self.entra_url = self._servers[0].base_url
         self.sentinel_url = self._servers[1].base_url
+        # The ARM token audience is the management endpoint itself (REFERENCE A.12): the agent
+        # asks for "<management_url>/.default", so the emulator also accepts its own URL.
+        self.sentinel.audience_aliases = (self.sentinel_url,)
         self.snow_urls = {name: s.base_url for name, s in zip(self.snow, self._servers[2:], strict=True)}
 
     async def stop(self) -> None:
@@ -287,6 +290,7 @@ class EmulatorStack:
             sections.setdefault(section, {}).update(values)
 
         parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]  # mapping keys are case-sensitive
         parser.read_dict(sections)
         with _open_private(path) as handle:
             parser.write(handle)

@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
+
+demo: $(STAMP)
+	$(BIN)/python -m agent demo
+
+soak: $(STAMP)
+	HYPOTHESIS_PROFILE=soak SNOW_SYNC_SOAK=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m soak
+
+bench: $(STAMP)
+	$(BIN)/python -m agent.bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests

@@ -247,6 +247,8 @@ async def test_run_paces_edits_and_counts_them(tmp_path: Path) -> None:
     sim.seed(["soc-eu"], 3)
     assert await sim.run(0.1, rate=50) == 5
     assert len(sim.edits) == 5
+    assert await sim.run(0.05, rate=5) == 1  # at least one edit, even below one per duration
+    assert len(sim.edits) == 6
     assert await sim.run(0, rate=50) == 0
     with pytest.raises(ValueError):
         await sim.run(1, rate=0)

@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.emulators",
         description=(
-            "Run local emulators of Entra ID, Microsoft Sentinel and the ServiceNow Table API over "
-            "TLS (a fresh CA each start), seeded with realistic incidents, and write an agent config "
-            f"({CONFIG_NAME}) that points at them. Prints one 'name value' line each for entra, "
+            "Run local emulators of Entra ID, Microsoft Sentinel and the ServiceNow Table API over\n"
+            "TLS (a fresh CA each start), seeded with realistic incidents, and write an agent config\n"
+            f"({CONFIG_NAME}) that points at them. Prints one 'name value' line each for entra,\n"
             "sentinel, servicenow, ca_file and config, then serves until SIGINT/SIGTERM."
         ),
         epilog=(

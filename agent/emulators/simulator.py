@@ -223,7 +223,8 @@ class Simulator:
 
     async def run(self, duration: float, rate: float) -> int:
         """Make ``rate`` edits per second for ``duration`` seconds (``ceil(duration * rate)``
-        steps, paced on the event loop clock); returns the number of edits made."""
+        steps, paced on the event loop clock, returning after ``duration``); returns the number of
+        edits made."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         if duration <= 0:
@@ -234,8 +235,9 @@ class Simulator:
         steps = math.ceil(duration * rate - 1e-9)
         for index in range(steps):
             made += len(self.step())
-            if index + 1 < steps:
-                await asyncio.sleep(max(0.0, start + (index + 1) * interval - loop.time()))
+            # The last pause runs to the end of ``duration``, so back-to-back runs keep the pace.
+            until = min(start + (index + 1) * interval, start + duration)
+            await asyncio.sleep(max(0.0, until - loop.time()))
         return made
 
     # Sentinel side ---------------------------------------------------------------------------

@@ -98,6 +98,11 @@ async def test_entra_token_is_accepted_by_sentinel(stack: EmulatorStack) -> None
             assert resp.status == 200
             body = orjson.loads(await resp.read())
         assert [i["name"] for i in body["value"]] == [created["name"]]
+        # The agent asks for "<management_url>/.default", i.e. the emulator's own URL.
+        own = await _arm_token(http, stack, f"{stack.sentinel_url}/.default")
+        headers = {"Authorization": f"Bearer {own}"}
+        async with http.get(_incidents_url(stack, "soc-eu"), ssl=_ctx(stack), headers=headers) as resp:
+            assert resp.status == 200
         # A token for another resource is refused.
         other = await _arm_token(http, stack, "https://graph.microsoft.com/.default")
         headers = {"Authorization": f"Bearer {other}"}

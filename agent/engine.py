@@ -43,6 +43,7 @@ from agent.errors import (
 )
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
+from agent.progress import Progress
 from agent.reconcile import Plan, Policy, plan
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
@@ -162,7 +163,10 @@ class WorkspaceSync:
         return f"Sentinel/{self.ws.workspace_name}"
 
     def _scope(self) -> Q:
-        q = Q.eq("correlation_display", self.correlation_display)
+        # Every record carrying a unique key, not only those whose correlation_display we set:
+        # a record adopted by unique key (made by an earlier integration, or before a lost
+        # shadow) must be listed too. The shadow's links decide which workspace owns it.
+        q = Q.is_not_empty(self.inst.unique_key)
         if self.ws.sys_domain:
             q = q & Q.eq("sys_domain", self.ws.sys_domain)
         return q
@@ -268,12 +272,15 @@ class WorkspaceSync:
         self._safety_valves(planned, options, stats)
 
         # 4. apply with bounded concurrency; failures are per incident
+        progress = Progress(self.ws.name, "apply", len(creates) + len(planned))
         async with asyncio.TaskGroup() as tg:
+            spawn = progress.counting(tg.create_task)
             for inc in creates:
-                tg.create_task(self._guard(inc.name, stats, self._create(inc, stats, options)))
+                spawn(self._guard(inc.name, stats, self._create(inc, stats, options)))
             for pair, pl in planned:
                 assert pair.incident is not None
-                tg.create_task(self._guard(pair.incident.name, stats, self._apply(pair, pl, stats, options)))
+                spawn(self._guard(pair.incident.name, stats, self._apply(pair, pl, stats, options)))
+        progress.finish()
 
         # 5. watermarks: the newest server time seen; failures are retried from their table.
         # Work deferred by a shutdown keeps both watermarks where they were.

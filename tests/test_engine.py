@@ -289,3 +289,17 @@ async def test_watermark_advances_and_change_while_down_is_seen(env: Env) -> Non
     await env.stats()
     assert env.snow_record(inc["name"])["impact"] == "1"
     assert props(ws, inc["name"])["owner"]["userPrincipalName"] == "dave@contoso.example"
+
+
+async def test_ticket_made_by_another_integration_is_adopted_and_kept_in_sync(env: Env) -> None:
+    ws = env.ws()
+    inc = ws.create_incident(title="t", severity="Low", labels=["snow"])
+    made = env.snow.insert(
+        "incident", {"short_description": "made elsewhere", "correlation_id": inc["name"], "impact": "3"}
+    )
+    stats = await env.stats()
+    assert stats.created == 0 and stats.adopted == 1
+    assert len(env.snow_records()) == 1
+    env.snow.analyst_update("incident", made["sys_id"], {"impact": "2"})
+    await env.stats()
+    assert props(ws, inc["name"])["severity"] == "Medium"

@@ -91,12 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = p.add_subparsers(dest="wm_command", metavar="ACTION")
     w = wsub.add_parser("show", help="print the watermarks of every (or one) workspace")
     w.add_argument("workspace", nargs="?")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
     w = wsub.add_parser("set", help="rewind or advance a workspace's watermarks")
     w.add_argument("workspace")
     w.add_argument(
         "--modified", metavar="DATE", help="modification watermark (ISO 8601 or relative like -7d)"
     )
-    w.add_argument("--created", metavar="DATE", help="creation watermark (ISO 8601 or relative like -7d)")
+    w.add_argument(
+        "--created",
+        metavar="DATE",
+        help="Sentinel creation floor: no new ticket for incidents created before DATE (ISO 8601, now, -7d)",
+    )
     w.add_argument("--side", choices=["sentinel", "servicenow", "both"], default="both")
     w.add_argument("--force", action="store_true", help="even while an agent holds the state lock")
 
@@ -125,8 +130,10 @@ _RELATIVE = re.compile(r"^-(\d+)([smhdw])$")
 
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """ISO 8601 (a date alone means midnight UTC) or relative ``-7d`` / ``-12h`` / ``-30m``."""
+    """ISO 8601 (a date alone means midnight UTC), ``now``, or relative ``-7d`` / ``-12h`` / ``-30m``."""
     now = now or datetime.now(UTC)
+    if text.strip().lower() == "now":
+        return now
     m = _RELATIVE.match(text.strip())
     if m:
         n, unit = int(m.group(1)), m.group(2)
@@ -224,7 +231,7 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 side=args.side,
                 force=args.force,
             )
-        return await commands.watermark_show(config, args.workspace)
+        return await commands.watermark_show(config, args.workspace, as_json=args.json)
     raise ConfigError([f"unknown command {args.command}"])
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.errors import AgentError, ConfigError, LockHeld, SafetyValveTripped
+from agent.errors import AgentError, ConfigError, SafetyValveTripped
 from agent.lock import StateLock
 from agent.log import log
 from agent.runtime import Runtime
@@ -51,6 +51,10 @@ async def once(
                 )
             options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since)
             results = await run_workspaces(syncs, options)
+    if since is not None:
+        from agent.watermarks import report_backfill
+
+        report_backfill(results, since)
     return _exit_code(results)
 
 
@@ -215,25 +219,11 @@ async def status(config: Config, *, as_json: bool = False) -> int:
     return EXIT_OK
 
 
-async def watermark_show(config: Config, workspace: str | None) -> int:
-    from agent.cli import print_json
+async def watermark_show(config: Config, workspace: str | None, *, as_json: bool = False) -> int:
+    """Per workspace and side: the creation and modification watermarks and when each moved."""
+    from agent import watermarks
 
-    names = [workspace] if workspace else list(config.workspaces)
-    _known(config, names)
-    out: dict[str, Any] = {}
-    async with await Shadow.open(config.agent.state_db) as shadow:
-        for name in names:
-            inst = config.workspaces[name].servicenow
-            out[name] = {}
-            for side in ("sentinel", "servicenow"):
-                w = await shadow.get_watermark(inst, name, side)
-                out[name][side] = {
-                    "created": _iso(w.created),
-                    "modified": _iso(w.modified),
-                    "moved_at": _iso(w.moved_at),
-                }
-    print_json(out)
-    return EXIT_OK
+    return await watermarks.show(config, workspace, as_json=as_json)
 
 
 async def watermark_set(
@@ -245,32 +235,12 @@ async def watermark_set(
     side: str,
     force: bool,
 ) -> int:
-    _known(config, [workspace])
-    if modified is None and created is None:
-        raise ConfigError(["watermark set: give --modified and/or --created"])
-    lock = StateLock(config.agent.state_db)
-    if lock.held_by_other() and not force:
-        raise LockHeld("a running agent holds the state lock; stop it or use --force")
-    inst = config.workspaces[workspace].servicenow
-    sides = ("sentinel", "servicenow") if side == "both" else (side,)
-    now = datetime.now(UTC)
-    async with await Shadow.open(config.agent.state_db) as shadow:
-        for s in sides:
-            kwargs: dict[str, Any] = {"moved_at": now}
-            if modified is not None:
-                kwargs["modified"] = modified
-            if created is not None:
-                kwargs["created"] = created
-            await shadow.set_watermark(inst, workspace, s, **kwargs)
-            log.info(
-                "watermark_set", workspace=workspace, side=s, modified=_iso(modified), created=_iso(created)
-            )
-    sys.stdout.write(
-        f"[{workspace}] next cycle re-reads {', '.join(sides)} changes since "
-        f"{_iso(modified) or 'the unchanged modification watermark'}; "
-        "already-synced incidents are not rewritten.\n"
+    """Rewind or advance a workspace's watermarks (see :mod:`agent.watermarks`)."""
+    from agent import watermarks
+
+    return await watermarks.set_(
+        config, workspace, modified=modified, created=created, side=side, force=force
     )
-    return EXIT_OK
 
 
 async def check(config: Config) -> int:

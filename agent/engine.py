@@ -47,7 +47,7 @@ from agent.progress import Progress
 from agent.reconcile import Plan, Policy, plan
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Link, Shadow
+from agent.shadow import Link, Shadow, Watermark
 from agent.snowquery import Q
 
 SNOW_FIELDS_BASE = (
@@ -210,8 +210,11 @@ class WorkspaceSync:
         wm_s = await self.shadow.get_watermark(inst, wsname, "sentinel")
         wm_n = await self.shadow.get_watermark(inst, wsname, "servicenow")
         max_age = now - timedelta(days=self.ws.max_age_days)
+        # The Sentinel creation watermark is a floor an operator sets: no ticket for an incident
+        # created before it (on top of max_age_days); a backfill's ``since`` goes below both.
+        floor = max(max_age, wm_s.created) if wm_s.created is not None else max_age
         first_run = wm_s.modified is None
-        s_since = (wm_s.modified - overlap) if wm_s.modified else max_age
+        s_since = (wm_s.modified - overlap) if wm_s.modified else floor
         if options.since is not None:
             s_since = min(s_since, options.since)
 
@@ -245,7 +248,7 @@ class WorkspaceSync:
                 stats.skipped += 1
                 continue
             if pair.link is None:
-                if pair.incident is not None and self._wants_create(pair.incident, max_age, options.since):
+                if pair.incident is not None and self._wants_create(pair.incident, floor, options.since):
                     creates.append(pair.incident)
             else:
                 updates.append(pair)
@@ -256,6 +259,15 @@ class WorkspaceSync:
                 if found is not None:
                     creates.remove(inc)
                     updates.append(Pair(inc, found, None))
+        if options.since is not None:
+            log.info(
+                "backfill_listed",
+                since=options.since.isoformat(),
+                listed=len(incidents),
+                to_create=len(creates),
+                to_adopt=sum(1 for u in updates if u.link is None),
+                changed=sum(1 for u in updates if u.link is not None),
+            )
 
         # 3. plan everything, then run the safety valves before any write
         await self._resolve_owners([p for p in updates if p.incident and p.record], creates)
@@ -283,22 +295,38 @@ class WorkspaceSync:
         progress.finish()
 
         # 5. watermarks: the newest server time seen; failures are retried from their table.
-        # Work deferred by a shutdown keeps both watermarks where they were.
-        if not options.dry_run and not stats.deferred:
-            if incidents and options.since is None:
-                newest = max(i.modified for i in incidents.values())
-                if wm_s.modified is None or newest > wm_s.modified:
-                    await self.shadow.set_watermark(inst, wsname, "sentinel", modified=newest, moved_at=now)
-            elif first_run and options.since is None:
-                await self.shadow.set_watermark(inst, wsname, "sentinel", modified=s_since, moved_at=now)
-            snow_newest = max((r.updated_on for r in records.values()), default=None)
-            if snow_newest is not None and (wm_n.modified is None or snow_newest > wm_n.modified):
-                await self.shadow.set_watermark(
-                    inst, wsname, "servicenow", modified=snow_newest, moved_at=now
-                )
-            elif wm_n.modified is None:
-                # Start the ServiceNow side at the Sentinel start point: nothing of ours is older.
-                await self.shadow.set_watermark(inst, wsname, "servicenow", modified=s_since, moved_at=now)
+        # Work deferred by a shutdown keeps both watermarks where they were, and a backfill
+        # (``since``) never moves them: the regular cycles carry on from where they were.
+        if not options.dry_run and not stats.deferred and options.since is None:
+            await self._advance_watermarks(wm_s, wm_n, incidents, records, s_since, now)
+
+    async def _advance_watermarks(
+        self,
+        wm_s: Watermark,
+        wm_n: Watermark,
+        incidents: Mapping[str, SentinelIncident],
+        records: Mapping[str, SnowRecord],
+        start: datetime,
+        now: datetime,
+    ) -> None:
+        """Move each modification watermark to the newest server time this cycle saw.
+
+        A first run starts both sides where the Sentinel listing started (nothing of ours is
+        older on the ServiceNow side). A watermark an operator moved while the cycle ran
+        (``watermark set --force``) is left where they put it.
+        """
+        newest_s = max((i.modified for i in incidents.values()), default=None)
+        newest_n = max((r.updated_on for r in records.values()), default=None)
+        for side, read, newest in (("sentinel", wm_s, newest_s), ("servicenow", wm_n, newest_n)):
+            if newest is None and read.modified is None:
+                newest = start
+            if newest is None or (read.modified is not None and newest <= read.modified):
+                continue
+            current = await self.shadow.get_watermark(self.inst.name, self.ws.name, side)
+            if (current.modified, current.modified_moved_at) != (read.modified, read.modified_moved_at):
+                log.info("watermark_kept", side=side, reason="moved by an operator during the cycle")
+                continue
+            await self.shadow.set_watermark(self.inst.name, self.ws.name, side, modified=newest, moved_at=now)
 
     # --- pairing --------------------------------------------------------------------------
 

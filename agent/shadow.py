@@ -11,7 +11,9 @@ Tables (every key starts with the ServiceNow ``instance``, then the Sentinel ``w
   so one ServiceNow record is never linked to two incidents.
 * ``comment_links``: which Sentinel comment became which journal entry (or the reverse); a journal
   entry and a Sentinel comment are each linked at most once.
-* ``watermarks``: per side, the newest created/modified time already seen, and when it last moved.
+* ``watermarks``: per side, the newest modification time already seen (``modified``), the
+  creation floor (``created``: no ticket for a Sentinel incident created earlier), and when
+  each last moved.
 * ``failures``: incidents whose sync failed, with exponential backoff before the next try.
 * ``conflict_log`` and ``cycles``: bounded history for ``status`` and health checks.
 
@@ -117,6 +119,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX cycles_by_workspace ON cycles (instance, workspace, id);
     """,
+    # 3: when each watermark last moved (``moved_at`` is when either of the side's two did).
+    """
+    ALTER TABLE watermarks ADD COLUMN created_moved_at TEXT;
+    ALTER TABLE watermarks ADD COLUMN modified_moved_at TEXT;
+    UPDATE watermarks SET created_moved_at = moved_at WHERE created IS NOT NULL;
+    UPDATE watermarks SET modified_moved_at = moved_at WHERE modified IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -189,7 +198,11 @@ class CommentLink:
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
-    """The newest created/modified time already seen on one side, and when it last moved."""
+    """One side's watermarks and when they last moved.
+
+    ``modified``: the newest modification time already seen (the engine moves it every cycle).
+    ``created``: the creation floor on the Sentinel side; only an operator moves it.
+    """
 
     instance: str
     workspace: str
@@ -197,6 +210,8 @@ class Watermark:
     created: datetime | None
     modified: datetime | None
     moved_at: datetime | None
+    created_moved_at: datetime | None = None
+    modified_moved_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +438,7 @@ class Shadow:
         """The watermark of one side; all times None if it was never set."""
         _check_side(side)
         rows = await self._read(
-            "SELECT created, modified, moved_at FROM watermarks "
+            "SELECT created, modified, moved_at, created_moved_at, modified_moved_at FROM watermarks "
             "WHERE instance = ? AND workspace = ? AND side = ?",
             (instance, workspace, side),
         )
@@ -431,7 +446,14 @@ class Shadow:
             return Watermark(instance, workspace, side, None, None, None)
         row = rows[0]
         return Watermark(
-            instance, workspace, side, _dt(row["created"]), _dt(row["modified"]), _dt(row["moved_at"])
+            instance,
+            workspace,
+            side,
+            _dt(row["created"]),
+            _dt(row["modified"]),
+            _dt(row["moved_at"]),
+            _dt(row["created_moved_at"]),
+            _dt(row["modified_moved_at"]),
         )
 
     async def set_watermark(
@@ -444,13 +466,16 @@ class Shadow:
         modified: datetime | _Unset | None = UNSET,
         moved_at: datetime,
     ) -> None:
-        """Move a watermark. Only the times passed change (``None`` clears one); ``moved_at`` always."""
+        """Move a watermark. Only the times passed change (``None`` clears one); ``moved_at`` always,
+        and ``created_moved_at`` / ``modified_moved_at`` with the time they belong to."""
         _check_side(side)
         values: dict[str, str | None] = {"moved_at": _ts(moved_at)}
         if created is not UNSET:
             values["created"] = _ts_opt(created)
+            values["created_moved_at"] = _ts(moved_at)
         if modified is not UNSET:
             values["modified"] = _ts_opt(modified)
+            values["modified_moved_at"] = _ts(moved_at)
         updates = ", ".join(f"{col} = excluded.{col}" for col in values)
         cols = ", ".join(values)
         marks = ", ".join("?" * len(values))

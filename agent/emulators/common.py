@@ -264,6 +264,7 @@ class Call:
     route: str  # aiohttp route name, e.g. "incidents.put"
     path: str
     status: int
+    instance: str = ""  # which ServiceNow instance served it ("" for Entra and Sentinel)
 
 
 @dataclass
@@ -307,7 +308,7 @@ ErrorFactory = Callable[[int, int], web.Response]
 
 
 def fault_and_record_middleware(
-    system: str, faults: Faults, recorder: Recorder, error_for: ErrorFactory
+    system: str, faults: Faults, recorder: Recorder, error_for: ErrorFactory, instance: str = ""
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp middleware: inject faults by route, then record (system, method, route, status)."""
 
@@ -321,7 +322,9 @@ def fault_and_record_middleware(
             await asyncio.sleep(latency)
         if status is not None:
             faults.count(status)
-            recorder.add(Call(system, request.method, route, request.path, status if status else 0))
+            recorder.add(
+                Call(system, request.method, route, request.path, status if status else 0, instance)
+            )
             if status == 0:
                 # Drop the connection without a response: the client sees a reset.
                 if request.transport is not None:
@@ -331,9 +334,9 @@ def fault_and_record_middleware(
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            recorder.add(Call(system, request.method, route, request.path, exc.status))
+            recorder.add(Call(system, request.method, route, request.path, exc.status, instance))
             raise
-        recorder.add(Call(system, request.method, route, request.path, response.status))
+        recorder.add(Call(system, request.method, route, request.path, response.status, instance))
         return response
 
     return middleware

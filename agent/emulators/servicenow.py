@@ -351,7 +351,9 @@ class ServiceNowEmulator:
         self._seed()
         self.app = web.Application(
             middlewares=[
-                fault_and_record_middleware("servicenow", self.faults, self.recorder, self._fault_response)
+                fault_and_record_middleware(
+                    "servicenow", self.faults, self.recorder, self._fault_response, instance=name
+                )
             ]
         )
         self._add_routes()

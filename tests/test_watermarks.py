@@ -1,0 +1,260 @@
+"""Operators control the watermarks (issue: watermarks, backfill, enabled = false).
+
+Scenarios against the emulators through the production runtime: show, rewind, the creation
+floor, the state lock, an operator's move during a running cycle, and a disabled workspace
+that is neither read nor written and whose watermarks stay frozen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agent import commands, watermarks
+from agent.cli import parse_when
+from agent.emulators.stack import EmulatorStack
+from agent.errors import ConfigError, LockHeld
+from agent.lock import StateLock
+from agent.shadow import Shadow, Watermark
+from tests.e2e import Env, reads, writes
+
+
+async def marks(env: Env, workspace: str = "soc", instance: str = "default") -> dict[str, Watermark]:
+    async with await Shadow.open(env.tmp / "state.db") as shadow:
+        return {s: await shadow.get_watermark(instance, workspace, s) for s in ("sentinel", "servicenow")}
+
+
+async def setwm(
+    env: Env,
+    *,
+    modified: str | None = None,
+    created: str | None = None,
+    side: str = "both",
+    force: bool = False,
+    workspace: str = "soc",
+) -> int:
+    return await watermarks.set_(
+        env.config,
+        workspace,
+        modified=parse_when(modified) if modified else None,
+        created=parse_when(created) if created else None,
+        side=side,
+        force=force,
+    )
+
+
+async def settled(env: Env, count: int = 3) -> list[str]:
+    """``count`` linked incidents after two cycles (the second absorbs our own write-backs)."""
+    names = [env.ws().create_incident(title=f"t{i}", labels=["snow"])["name"] for i in range(count)]
+    await env.stats()
+    await env.stats()
+    return names
+
+
+async def test_show_prints_both_watermarks_per_side_and_when_each_moved(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await settled(env, 1)
+    await setwm(env, created="-1h", side="sentinel")
+    capsys.readouterr()
+    assert await commands.watermark_show(env.config, "soc", as_json=True) == 0
+    shown = orjson.loads(capsys.readouterr().out)["soc"]
+    wm = await marks(env)
+    for side in ("sentinel", "servicenow"):
+        assert shown[side]["modified"] == watermarks.iso(wm[side].modified)
+        assert shown[side]["modified_moved_at"] == watermarks.iso(wm[side].modified_moved_at)
+        assert shown[side]["modified"].endswith("Z")
+    assert shown["sentinel"]["created"] == watermarks.iso(wm["sentinel"].created)
+    assert shown["sentinel"]["created_moved_at"] == watermarks.iso(wm["sentinel"].created_moved_at)
+    assert shown["servicenow"]["created"] is None
+    # the floor shown is the later of max_age_days and the creation watermark
+    assert shown["sentinel"]["creation_floor"] == shown["sentinel"]["created"]
+
+    assert await commands.watermark_show(env.config, None) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("[soc] enabled -> servicenow:default")
+    assert f"modified {shown['sentinel']['modified']}" in text
+    assert f"moved {shown['sentinel']['modified_moved_at']}" in text
+    assert f"created  {shown['sentinel']['created']}" in text
+    with pytest.raises(ConfigError, match="no such workspace"):
+        await commands.watermark_show(env.config, "nope")
+
+
+async def test_rewind_then_once_rereads_and_writes_nothing_for_unchanged(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await settled(env, 3)
+    before = await marks(env)
+    code = await commands.watermark_set(
+        env.config, "soc", modified=parse_when("-1d"), created=None, side="both", force=False
+    )
+    assert code == 0
+    said = capsys.readouterr().out
+    assert "sentinel modification watermark" in said and "servicenow modification watermark" in said
+    assert "the next cycle re-reads Sentinel incidents modified since" in said
+    rewound = await marks(env)
+    assert all(rewound[s].modified < before[s].modified for s in rewound)  # type: ignore[operator]
+
+    mark = env.stack.recorder.mark()
+    stats = await env.stats()
+    calls = env.calls_since(mark)
+    assert (stats.listed_sentinel, stats.listed_snow) == (3, 3)  # everything re-read ...
+    assert writes(calls) == []  # ... and nothing rewritten, created or fetched one by one
+    assert {c.route for c in reads(calls)} == {"incidents.list", "table.list"}
+    assert stats.created == stats.updated_snow == stats.updated_sentinel == stats.adopted == 0
+    assert len(env.snow_records()) == 3
+    after = await marks(env)
+    assert after["sentinel"].modified == before["sentinel"].modified  # caught up again
+
+    # The same through the `once` command.
+    await setwm(env, modified="-1d")
+    mark = env.stack.recorder.mark()
+    assert await commands.once(env.config) == 0
+    assert writes(env.calls_since(mark)) == []
+    assert len(env.snow_records()) == 3
+
+
+async def test_creation_floor_holds_back_older_incidents_and_rewinding_it_picks_them_up(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = env.ws()
+    old = ws.create_incident(title="before the take-over", labels=["snow"])
+    await setwm(env, created="now")
+    assert "new tickets only for incidents created since" in capsys.readouterr().out
+    new = ws.create_incident(title="after the take-over", labels=["snow"])
+    stats = await env.stats()
+    assert stats.created == 1
+    assert [r["correlation_id"] for r in env.snow_records()] == [new["name"]]
+    await env.stats()
+    assert (await env.stats()).created == 0  # still held back on later cycles
+
+    # "an incident was missed": lowering the floor re-reads and creates exactly that one
+    await setwm(env, created="-1d")
+    said = capsys.readouterr().out
+    assert "re-reads Sentinel incidents modified since" in said
+    stats = await env.stats()
+    assert stats.created == 1
+    assert sorted(r["correlation_id"] for r in env.snow_records()) == sorted([old["name"], new["name"]])
+
+
+async def test_set_validates_its_request(env: Env) -> None:
+    with pytest.raises(ConfigError, match="give --modified"):
+        await setwm(env)
+    with pytest.raises(ConfigError, match="Sentinel side only"):
+        await setwm(env, created="-1d", side="servicenow")
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    with pytest.raises(ConfigError, match="in the future"):
+        await setwm(env, modified=future)
+    with pytest.raises(ConfigError, match="no such workspace"):
+        await setwm(env, modified="-1d", workspace="nope")
+    assert (await marks(env))["sentinel"].moved_at is None  # nothing was written
+
+
+async def test_set_refuses_a_running_agents_lock_unless_forced(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await settled(env, 1)
+    before = await marks(env)
+    agent_lock = StateLock(env.config.agent.state_db)
+    agent_lock.acquire()  # a running agent
+    try:
+        with pytest.raises(LockHeld, match="use --force"):
+            await setwm(env, modified="-2h")
+        assert await marks(env) == before
+        assert await setwm(env, modified="-2h", side="sentinel", force=True) == 0
+    finally:
+        agent_lock.release()
+    after = await marks(env)
+    assert after["sentinel"].modified is not None and before["sentinel"].modified is not None
+    assert after["sentinel"].modified < before["sentinel"].modified
+    assert after["servicenow"] == before["servicenow"]
+    assert "[soc] sentinel modification watermark" in capsys.readouterr().out
+
+
+async def test_an_operators_move_during_a_cycle_is_kept(env: Env) -> None:
+    await settled(env, 1)
+    env.ws().create_incident(title="makes the cycle advance the watermark", labels=["snow"])
+    env.snow.faults.set("table.list", latency=0.5)
+    mark = env.stack.recorder.mark()
+    cycle = asyncio.create_task(env.stats())
+    for _ in range(1000):  # until the cycle has listed Sentinel and waits on ServiceNow
+        if any(c.route == "incidents.list" for c in env.calls_since(mark)):
+            break
+        await asyncio.sleep(0.01)
+    rewind = parse_when("-3h")
+    await watermarks.set_(env.config, "soc", modified=rewind, created=None, side="sentinel", force=False)
+    stats = await cycle
+    env.snow.faults.set("table.list", latency=0.0)
+    assert stats.created == 1
+    assert (await marks(env))["sentinel"].modified == rewind  # not overwritten by the cycle
+    await env.stats()
+    assert (await marks(env))["sentinel"].modified > rewind  # type: ignore[operator]
+
+
+# --- enabled = false ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[Env]:
+    """Workspace ``soc`` on instance ``default`` and ``off`` on instance ``second``."""
+    async with EmulatorStack(directory=tmp_path / "emu", snow_instances=("default", "second")) as stack:
+        stack.add_workspace("soc")
+        stack.add_workspace("off", servicenow="second")
+        cfg = stack.write_config(
+            tmp_path / "agent.ini",
+            state_db=tmp_path / "state.db",
+            workspaces=["soc", "off"],
+            extra={"agent": {"overlap": "0s"}},
+        )
+        yield Env(stack, tmp_path, cfg, ["soc", "off"])
+
+
+def enable(env: Env, on: bool) -> None:
+    env.rewrite({"agent": {"overlap": "0s"}, "workspace:off": {"enabled": "true" if on else "false"}})
+
+
+async def test_disabled_workspace_is_untouched_and_frozen_then_resumes(two: Env) -> None:
+    env = two
+    off = env.ws("off")
+    first = off.create_incident(title="synced before the switch-off", labels=["snow"])
+    quiet = [off.create_incident(title=f"never changes {i}", labels=["snow"]) for i in range(5)]
+    await env.cycle()
+    await env.cycle()
+    second = env.stack.snow["second"]
+    assert len([r for r in second.tables["incident"].values() if r.get("correlation_id")]) == 6
+    frozen = await marks(env, "off", "second")
+
+    enable(env, False)
+    off.analyst_update(first["name"], severity="High")
+    while_off = off.create_incident(title="created while disabled", labels=["snow"])
+    env.ws("soc").create_incident(title="the other workspace carries on", labels=["snow"])
+    mark = env.stack.recorder.mark()
+    results = await env.cycle()
+    await env.cycle()
+    calls = env.calls_since(mark)
+    assert list(results) == ["soc"]
+    assert not [c for c in calls if c.instance == "second"]
+    assert not [c for c in calls if c.system == "sentinel" and "/workspaces/off/" in c.path]
+    assert [c for c in calls if c.instance == "default"]  # soc was synced meanwhile
+    assert await marks(env, "off", "second") == frozen
+    assert len([r for r in second.tables["incident"].values() if r.get("correlation_id")]) == 6
+    with pytest.raises(ConfigError, match="disabled"):
+        await commands.once(env.config, workspaces=["off"], since=parse_when("-1d"), backfill=True)
+
+    enable(env, True)
+    stats = (await env.cycle())["off"]
+    assert not isinstance(stats, BaseException)
+    # resumed from the frozen watermark: what changed meanwhile was listed (plus at most the
+    # one incident sitting exactly on the inclusive watermark), not the five quiet ones
+    assert 2 <= stats.listed_sentinel <= 3
+    assert stats.created == 1 and stats.updated_snow == 1
+    rec = next(r for r in second.tables["incident"].values() if r.get("correlation_id") == first["name"])
+    assert rec["impact"] == "1"
+    linked = {r["correlation_id"] for r in second.tables["incident"].values() if r.get("correlation_id")}
+    assert linked == {first["name"], while_off["name"], *(q["name"] for q in quiet)}
+    assert (await marks(env, "off", "second"))["sentinel"].modified > frozen["sentinel"].modified  # type: ignore[operator]

@@ -25,6 +25,7 @@ from agent.log import log
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG, EXIT_RESYNC = 0, 1, 2, 7
 DEFAULT_CONFIG = "agent.ini"
+REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark"})
 
 DESCRIPTION = """\
 Keep Microsoft Sentinel incidents and ServiceNow incidents in sync, both ways.
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     sub.add_parser(
-        "check", help="validate the config, obtain tokens, probe read access to every workspace and table"
+        "check",
+        help="a checklist: config, tokens, read and write rights, journal, mapping rows (writes nothing)",
     )
 
     p = sub.add_parser("once", help="run one sync cycle for every enabled workspace, then exit")
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workspace", action="append", metavar="NAME", help="only this workspace (repeatable)")
 
-    p = sub.add_parser("status", help="per workspace: links, open, watermarks, last cycle, failures")
+    p = sub.add_parser("status", help="per workspace: links, open, last cycle, lag, failures and why")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("watermark", help="show or move the per-workspace watermarks")
@@ -168,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.configure(
         level=args.log_level or config.agent.log_level,
         fmt=args.log_format or config.agent.log_format,
+        # A command whose output is a report keeps stdout for it (parseable --json).
+        stream=sys.stderr if args.command in REPORT_COMMANDS else None,
     )
     for warning in config.warnings:
         log.warning("config_warning", message=warning)

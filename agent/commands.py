@@ -11,12 +11,11 @@ from typing import Any
 
 from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.errors import AgentError, ConfigError, SafetyValveTripped
+from agent.errors import ConfigError, SafetyValveTripped
+from agent.health import operations
 from agent.lock import StateLock
 from agent.log import log
 from agent.runtime import Runtime
-from agent.shadow import Shadow
-from agent.snowquery import Q
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG, EXIT_RESYNC = 0, 1, 2, 7
 
@@ -108,7 +107,7 @@ async def run(
     code = EXIT_OK
     cycles = 0
     try:
-        async with Runtime(config) as rt:
+        async with Runtime(config) as rt, operations(config, rt, workspaces):
             syncs = rt.syncs(workspaces)
             log.info(
                 "agent_started",
@@ -155,67 +154,15 @@ async def run(
 
 
 async def status(config: Config, *, as_json: bool = False) -> int:
-    """Per workspace: links, open, watermarks, last cycle, failures."""
+    """Per workspace: links, open, last cycle, lag, failures and their reasons (``--json``)."""
+    from agent import status as report
     from agent.cli import print_json
 
-    now = datetime.now(UTC)
-    report: dict[str, Any] = {}
-    async with await Shadow.open(config.agent.state_db) as shadow:
-        for name, ws in config.workspaces.items():
-            inst = ws.servicenow
-            total, open_ = await shadow.count_links(inst, name)
-            wm = {}
-            for side in ("sentinel", "servicenow"):
-                w = await shadow.get_watermark(inst, name, side)
-                wm[side] = {
-                    "created": _iso(w.created),
-                    "modified": _iso(w.modified),
-                    "moved_at": _iso(w.moved_at),
-                }
-            last = await shadow.last_cycle(inst, name)
-            failures = await shadow.failures(inst, name)
-            lag = (
-                (now - w.modified).total_seconds()
-                if (w := await shadow.get_watermark(inst, name, "sentinel")).modified
-                else None
-            )
-            report[name] = {
-                "enabled": ws.enabled,
-                "servicenow": inst,
-                "links": total,
-                "open": open_,
-                "watermarks": wm,
-                "lag_seconds": round(lag, 1) if lag is not None else None,
-                "last_cycle": last,
-                "failures": [
-                    {
-                        "incident": f.incident,
-                        "error": f.error,
-                        "attempts": f.attempts,
-                        "next_try": _iso(f.next_try),
-                    }
-                    for f in failures
-                ],
-            }
-    lock = StateLock(config.agent.state_db)
-    running = lock.held_by_other()
+    data = await report.collect(config)
     if as_json:
-        print_json({"agent_running": running, "workspaces": report})
-        return EXIT_OK
-    out = sys.stdout
-    out.write(f"agent running: {'yes' if running else 'no'}   state: {config.agent.state_db}\n")
-    for name, r in report.items():
-        out.write(f"\n[{name}] {'enabled' if r['enabled'] else 'DISABLED'} -> servicenow:{r['servicenow']}\n")
-        out.write(f"  links {r['links']}, open {r['open']}, lag {r['lag_seconds']} s\n")
-        for side, w in r["watermarks"].items():
-            out.write(f"  watermark {side:10} modified {w['modified']}  (moved {w['moved_at']})\n")
-        last = r["last_cycle"]
-        if last:
-            out.write(f"  last cycle {last.get('finished')} ok={last.get('ok')}\n")
-        for f in r["failures"]:
-            out.write(
-                f"  FAILING {f['incident']} attempts={f['attempts']} next={f['next_try']}: {f['error']}\n"
-            )
+        print_json(data)
+    else:
+        report.render(data, sys.stdout)
     return EXIT_OK
 
 
@@ -244,55 +191,21 @@ async def watermark_set(
 
 
 async def check(config: Config) -> int:
-    """A readable checklist: config, tokens, read access per workspace and table."""
-    results: list[tuple[bool, str]] = [(True, f"config {config.path} is valid")]
-    async with Runtime(config) as rt:
-        for name, auth in rt.entra.items():
-            try:
-                await auth.header()
-                results.append((True, f"[oauth:{name}] token obtained"))
-            except AgentError as exc:
-                results.append((False, f"[oauth:{name}] no token: {exc}"))
-        for name, ws in config.workspaces.items():
-            if not ws.enabled:
-                results.append((True, f"[workspace:{name}] disabled: skipped"))
-                continue
-            client = rt.sentinel_client(name)
-            try:
-                async for _ in client.list_incidents(page_size=1):
-                    break
-                results.append((True, f"[workspace:{name}] Sentinel incidents readable"))
-            except AgentError as exc:
-                results.append((False, f"[workspace:{name}] Sentinel incidents not readable: {exc}"))
-        for name, inst in config.servicenow.items():
-            snow = rt.snow_client(name)
-            try:
-                await snow.find(Q.is_not_empty("sys_id"), ["sys_id"], limit=1)
-                results.append((True, f"[servicenow:{name}] table {inst.incident_table} readable"))
-            except AgentError as exc:
-                results.append(
-                    (False, f"[servicenow:{name}] table {inst.incident_table} not readable: {exc}")
-                )
-            try:
-                await snow.journal([], since=None)
-                results.append((True, f"[servicenow:{name}] sys_journal_field readable"))
-            except AgentError as exc:
-                results.append((False, f"[servicenow:{name}] sys_journal_field not readable: {exc}"))
-            if inst.caller_id:
-                try:
-                    user = await snow.find_user(user_name=inst.caller_id)
-                    results.append(
-                        (
-                            user is not None,
-                            f"[servicenow:{name}] caller_id {inst.caller_id} "
-                            + ("exists" if user else "not found in sys_user"),
-                        )
-                    )
-                except AgentError as exc:
-                    results.append((False, f"[servicenow:{name}] caller_id look-up failed: {exc}"))
-    for ok, line in results:
-        sys.stdout.write(f"{'ok  ' if ok else 'FAIL'} {line}\n")
-    return EXIT_OK if all(ok for ok, _ in results) else EXIT_TRANSIENT
+    """A readable checklist (see :mod:`agent.checklist`): one line per probe, ok / FAIL / warn /
+    skip, a hint under each failure; exit 1 when anything failed. Nothing is written anywhere."""
+    from agent.checklist import Checklist, render
+    from agent.log import LEVELS
+
+    level = log.level
+    if level > LEVELS["debug"]:
+        log.level = LEVELS["error"]  # the checklist is the output; log lines would interleave
+    try:
+        async with Runtime(config) as rt:
+            items = await Checklist(config, rt).run()
+    finally:
+        log.level = level
+    failed, _total = render(items, sys.stdout)
+    return EXIT_TRANSIENT if failed else EXIT_OK
 
 
 def _known(config: Config, names: Sequence[str]) -> None:

@@ -334,6 +334,7 @@ _SNOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESOURCE_GROUP = re.compile(r"^[-\w.()]{1,90}$")
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 _UPN = re.compile(r"^[^@\s]+@[^@\s]+$")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _human_duration(seconds: float) -> str:
@@ -574,8 +575,19 @@ class _Section:
         if key.endswith("_env"):
             return self._secret_from_env(key, value)
         if key.endswith("_file"):
-            return self._secret_from_file(key, self.resolve(value))
+            expanded = self._expand(key, value)
+            return self._secret_from_file(key, self.resolve(expanded)) if expanded else None
         return Secret(value)
+
+    def _expand(self, key: str, text: str) -> str | None:
+        """``$NAME`` / ``${NAME}`` from the environment, e.g. systemd's ``$CREDENTIALS_DIRECTORY``."""
+        unset = [m[1] or m[2] for m in _VARIABLE.finditer(text) if (m[1] or m[2]) not in self.environ]
+        if unset:
+            systemd = "CREDENTIALS_DIRECTORY" in unset
+            hint = " (systemd sets it for a unit with LoadCredential=)" if systemd else ""
+            self.problem(key, f"environment variable {unset[0]} is not set{hint}")
+            return None
+        return _VARIABLE.sub(lambda m: self.environ[m[1] or m[2]], text)
 
     def _secret_from_env(self, key: str, variable: str) -> Secret | None:
         value = self.environ.get(variable)

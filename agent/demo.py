@@ -61,7 +61,14 @@ async def _demo(args: argparse.Namespace) -> int:
             state / "demo.ini",
             state_db=state / "demo.db",
             workspaces=names,
-            extra={"agent": {"poll_interval": "2s", "overlap": "5s", "max_concurrency": "16"}},
+            extra={
+                "agent": {
+                    "poll_interval": "2s",
+                    "overlap": "5s",
+                    "max_concurrency": "16",
+                    "metrics_listen": "127.0.0.1:0",
+                }
+            },
         )
         _say(
             f"emulators: entra {stack.entra_url}  sentinel {stack.sentinel_url}  servicenow {stack.snow_urls}"
@@ -83,7 +90,8 @@ async def _demo(args: argparse.Namespace) -> int:
             stderr=asyncio.subprocess.STDOUT,
         )
         assert proc.stdout is not None
-        reader = asyncio.create_task(_read_events(proc.stdout, events, summaries, state / "agent.log"))
+        seen: dict[str, Any] = {}
+        reader = asyncio.create_task(_read_events(proc.stdout, events, summaries, state / "agent.log", seen))
         t0 = time.monotonic()
         # let the initial sync happen, then edit both sides for the requested time
         await _wait_for(lambda: len(summaries) >= len(names), 120)
@@ -93,16 +101,22 @@ async def _demo(args: argparse.Namespace) -> int:
         _say(f"{edits} analyst edits made; letting the agent settle ...")
         settle_from = len(summaries)
         await _wait_for(lambda: len(summaries) >= settle_from + 2 * len(names), 120)
+        metrics = await _metrics_sample(seen.get("metrics_url"))
         proc.send_signal(signal.SIGTERM)
         code = await proc.wait()
         await reader
         mismatches = _agreement(stack, names, load_config(cfg_path))
         _print_summary(events, summaries, stack, edits, code, mismatches)
+        _print_metrics(seen.get("metrics_url"), metrics)
         return 0 if code == 0 and not mismatches else 1
 
 
 async def _read_events(
-    stream: asyncio.StreamReader, events: Counter[str], summaries: list[dict[str, Any]], log_path: Path
+    stream: asyncio.StreamReader,
+    events: Counter[str],
+    summaries: list[dict[str, Any]],
+    log_path: Path,
+    seen: dict[str, Any] | None = None,
 ) -> None:
     with log_path.open("wb") as sink:
         while True:
@@ -117,6 +131,8 @@ async def _read_events(
                 continue
             event = rec.get("event", "?")
             events[event] += 1
+            if event == "metrics_started" and seen is not None:
+                seen["metrics_url"] = rec.get("url")
             if event == "cycle_summary":
                 summaries.append(rec)
             if rec.get("level") in ("warning", "error") and event not in ("owner_unknown_in_servicenow",):
@@ -207,3 +223,39 @@ def _print_summary(
     _say("both sides agree on every synced field" if not mismatches else "the sides DISAGREE (see above)")
     with contextlib.suppress(Exception):
         _say("agent log: " + str(Path(stack.tls.directory) / "agent.log"))
+
+
+METRICS_SHOWN = (
+    "sentinel_snow_sync_cycles_total",
+    "sentinel_snow_sync_writes_total",
+    "sentinel_snow_sync_comments_total",
+    "sentinel_snow_sync_links_open",
+    "sentinel_snow_sync_http_requests_total",
+    "sentinel_snow_sync_http_throttled_total",
+)
+
+
+async def _metrics_sample(url: str | None) -> list[str]:
+    """A few lines of the running agent's ``/metrics`` (non-zero samples of the main series)."""
+    if not url:
+        return []
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError as exc:
+        return [f"(could not read {url}/metrics: {exc})"]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith(METRICS_SHOWN) and not line.rstrip().endswith(" 0.0")
+    ][:24]
+
+
+def _print_metrics(url: str | None, lines: list[str]) -> None:
+    if not url:
+        return
+    _say(f"\nfrom the agent's {url}/metrics (also /healthz, /readyz) just before it stopped:")
+    for line in lines:
+        _say(f"  {line}")

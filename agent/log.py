@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -55,6 +55,16 @@ def bind(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
+class LiveLine(Protocol):
+    """A status line kept at the bottom of a terminal (see :mod:`agent.progress`)."""
+
+    def clear(self) -> None:
+        """Erase the line before a log line is written."""
+
+    def redraw(self) -> None:
+        """Draw the line again after a log line was written."""
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
@@ -71,6 +81,10 @@ class Logger:
         self.format = "json"
         self.stream: IO[str] = sys.stdout
         self.sinks: list[Callable[[dict[str, Any]], None]] = []
+        # Observers (metrics) see every info-or-higher record whatever the output level.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # A live terminal line (progress) to clear before a text line and redraw after it.
+        self.live: LiveLine | None = None
 
     def configure(self, level: str = "info", fmt: str = "json", stream: IO[str] | None = None) -> None:
         self.level = LEVELS.get(level, 20)
@@ -79,7 +93,9 @@ class Logger:
             self.stream = stream
 
     def emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        if LEVELS[level] < self.level and not self.sinks:
+        severity = LEVELS[level]
+        observed = bool(self.observers) and severity >= LEVELS["info"]
+        if severity < self.level and not self.sinks and not observed:
             return
         record: dict[str, Any] = {
             "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -88,6 +104,11 @@ class Logger:
         }
         record.update(_context.get() or {})
         record.update(fields)
+        if observed:
+            for observer in self.observers:
+                observer(record)
+        if severity < self.level and not self.sinks:
+            return
         line = redact(orjson.dumps(record, default=_default).decode())
         if self.sinks:
             clean = orjson.loads(line)
@@ -97,9 +118,14 @@ class Logger:
             return
         if self.format == "text":
             line = redact(_render_text(record))
+        live = self.live
         try:
+            if live is not None:
+                live.clear()
             self.stream.write(line + "\n")
             self.stream.flush()
+            if live is not None:
+                live.redraw()
         except (BrokenPipeError, ValueError):
             pass
 
@@ -116,15 +142,35 @@ class Logger:
         self.emit("error", event, fields)
 
 
+_TEXT_FIRST = ("workspace", "instance", "incident", "snow_number", "direction")
+
+
 def _render_text(record: dict[str, Any]) -> str:
+    """``HH:MM:SS.mmm LEVEL   event [workspace] incident=... key=value`` for a terminal.
+
+    The same record as the JSON line: the well-known context keys first, then the event's own
+    fields in the order given; text with spaces is quoted, lists are joined with commas.
+    """
     ts = str(record.get("ts", ""))[11:23]
     head = f"{ts} {record['level'].upper():7} {record['event']}"
-    rest = " ".join(
-        f"{k}={v if isinstance(v, (str, int, float)) else orjson.dumps(v, default=_default).decode()}"
-        for k, v in record.items()
-        if k not in ("ts", "level", "event")
-    )
+    if record.get("workspace"):
+        head += f" [{record['workspace']}]"
+    keys = [k for k in _TEXT_FIRST if k in record and k != "workspace"]
+    keys += [k for k in record if k not in ("ts", "level", "event", *_TEXT_FIRST)]
+    rest = " ".join(f"{k}={_text_value(record[k])}" for k in keys)
     return f"{head} {rest}".rstrip()
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        return orjson.dumps(value).decode() if (not value or any(c.isspace() for c in value)) else value
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, (str, int)) for v in value):
+        return ",".join(str(v) for v in value) or "[]"
+    return orjson.dumps(value, default=_default).decode()
 
 
 log = Logger()

@@ -881,3 +881,41 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load(tmp_path)
     with pytest.raises(AttributeError):
         config.agent.dry_run = True  # type: ignore[misc]
+
+
+def test_secret_file_path_expands_credentials_directory(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name, value in (
+        ("client_secret", "secret-from-systemd-1"),
+        ("snow_password", "password-from-systemd"),
+    ):
+        (creds / name).write_text(value + "\n")
+        os.chmod(creds / name, 0o600)
+    changes: Sections = {
+        "oauth:default": {
+            "client_secret_env": None,
+            "client_secret_file": "$CREDENTIALS_DIRECTORY/client_secret",
+        },
+        "servicenow": {"password_env": None, "password_file": "${CREDENTIALS_DIRECTORY}/snow_password"},
+    }
+    config = load(tmp_path, changes, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    secret = config.oauth["default"].client_secret
+    password = config.servicenow["default"].password
+    assert secret is not None and secret.reveal() == "secret-from-systemd-1"
+    assert password is not None and password.reveal() == "password-from-systemd"
+    assert problems(tmp_path, changes, env={}) == [
+        "[oauth:default] client_secret_file: environment variable CREDENTIALS_DIRECTORY is not set"
+        " (systemd sets it for a unit with LoadCredential=)",
+        "[servicenow] password_file: environment variable CREDENTIALS_DIRECTORY is not set"
+        " (systemd sets it for a unit with LoadCredential=)",
+    ]
+
+
+def test_poll_interval_may_be_sub_second(tmp_path: Path) -> None:
+    # Process-level tests cycle a real agent every 0.2 s; below 0.1 s is refused.
+    assert load(tmp_path, {"agent": {"poll_interval": "0.2s"}}).agent.poll_interval == 0.2
+    assert problems(tmp_path, {"agent": {"poll_interval": "0.05"}}) == [
+        "[agent] poll_interval: 0.05 is out of range (0.1s to 1d)"
+    ]
+

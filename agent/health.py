@@ -1,0 +1,169 @@
+"""The agent's own HTTP endpoints while ``run`` is running (``[agent] metrics_listen``).
+
+* ``GET /metrics``: Prometheus text format (OpenMetrics when the scraper asks for it), from a
+  :class:`prometheus_client.CollectorRegistry` of our own (never the global one).
+* ``GET /healthz``: 200 while the event loop answers (a blocked loop answers nothing, and the
+  probe's timeout says so).
+* ``GET /readyz``: 200 when every enabled workspace had a successful cycle within
+  2 x ``poll_interval``; otherwise 503 with a JSON body naming the lagging workspaces.
+
+Plain HTTP: bind it to 127.0.0.1 (or a management interface) and let the local Prometheus
+agent or a reverse proxy carry it further. It serves numbers, never incident data or secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from agent.config import Config
+from agent.errors import ConfigError
+from agent.log import log
+from agent.metrics import AgentMetrics, HttpSource
+from agent.runtime import Runtime
+
+
+class Readiness:
+    """When each workspace last finished a successful cycle, from the ``cycle_summary`` events."""
+
+    def __init__(
+        self, workspaces: Sequence[str], poll_interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.workspaces = list(workspaces)
+        self.window = 2 * poll_interval
+        self._clock = clock
+        self._last_ok: dict[str, float] = {}
+
+    def observe(self, record: Mapping[str, Any]) -> None:
+        """A :attr:`agent.log.Logger.observers` callback."""
+        if record.get("event") == "cycle_summary" and record.get("ok") is True:
+            workspace = record.get("workspace")
+            if isinstance(workspace, str):
+                self._last_ok[workspace] = self._clock()
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, body)``; the body names every lagging workspace and why."""
+        now = self._clock()
+        lagging: dict[str, str] = {}
+        ages: dict[str, float | None] = {}
+        for name in self.workspaces:
+            last = self._last_ok.get(name)
+            ages[name] = round(now - last, 1) if last is not None else None
+            if last is None:
+                lagging[name] = "no successful cycle yet"
+            elif now - last > self.window:
+                lagging[name] = f"last successful cycle {now - last:.0f} s ago (limit {self.window:.0f} s)"
+        body = {"ready": not lagging, "lagging": lagging, "seconds_since_success": ages}
+        return not lagging, body
+
+
+class Operations:
+    """Metrics, health and readiness for one ``run``: an aiohttp server inside the agent process."""
+
+    def __init__(self, config: Config, rt: Runtime, workspaces: Sequence[str] | None = None) -> None:
+        assert config.agent.metrics_listen is not None
+        self.config = config
+        self.rt = rt
+        self.host, self.port = config.agent.metrics_listen
+        enabled = {
+            name: ws.servicenow
+            for name, ws in config.workspaces.items()
+            if ws.enabled and (not workspaces or name in workspaces)
+        }
+        self.registry = CollectorRegistry()
+        self.metrics = AgentMetrics(
+            self.registry, enabled, http=self._http_sources, token_requests=self._token_requests
+        )
+        self.readiness = Readiness(list(enabled), config.agent.poll_interval)
+        self.started = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def _http_sources(self) -> Iterator[HttpSource]:
+        for name, http in self.rt.arm.items():
+            yield HttpSource("sentinel", name, http)
+        for name, http in self.rt.snow_http.items():
+            yield HttpSource("servicenow", name, http)
+
+    def _token_requests(self) -> dict[str, int]:
+        return {name: auth.token_requests for name, auth in self.rt.entra.items()}
+
+    def app(self) -> web.Application:
+        """The aiohttp application (``/metrics``, ``/healthz``, ``/readyz``)."""
+        app = web.Application()
+        exposition = make_aiohttp_handler(self.registry)
+
+        async def metrics(request: web.Request) -> web.StreamResponse:
+            if self.rt.shadow is not None:
+                await self.metrics.refresh(self.rt.shadow)
+            return await exposition(request)
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "uptime_seconds": round(time.monotonic() - self.started, 1)}, 200)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready, body = self.readiness.report()
+        return _json(body, 200 if ready else 503)
+
+    async def start(self) -> None:
+        """Listen on ``metrics_listen`` and start observing the log; a busy port is a ConfigError."""
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                [f"[agent] metrics_listen: cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"]
+            ) from None
+        self._runner = runner
+        port = self.port
+        server = getattr(site, "_server", None)
+        if server is not None and getattr(server, "sockets", None):
+            port = server.sockets[0].getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{port}"
+        log.observers.extend((self.metrics.observe, self.readiness.observe))
+        log.info("metrics_started", url=self.url, endpoints=["/metrics", "/healthz", "/readyz"])
+
+    async def stop(self) -> None:
+        """Stop observing and close the server (idempotent)."""
+        for observer in (self.metrics.observe, self.readiness.observe):
+            with contextlib.suppress(ValueError):
+                log.observers.remove(observer)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def operations(
+    config: Config, rt: Runtime, workspaces: Sequence[str] | None = None
+) -> AsyncIterator[Operations | None]:
+    """Serve metrics and health while the block runs; yields ``None`` when metrics are off."""
+    if config.agent.metrics_listen is None:
+        yield None
+        return
+    ops = Operations(config, rt, workspaces)
+    await ops.start()
+    try:
+        yield ops
+    finally:
+        await ops.stop()
+
+
+def _json(body: Any, status: int) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

@@ -25,7 +25,7 @@ from agent.log import log
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG, EXIT_RESYNC = 0, 1, 2, 7
 DEFAULT_CONFIG = "agent.ini"
-REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark"})
+REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark", "resync", "unlink"})
 
 DESCRIPTION = """\
 Keep Microsoft Sentinel incidents and ServiceNow incidents in sync, both ways.
@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--since", metavar="DATE", help="also create incidents created since DATE (ISO 8601 or -7d)"
     )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="compare every open linked pair in full and repair drift (as every sweep_interval)",
+    )
 
     p = sub.add_parser(
         "run", help="sync every poll_interval until SIGTERM/SIGINT (a second signal forces exit)"
@@ -111,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace")
     p.add_argument("--since", metavar="DATE", required=True, help="ISO 8601 or relative like -30d")
     p.add_argument("--force", action="store_true", help="skip the safety valves")
+
+    p = sub.add_parser(
+        "resync",
+        help="rebuild the state from both sides by unique key (lost state file); writes nothing remote",
+    )
+    p.add_argument("--workspace", action="append", metavar="NAME", help="only this workspace (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="report what would be linked; save nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    p = sub.add_parser("unlink", help="stop syncing incidents or a whole workspace; both records are kept")
+    p.add_argument("workspace")
+    p.add_argument("incidents", nargs="*", metavar="INCIDENT", help="Sentinel incident id or ticket number")
+    p.add_argument("--all", action="store_true", help="every linked incident of the workspace")
+    p.add_argument("--undo", action="store_true", help="allow these incidents to be linked again")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "demo", help="start the built-in emulators, sync while they change, show what happened"
@@ -212,7 +232,9 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return await commands.check(config)
     if args.command == "once":
         since = parse_when(args.since) if args.since else None
-        return await commands.once(config, workspaces=args.workspace, force=args.force, since=since)
+        return await commands.once(
+            config, workspaces=args.workspace, force=args.force, since=since, sweep=args.sweep
+        )
     if args.command == "backfill":
         return await commands.once(
             config, workspaces=[args.workspace], force=args.force, since=parse_when(args.since), backfill=True
@@ -236,6 +258,14 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
                 force=args.force,
             )
         return await commands.watermark_show(config, args.workspace, as_json=args.json)
+    if args.command == "resync":
+        return await commands.resync(
+            config, workspaces=args.workspace, dry_run=args.dry_run, as_json=args.json
+        )
+    if args.command == "unlink":
+        return await commands.unlink(
+            config, args.workspace, args.incidents, every=args.all, undo=args.undo, as_json=args.json
+        )
     raise ConfigError([f"unknown command {args.command}"])
 
 

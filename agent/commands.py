@@ -39,8 +39,10 @@ async def once(
     force: bool = False,
     since: datetime | None = None,
     backfill: bool = False,
+    sweep: bool = False,
 ) -> int:
-    """One cycle of every enabled workspace (``backfill``: also create incidents since ``since``)."""
+    """One cycle of every enabled workspace (``backfill``: also create incidents since ``since``;
+    ``sweep``: compare every open linked pair in full)."""
     with StateLock(config.agent.state_db):
         async with Runtime(config) as rt:
             syncs = rt.syncs(workspaces)
@@ -48,7 +50,7 @@ async def once(
                 raise ConfigError(
                     [f"[workspace:{workspaces[0] if workspaces else '?'}] enabled: workspace is disabled"]
                 )
-            options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since)
+            options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since, sweep=sweep)
             results = await run_workspaces(syncs, options)
     if since is not None:
         from agent.watermarks import report_backfill
@@ -150,6 +152,8 @@ async def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("agent_stopped", cycles=cycles)
+    if code == EXIT_RESYNC:
+        return code  # a safety valve held a workspace back in the last cycle: say so, even on SIGTERM
     return EXIT_OK if stop.is_set() else code
 
 
@@ -188,6 +192,30 @@ async def watermark_set(
     return await watermarks.set_(
         config, workspace, modified=modified, created=created, side=side, force=force
     )
+
+
+async def resync(
+    config: Config, *, workspaces: Sequence[str] | None = None, dry_run: bool = False, as_json: bool = False
+) -> int:
+    """Rebuild the shadow's links from both sides by unique key, writing nothing remote."""
+    from agent import resync as rebuild
+
+    return await rebuild.resync(config, workspaces=workspaces, dry_run=dry_run, as_json=as_json)
+
+
+async def unlink(
+    config: Config,
+    workspace: str,
+    incidents: Sequence[str],
+    *,
+    every: bool = False,
+    undo: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Stop syncing incidents (or a whole workspace), keeping both records (see agent.resync)."""
+    from agent import resync as rebuild
+
+    return await rebuild.unlink(config, workspace, incidents, every=every, undo=undo, as_json=as_json)
 
 
 async def check(config: Config) -> int:

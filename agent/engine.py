@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent import mapping
+from agent import hooks, mapping, sweep, valves
 from agent.config import Config, ServiceNowInstance, Workspace
+from agent.conversation import Conversation, PairWork, journal_seen
+from agent.defender import Merges
 from agent.errors import (
     AgentError,
     Conflict,
@@ -45,6 +47,7 @@ from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
 from agent.progress import Progress
 from agent.reconcile import Plan, Policy, plan
+from agent.routing import Routing
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
 from agent.shadow import Link, Shadow, Watermark
@@ -86,6 +89,10 @@ class CycleStats:
     skipped: int = 0
     unmapped: int = 0
     deferred: int = 0
+    comments_to_snow: int = 0
+    comments_to_sentinel: int = 0
+    notes_to_snow: int = 0
+    sweep: bool = False
     planned: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +114,7 @@ class CycleOptions:
     dry_run: bool = False
     force: bool = False
     since: datetime | None = None  # backfill: create incidents created since, beyond max_age_days
+    sweep: bool = False  # compare every open linked pair in full (agent.sweep)
 
 
 class WorkspaceSync:
@@ -153,7 +161,27 @@ class WorkspaceSync:
         self._caller_sys_id: str | None = None
         self.owner_to_snow: dict[str, str] = {}
         self.owner_to_sentinel: dict[str, str] = {}
-        self._group_sys_id: str | None = None
+        self.routing = Routing(config, workspace, snow)
+        self.hook = hooks.load(config.agent.custom_mapping)
+        self.snow_fields = tuple(dict.fromkeys((*self.snow_fields, *hooks.fields_of(self.hook))))
+        self._snow_keys = {
+            "severity": instance.severity_field,
+            "status": instance.status_field,
+            "owner": "assigned_to",
+        }
+        self.talk = Conversation(
+            instance=instance.name,
+            workspace=workspace.name,
+            sentinel=sentinel,
+            snow=snow,
+            shadow=shadow,
+            fields=self.snow_fields,
+            comment_field=config.agent.comment_field,
+            comment_format=config.agent.comment_format,
+            overlap=config.agent.overlap,
+            snow_user=instance.username,
+        )
+        self._sweeping = False
 
     # --- identity -------------------------------------------------------------------------
 
@@ -181,9 +209,13 @@ class WorkspaceSync:
         calls0 = self._calls()
         with bind(workspace=self.ws.name, instance=self.inst.name):
             ok = False
+            tripped: SafetyValveTripped | None = None
             try:
                 await self._cycle(stats, options, started)
                 ok = True
+            except SafetyValveTripped as exc:
+                tripped = exc
+                raise
             finally:
                 summary = stats.as_dict() | {
                     "calls": self._calls() - calls0,
@@ -191,6 +223,8 @@ class WorkspaceSync:
                     "ok": ok,
                     "dry_run": options.dry_run,
                 }
+                if tripped is not None:  # kept in the cycle history, so `status` can tell why
+                    summary["safety_valve"] = {"check": tripped.check, "message": str(tripped)}
                 log.info("cycle_summary", **summary)
                 if not options.dry_run:
                     await self.shadow.record_cycle(
@@ -218,10 +252,15 @@ class WorkspaceSync:
         if options.since is not None:
             s_since = min(s_since, options.since)
 
-        # 1. list both sides (the only calls an idle cycle makes)
+        self._sweeping = sweeping = options.sweep or await sweep.due(
+            self.shadow, inst, wsname, self.config.agent.sweep_interval, now, record=not options.dry_run
+        )
+        stats.sweep = sweeping
+
+        # 1. list both sides (the only calls an idle cycle makes); a sweep lists Sentinel in full
         incidents: dict[str, SentinelIncident] = {}
         async for inc in self.sentinel.list_incidents(
-            modified_since=s_since,
+            modified_since=None if sweeping else s_since,
             label=self.ws.incident_filter or None,
             page_size=self.config.agent.page_size,
         ):
@@ -236,28 +275,38 @@ class WorkspaceSync:
                 q, self.snow_fields, page_size=self.config.agent.page_size
             ):
                 records[rec.sys_id] = rec
+        if sweeping:
+            await self._sweep_records(records, options)
         stats.listed_snow = len(records)
+        await self._listing_valves(stats, options, first_run or sweeping, wm_n.modified is None)
 
         # 2. pair through the shadow; fetch missing halves
         pairs = await self._pair(incidents, records, now)
         blocked = await self.shadow.blocked(inst, wsname, now)
+        unlinked = await self.shadow.unlinked(inst, wsname, pairs)  # never re-created or re-adopted
         creates: list[SentinelIncident] = []
+        strays: list[SentinelIncident] = []
         updates: list[Pair] = []
         for name, pair in pairs.items():
+            if name in unlinked:
+                continue
             if name in blocked:
                 stats.skipped += 1
                 continue
             if pair.link is None:
                 if pair.incident is not None and self._wants_create(pair.incident, floor, options.since):
                     creates.append(pair.incident)
+                elif pair.incident is not None and self._may_own_ticket(pair.incident, wm_s.modified):
+                    strays.append(pair.incident)
             else:
                 updates.append(pair)
-        if creates:
-            existing = await self._lookup_unique(c.name for c in creates)
-            for inc in list(creates):
+        if creates or strays:
+            existing = await self._lookup_unique(c.name for c in [*creates, *strays])
+            for inc in [*creates, *strays]:
                 found = existing.get(inc.name)
                 if found is not None:
-                    creates.remove(inc)
+                    if inc in creates:
+                        creates.remove(inc)
                     updates.append(Pair(inc, found, None))
         if options.since is not None:
             log.info(
@@ -282,6 +331,14 @@ class WorkspaceSync:
                 )
         planned = [(u, self._plan(u)) for u in updates if u.incident is not None and u.record is not None]
         self._safety_valves(planned, options, stats)
+        if not options.dry_run:
+            # One batched journal read for every pair whose ServiceNow side changed.
+            needs = [
+                (u.incident.name, u.record.sys_id, u.link)
+                for u, _ in planned
+                if u.incident and u.record and (u.link is None or u.link.snow_mod_count != u.record.mod_count)
+            ]
+            await self.talk.begin(needs, now)
 
         # 4. apply with bounded concurrency; failures are per incident
         progress = Progress(self.ws.name, "apply", len(creates) + len(planned))
@@ -293,6 +350,11 @@ class WorkspaceSync:
                 assert pair.incident is not None
                 spawn(self._guard(pair.incident.name, stats, self._apply(pair, pl, stats, options)))
         progress.finish()
+        if not options.dry_run:
+            await self._talk_finish(stats, {*(i.name for i in creates), *pairs}, blocked, now)
+            await self._follow(planned, incidents)
+            if sweeping:
+                await sweep.done(self.shadow, inst, wsname, now)
 
         # 5. watermarks: the newest server time seen; failures are retried from their table.
         # Work deferred by a shutdown keeps both watermarks where they were, and a backfill
@@ -353,7 +415,7 @@ class WorkspaceSync:
                 continue
             s_same = pair.incident is None or pair.incident.etag == pair.link.sentinel_etag
             n_same = pair.record is None or pair.record.mod_count == pair.link.snow_mod_count
-            if s_same and n_same:
+            if s_same and n_same and not (self._sweeping and pair.link.open):
                 del pairs[name]
         # due retries from the failures table: fetch explicitly
         self._retrying = set()
@@ -386,7 +448,9 @@ class WorkspaceSync:
         for i in range(0, len(sys_ids), ID_CHUNK):
             chunk = sys_ids[i : i + ID_CHUNK]
             async for rec in self.snow.list_records(
-                Q.in_("sys_id", chunk), self.snow_fields, page_size=self.config.agent.page_size
+                self.routing.scoped(Q.in_("sys_id", chunk)),
+                self.snow_fields,
+                page_size=self.config.agent.page_size,
             ):
                 out[rec.sys_id] = rec
         for sys_id in sys_ids:
@@ -401,7 +465,9 @@ class WorkspaceSync:
         names = list(names)
         for i in range(0, len(names), ID_CHUNK):
             async for rec in self.snow.list_records(
-                Q.in_(key, names[i : i + ID_CHUNK]), self.snow_fields, page_size=self.config.agent.page_size
+                self.routing.scoped(Q.in_(key, names[i : i + ID_CHUNK])),
+                self.snow_fields,
+                page_size=self.config.agent.page_size,
             ):
                 found.setdefault(rec.get(key), rec)
         return found
@@ -425,15 +491,13 @@ class WorkspaceSync:
         )
 
     async def _resolve(self, incidents: Sequence[SentinelIncident], records: Sequence[SnowRecord]) -> None:
-        upns = {i.owner.key for i in incidents} - {""} - self.owner_to_snow.keys()
+        spelled = {i.owner.key: i.owner.upn or i.owner.email or "" for i in incidents}
+        upns = set(spelled) - {""} - self.owner_to_snow.keys()
         sys_ids = {r.get("assigned_to") for r in records} - {""} - self.owner_to_sentinel.keys()
         for upn in sorted(upns):
-            user_name = self.owners_rev.get(upn)
-            user = await self.snow.find_user(user_name=user_name) if user_name else None
-            if user is None:
-                user = await self.snow.find_user(email=upn)
-            if user is not None:
-                self.owner_to_snow[upn] = user.sys_id
+            found = await self._snow_owner(upn, spelled[upn])
+            if found is not None:
+                self.owner_to_snow[upn] = found
             else:
                 log.warning("owner_unknown_in_servicenow", upn=upn)
         for sys_id in sorted(sys_ids):
@@ -445,6 +509,22 @@ class WorkspaceSync:
                 self.owner_to_sentinel[sys_id] = found_upn.lower()
             else:
                 log.warning("owner_unknown_in_sentinel", sys_id=sys_id)
+
+    async def _snow_owner(self, key: str, spelled: str) -> str | None:
+        """The sys_id of the ServiceNow user for a Sentinel owner (``key`` lower-cased,
+        ``spelled`` as Sentinel sent it): by the [owners] user name, else by e-mail as spelled,
+        then lower-cased, since ServiceNow compares query values case-sensitively (REFERENCE C.3).
+        """
+        lookups = [{"user_name": name} for name in (self.owners_rev.get(key),) if name]
+        lookups += [{"email": email} for email in dict.fromkeys((spelled, key)) if email]
+        for lookup in lookups:
+            try:
+                user = await self.snow.find_user(**lookup)
+            except ValueError:
+                continue  # a value no query can carry (a line break): no user has it
+            if user is not None:
+                return user.sys_id
+        return None
 
     # --- planning -------------------------------------------------------------------------
 
@@ -458,31 +538,39 @@ class WorkspaceSync:
             base, mapping.sentinel_side(pair.incident), mapping.snow_side(pair.record, self.maps), pol
         )
 
+    async def _listing_valves(
+        self, stats: CycleStats, options: CycleOptions, sentinel_full: bool, snow_full: bool
+    ) -> None:
+        """The empty-listing valve (:mod:`agent.valves`) over this cycle's two listings."""
+        _total, self._open_links_hint = await self.shadow.count_links(self.inst.name, self.ws.name)
+        # ServiceNow is listed in full only once Sentinel was (see step 1 of the cycle).
+        for side, listed, full in (
+            ("sentinel", stats.listed_sentinel, sentinel_full),
+            ("servicenow", stats.listed_snow, snow_full and not sentinel_full),
+        ):
+            valves.check_listing(
+                self.ws.name, side, listed, self._open_links_hint, full=full, force=options.force
+            )
+
     def _safety_valves(
         self, planned: Sequence[tuple[Pair, Plan]], options: CycleOptions, stats: CycleStats
     ) -> None:
-        """Refuse a cycle that would close too large a share of the open links (rclone-style)."""
-        if options.force:
-            return
+        """The close-ratio valve (:mod:`agent.valves`) over the whole plan, before any write."""
         closing = sum(
             1
             for pair, p in planned
             if pair.link is not None
             and pair.link.open
-            and (
-                p.to_sentinel.get("status") == "Closed" or mapping.snow_is_closed(p.to_snow.get("status", ""))
-            )
+            and valves.closes(p.to_sentinel, p.to_snow, mapping.SNOW_CLOSED_STATES)
         )
         open_links = sum(1 for pair, _ in planned if pair.link is not None and pair.link.open)
-        total_open = max(open_links, self._open_links_hint)
-        ratio = self.config.agent.max_close_ratio
-        if closing >= 5 and total_open and closing / total_open > ratio:
-            raise SafetyValveTripped(
-                self.ws.name,
-                "max_close_ratio",
-                f"this cycle would close {closing} of {total_open} open linked incidents "
-                f"({closing / total_open:.0%} > max_close_ratio {ratio:.0%})",
-            )
+        valves.check_close_ratio(
+            self.ws.name,
+            closing,
+            max(open_links, self._open_links_hint),
+            self.config.agent.max_close_ratio,
+            force=options.force,
+        )
 
     _open_links_hint = 0
     _dry = False
@@ -521,10 +609,24 @@ class WorkspaceSync:
                     )
                 except AgentError as exc:
                     stats.failures += 1
+                    if self._dry:
+                        log.warning("incident_failed", kind="dry_run", error=_safe_error(exc))
+                        return
                     await self.shadow.record_failure(
                         self.inst.name, self.ws.name, incident, _safe_error(exc), now=utcnow()
                     )
                     log.error("incident_failed", kind="agent", error=_safe_error(exc))
+
+    def _may_own_ticket(self, inc: SentinelIncident, watermark: datetime | None) -> bool:
+        """An unlinked incident we would not create now (closed, or too old) that may still own a
+        ticket: one created by a run that died before saving the link, the incident changed since.
+
+        Only incidents changed since the last complete cycle qualify, so the ones re-listed in the
+        overlap window cost no look-up on an idle cycle.
+        """
+        if self.ws.incident_filter and self.ws.incident_filter not in inc.labels:
+            return False
+        return watermark is None or inc.modified > watermark
 
     def _wants_create(self, inc: SentinelIncident, max_age: datetime, since: datetime | None) -> bool:
         if self.ws.incident_filter and self.ws.incident_filter not in inc.labels:
@@ -552,18 +654,22 @@ class WorkspaceSync:
             values[m.severity_field] = sev
         if state is not None:
             values[m.status_field] = state
+        for f, value, mapped in (("severity", inc.severity, sev), ("status", inc.status, state)):
+            if mapped is None:
+                # Sentinel's enums are open (REFERENCE A.4): the ticket is made with ServiceNow's
+                # default for this field, which stays until either side sets a mapped value.
+                stats.unmapped += 1
+                log.warning("value_unmapped", field=f, side="sentinel", value=value)
         if owner:
             values["assigned_to"] = owner
         caller = await self._caller()
         if caller:
             values["caller_id"] = caller
-        group = await self._group()
-        if group:
-            values["assignment_group"] = group
-        if self.ws.sys_domain:
-            values["sys_domain"] = self.ws.sys_domain
-        if self.ws.company:
-            values["company"] = self.ws.company
+        values.update(await self.routing.create_values(inc))  # group, company, domain
+        values = hooks.call(self.hook, hooks.TO_SNOW, "create", inc, None, values)
+        # The unique key is how a crash or a lost shadow finds the ticket again: never a hook's.
+        values[self.inst.unique_key] = inc.name
+        values.setdefault("correlation_display", self.correlation_display)
         if options.dry_run:
             stats.planned.append({"action": "create_snow", "incident": inc.name, "values": values})
             stats.created += 1
@@ -576,6 +682,12 @@ class WorkspaceSync:
             if again is None:
                 raise
             rec = again
+        log.info("snow_created", snow_number=rec.number, sys_id=rec.sys_id, direction="to_snow")
+        etag = inc.etag
+        if self.config.agent.writeback_label and rec.number not in inc.labels:
+            # Before the link is saved: after a crash in between, the incident is listed again
+            # (the watermark has not moved) and adopting it writes the label.
+            etag = await self._writeback_label(inc, rec.number) or etag
         fields = {
             "severity": (inc.severity, rec.get(m.severity_field)),
             "status": (inc.status, rec.get(m.status_field)),
@@ -588,32 +700,48 @@ class WorkspaceSync:
             sys_id=rec.sys_id,
             number=rec.number,
             fields={k: v for k, v in fields.items() if v is not None},
-            sentinel_etag=inc.etag,
+            sentinel_etag=etag,
             snow_mod_count=rec.mod_count,
             open=True,
             created_at=utcnow(),
-            enrich_after=utcnow() + timedelta(seconds=self.config.agent.enrichment_delay),
+            enrich_after=(
+                utcnow() + timedelta(seconds=self.config.agent.enrichment_delay)
+                if self.config.agent.enrichment_delay
+                else None
+            ),
+            extra={**journal_seen(rec), **self.routing.link_extra(inc)},
         )
+        # Comments, alerts and entities go before the link is saved: a crash in between leaves
+        # no link, and adopting the ticket next cycle resolves what was written (no duplicate).
+        link, _rec = await self._converse(link, inc, rec, created=True)
         await self.shadow.save_link(link)
         stats.created += 1
-        log.info("snow_created", snow_number=rec.number, sys_id=rec.sys_id, direction="to_snow")
-        if self.config.agent.writeback_label and rec.number not in inc.labels:
-            await self._writeback_label(inc, rec.number, link)
 
-    async def _writeback_label(self, inc: SentinelIncident, number: str, link: Link) -> None:
+    async def _writeback_label(self, inc: SentinelIncident, number: str) -> str | None:
+        """Add the ServiceNow number to the incident's labels.
+
+        Returns the new etag when the PUT applied to ``inc`` as read; None when an analyst
+        changed the incident first (the caller keeps the old etag, so the next cycle still sees
+        that change) or the label could not be written.
+        """
         current = inc
-        for _ in range(MAX_CONFLICT_RETRIES):
+        for attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 updated = await self.sentinel.update_incident(current, {"labels": [*current.labels, number]})
             except Conflict:
                 current = await self.sentinel.get_incident(inc.name)
                 if number in current.labels:
-                    return
+                    return None
                 continue
-            await self.shadow.save_link(replace(link, sentinel_etag=updated.etag))
+            except PermanentError as exc:
+                # The label is a convenience: a rejected PUT (e.g. a value the API refuses) must
+                # not keep the pair from being linked and synced.
+                log.warning("sentinel_label_failed", snow_number=number, error=_safe_error(exc))
+                return None
             log.info("sentinel_label_added", snow_number=number, direction="to_sentinel")
-            return
+            return updated.etag if attempt == 0 else None
         log.warning("sentinel_label_conflict", snow_number=number)
+        return None
 
     async def _caller(self) -> str | None:
         if self._caller_sys_id is None:
@@ -629,14 +757,31 @@ class WorkspaceSync:
                 self._caller_sys_id = user.sys_id if user else ""
         return self._caller_sys_id or None
 
-    async def _group(self) -> str | None:
-        if self._group_sys_id is None:
-            name = self.ws.assignment_group
-            sys_id = await self.snow.find_group(name) if name else None
-            if name and sys_id is None:
-                log.warning("assignment_group_unknown", assignment_group=name)
-            self._group_sys_id = sys_id or ""
-        return self._group_sys_id or None
+    async def _follow(
+        self, planned: Sequence[tuple[Pair, Plan]], incidents: Mapping[str, SentinelIncident]
+    ) -> None:
+        """After the writes: re-route tickets a Sentinel change routes elsewhere (agent.routing),
+        and follow incidents merged in the Defender portal (agent.defender)."""
+        processed = [p.incident for p, _ in planned if p.incident is not None and p.link is not None]
+        merges = Merges(
+            self.inst.name,
+            self.ws.name,
+            self.sentinel,
+            self.snow,
+            self.shadow,
+            self.maps,
+            self.snow_fields,
+            self._scope(),
+        )
+        steps: tuple[tuple[str, Callable[[], Awaitable[int]]], ...] = (
+            ("routing", lambda: self.routing.follow(self.shadow, processed, self.snow_fields, self.sem)),
+            ("merges", lambda: merges.follow(incidents)),
+        )
+        for what, step in steps:
+            try:
+                await step()
+            except RemoteError as exc:  # retried next time the pair or the merge is seen
+                log.warning("follow_failed", step=what, error=_safe_error(exc))
 
     async def _apply(self, pair: Pair, p: Plan, stats: CycleStats, options: CycleOptions) -> None:
         """Write one pair's plan: ServiceNow PATCH, Sentinel full-object PUT, then the shadow.
@@ -647,25 +792,39 @@ class WorkspaceSync:
         """
         assert pair.incident is not None and pair.record is not None
         inc, rec = pair.incident, pair.record
+        s_changed = pair.link is None or pair.link.sentinel_etag != inc.etag
+        n_changed = pair.link is None or pair.link.snow_mod_count != rec.mod_count
         if options.dry_run:
-            self._record_dry_run(inc, rec, p, stats)
+            self._record_dry_run(inc, rec, p, stats, s_changed, n_changed)
             return
         base_before = pair.link.fields if pair.link is not None else None
+        mod = rec.mod_count  # the newest ServiceNow version this cycle has fully seen
+        base: Mapping[str, tuple[str, str]] = p.base
+        wrote = False
         for attempt in range(MAX_CONFLICT_RETRIES + 1):
             self._log_plan_notes(p, stats)
-            if p.to_snow:
-                body = mapping.snow_write(p.to_snow, inc, rec, self.maps)
-                rec = await self.snow.patch(rec.sys_id, body, self.snow_fields)
+            body, changes, base = self._writes(p, inc, rec, s_changed, n_changed)
+            if body:
+                before, rec = rec, await self.snow.patch(rec.sys_id, body, self.snow_fields)
+                if mod == before.mod_count and rec.mod_count == before.mod_count + 1:
+                    mod = rec.mod_count  # nobody else wrote in between: nothing left unseen
+                wrote = True
                 stats.updated_snow += 1
                 log.info(
-                    "snow_updated", snow_number=rec.number, direction="to_snow", fields=sorted(p.to_snow)
+                    "snow_updated",
+                    snow_number=rec.number,
+                    direction="to_snow",
+                    fields=sorted(p.to_snow or body),
                 )
-            if not p.to_sentinel:
+                state = body.get(self.maps.status_field)
+                was_closed = mapping.snow_is_closed(before.get(self.maps.status_field))
+                closes = None if state is None else mapping.snow_is_closed(state)
+                self._log_closure(hooks.TO_SNOW, closes, was_closed, rec.number)
+            if not changes:
                 break
+            was_closed = inc.status == "Closed"
             try:
-                inc = await self.sentinel.update_incident(
-                    inc, mapping.sentinel_write(p.to_sentinel, rec, self.maps)
-                )
+                inc = await self.sentinel.update_incident(inc, changes)
             except Conflict:
                 if attempt == MAX_CONFLICT_RETRIES:
                     raise
@@ -676,29 +835,36 @@ class WorkspaceSync:
                     base_before, mapping.sentinel_side(inc), mapping.snow_side(rec, self.maps), self._policy()
                 )
                 continue
+            wrote = True
             stats.updated_sentinel += 1
             log.info(
                 "sentinel_updated",
                 snow_number=rec.number,
                 direction="to_sentinel",
-                fields=sorted(p.to_sentinel),
+                fields=sorted(p.to_sentinel or changes),
             )
+            closes = None if "status" not in changes else changes["status"] == "Closed"
+            self._log_closure(hooks.TO_SENTINEL, closes, was_closed, rec.number)
             break
-        unchanged = pair.link is not None and not p.base_changed and not p.writes
+        unchanged = pair.link is not None and dict(base) == dict(p.previous_base) and not wrote
         if unchanged and pair.link is not None:
             if pair.link.sentinel_etag == inc.etag and pair.link.snow_mod_count == rec.mod_count:
                 return
         closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(self.maps.status_field))
         old = pair.link
+        etag = inc.etag
+        if old is None and self.config.agent.writeback_label and rec.number not in inc.labels:
+            # Adopting: a crash after the create (or a lost shadow) may have left no label.
+            etag = await self._writeback_label(inc, rec.number) or etag
         link = Link(
             instance=self.inst.name,
             workspace=self.ws.name,
             incident=inc.name,
             sys_id=rec.sys_id,
             number=rec.number,
-            fields=dict(p.base),
-            sentinel_etag=inc.etag,
-            snow_mod_count=rec.mod_count,
+            fields=dict(base),
+            sentinel_etag=etag,
+            snow_mod_count=mod,
             open=not closed,
             alerts_posted=old.alerts_posted if old else frozenset(),
             entities_posted=old.entities_posted if old else frozenset(),
@@ -706,12 +872,91 @@ class WorkspaceSync:
             enrich_after=old.enrich_after if old else None,
             extra=old.extra if old else {},
         )
+        link, rec = await self._converse(
+            link, inc, rec, adopted=old is None, sentinel_changed=s_changed, snow_changed=n_changed
+        )
         await self.shadow.save_link(
             link, conflicts=[(c.field, c.sentinel, c.servicenow, c.winner) for c in p.conflicts]
         )
         if old is None:
             stats.adopted += 1
             log.info("link_adopted", snow_number=rec.number, sys_id=rec.sys_id)
+
+    def _writes(
+        self, p: Plan, inc: SentinelIncident, rec: SnowRecord, s_changed: bool, n_changed: bool
+    ) -> tuple[dict[str, str], dict[str, Any], Mapping[str, tuple[str, str]]]:
+        """The PATCH body and PUT changes for ``p`` after the custom mapping hook (which also
+        sees pairs with nothing planned on a side that changed), and the base to store once they
+        succeeded (:func:`agent.hooks.settle_base`)."""
+        body = mapping.snow_write(p.to_snow, inc, rec, self.maps) if p.to_snow else {}
+        changes = mapping.sentinel_write(p.to_sentinel, rec, self.maps) if p.to_sentinel else {}
+        if self.hook is None:
+            return body, changes, p.base
+        hooked_body: dict[str, str] = {}
+        hooked_changes: dict[str, Any] = {}
+        if body or s_changed:
+            hooked = hooks.call(self.hook, hooks.TO_SNOW, "update", inc, rec, body)
+            hooked_body = hooks.drop_unchanged(hooked, rec, body)
+        if changes or n_changed:
+            hooked = hooks.call(self.hook, hooks.TO_SENTINEL, "update", inc, rec, changes)
+            hooked_changes = hooks.drop_unchanged_sentinel(hooked, inc, changes)
+        base = hooks.settle_base(p, self._snow_keys, body, hooked_body, hooked_changes)
+        return hooked_body, hooked_changes, base
+
+    @staticmethod
+    def _log_closure(direction: str, closed: bool | None, was_closed: bool, number: str) -> None:
+        """``closure_<direction>`` / ``reopen_<direction>`` when a write closes or reopens."""
+        if closed and not was_closed:
+            log.info(f"closure_{direction}", direction=direction, snow_number=number)
+        elif closed is False and was_closed:
+            log.info(f"reopen_{direction}", direction=direction, snow_number=number)
+
+    async def _converse(
+        self,
+        link: Link,
+        inc: SentinelIncident,
+        rec: SnowRecord,
+        *,
+        created: bool = False,
+        adopted: bool = False,
+        sentinel_changed: bool = True,
+        snow_changed: bool = True,
+    ) -> tuple[Link, SnowRecord]:
+        """Comments, work notes, alerts and entities of one pair (:mod:`agent.conversation`)."""
+        due = link.enrich_after is not None and link.enrich_after <= utcnow() and not created
+        work = PairWork(link, inc, rec, sentinel_changed, snow_changed, created, adopted, due)
+        return await self.talk.run(work, utcnow())
+
+    async def _talk_finish(
+        self, stats: CycleStats, processed: set[str], blocked: set[str], now: datetime
+    ) -> None:
+        """Confirm this cycle's journal entries; run the due late-enrichment re-checks."""
+        await self.talk.finish(now)
+        due = [
+            link
+            for link in await self.shadow.due_enrichment(self.inst.name, self.ws.name, now)
+            if link.incident not in processed and link.incident not in blocked
+        ]
+        if due:
+            records = await self._fetch_records([link.sys_id for link in due])
+            async with asyncio.TaskGroup() as tg:
+                for link in due:
+                    if link.sys_id in records:
+                        work = self.talk.enrich(link, records[link.sys_id], now)
+                        tg.create_task(self._guard(link.incident, stats, work))
+            await self.talk.finish(now)
+        stats.comments_to_snow = self.talk.counts.comments_to_snow
+        stats.comments_to_sentinel = self.talk.counts.comments_to_sentinel
+        stats.notes_to_snow = self.talk.counts.notes_to_snow
+
+    async def _sweep_records(self, records: dict[str, SnowRecord], options: CycleOptions) -> None:
+        """A sweep's ServiceNow half: the record of every open link (batched ``sys_idIN``)."""
+        inst, wsname = self.inst.name, self.ws.name
+        links = [link async for link in self.shadow.iter_links(inst, wsname, open_only=True)]
+        missing = [link.sys_id for link in links if link.sys_id not in records]
+        records.update(await self._fetch_records(missing))
+        found = sum(1 for link in links if link.sys_id in records)
+        valves.check_listing(self.ws.name, "servicenow", found, len(links), full=True, force=options.force)
 
     def _policy(self) -> Policy:
         return mapping.policy(
@@ -726,16 +971,23 @@ class WorkspaceSync:
             stats.unmapped += 1
             log.warning("value_unmapped", field=f, side=side, value=value)
 
-    def _record_dry_run(self, inc: SentinelIncident, rec: SnowRecord, p: Plan, stats: CycleStats) -> None:
+    def _record_dry_run(
+        self,
+        inc: SentinelIncident,
+        rec: SnowRecord,
+        p: Plan,
+        stats: CycleStats,
+        s_changed: bool = True,
+        n_changed: bool = True,
+    ) -> None:
         self._log_plan_notes(p, stats)
-        if p.to_snow:
-            values = mapping.snow_write(p.to_snow, inc, rec, self.maps)
+        values, changes, _base = self._writes(p, inc, rec, s_changed, n_changed)
+        if values:
             stats.planned.append(
                 {"action": "update_snow", "incident": inc.name, "snow_number": rec.number, "values": values}
             )
             stats.updated_snow += 1
-        if p.to_sentinel:
-            changes = mapping.sentinel_write(p.to_sentinel, rec, self.maps)
+        if changes:
             stats.planned.append(
                 {
                     "action": "update_sentinel",

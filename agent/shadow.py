@@ -16,6 +16,7 @@ Tables (every key starts with the ServiceNow ``instance``, then the Sentinel ``w
   each last moved.
 * ``failures``: incidents whose sync failed, with exponential backoff before the next try.
 * ``conflict_log`` and ``cycles``: bounded history for ``status`` and health checks.
+* ``unlinked``: incidents an operator unlinked (tombstones); never re-created or re-adopted.
 
 Storage: WAL journal, ``synchronous=NORMAL`` (a power cut may lose the last commits but never
 corrupts; lost commits heal as described above), the database file created ``0600``. Datetimes
@@ -31,7 +32,7 @@ import enum
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,40 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE watermarks SET created_moved_at = moved_at WHERE created IS NOT NULL;
     UPDATE watermarks SET modified_moved_at = moved_at WHERE modified IS NOT NULL;
     """,
+    # 4: comment links written but not yet confirmed from the journal (state + hash of the text
+    # written + the alert/entity ids an agent note lists), links due for the late-enrichment
+    # re-check, and small per-workspace marks.
+    """
+    ALTER TABLE comment_links ADD COLUMN state TEXT NOT NULL DEFAULT 'confirmed'
+        CHECK (state IN ('pending', 'posted', 'confirmed', 'unconfirmed'));
+    ALTER TABLE comment_links ADD COLUMN text_hash TEXT;
+    ALTER TABLE comment_links ADD COLUMN note_ids TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX comment_links_by_state ON comment_links (instance, workspace, state);
+    CREATE INDEX links_enrich ON links (instance, workspace, enrich_after);
+    CREATE TABLE marks (
+        instance  TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        PRIMARY KEY (instance, workspace, name)
+    );
+    """,
+    # 5: incidents unlinked on purpose (tombstones: never re-created or re-adopted) and links
+    # found by ticket number (merges in the Defender portal move the number label).
+    """
+    CREATE TABLE unlinked (
+        instance  TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        incident  TEXT NOT NULL,
+        sys_id    TEXT NOT NULL,
+        number    TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        PRIMARY KEY (instance, workspace, incident)
+    );
+    CREATE INDEX links_by_number ON links (instance, workspace, number);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,9 +185,11 @@ _UPSERT_LINK = f"""
 """
 _INSERT_COMMENT_LINK = """
     INSERT INTO comment_links
-        (instance, workspace, incident, sentinel_comment, journal_sys_id, direction, created_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
+        (instance, workspace, incident, sentinel_comment, journal_sys_id, direction, created_at,
+         state, text_hash, note_ids)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+COMMENT_STATES = ("pending", "posted", "confirmed", "unconfirmed")
 _BY_INCIDENT = "instance = ? AND workspace = ? AND incident = ?"
 _FAILURE_COLUMNS = "instance, workspace, incident, error, attempts, next_try, last_at"
 SIDES = ("sentinel", "servicenow")
@@ -185,7 +222,15 @@ class Link:
 
 @dataclass(frozen=True, slots=True)
 class CommentLink:
-    """A Sentinel comment and the journal entry it was copied to or from (``direction``)."""
+    """A Sentinel comment and the journal entry it was copied to or from (``direction``).
+
+    ``state`` is ``confirmed`` once the journal sys_id is known. A journal entry the agent writes
+    is recorded *before* the PATCH as ``pending`` (``journal_sys_id`` a placeholder,
+    ``text_hash`` the hash of the exact text), becomes ``posted`` when the PATCH succeeded, then
+    ``confirmed`` from a journal read, or ``unconfirmed`` when the journal cannot show it (it
+    is then never written again). ``note_ids`` are the alert/entity ids an agent note lists, so
+    they count as posted exactly when the note's link exists.
+    """
 
     instance: str
     workspace: str
@@ -194,6 +239,9 @@ class CommentLink:
     journal_sys_id: str
     direction: str  # "to_snow" | "to_sentinel"
     created_at: datetime
+    state: str = "confirmed"
+    text_hash: str | None = None
+    note_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +260,18 @@ class Watermark:
     moved_at: datetime | None
     created_moved_at: datetime | None = None
     modified_moved_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """An incident unlinked on purpose: the ticket it had (``sys_id``/``number``, "" if none),
+    why, and when. The engine never creates or adopts a ticket for it again."""
+
+    incident: str
+    sys_id: str
+    number: str
+    reason: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +466,76 @@ class Shadow:
             for table in ("links", "comment_links", "failures"):
                 await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
 
+    async def links_by_number(
+        self, instance: str, workspace: str, numbers: Iterable[str]
+    ) -> dict[str, Link]:
+        """The links of a workspace whose ServiceNow number is one of ``numbers``, keyed by number."""
+        out: dict[str, Link] = {}
+        for chunk in _chunks(numbers):
+            marks = ", ".join("?" * len(chunk))
+            rows = await self._read(
+                f"SELECT * FROM links WHERE instance = ? AND workspace = ? AND number IN ({marks})",
+                (instance, workspace, *chunk),
+            )
+            out.update((row["number"], _link_from_row(row)) for row in rows)
+        return out
+
+    # --- tombstones (unlinked on purpose) --------------------------------------------------------
+
+    async def unlink(
+        self, instance: str, workspace: str, incident: str, *, reason: str, now: datetime
+    ) -> Link | None:
+        """In one transaction: remember ``incident`` as unlinked on purpose (a tombstone, so it is
+        never re-created or re-adopted) and remove its link, comment links and failure row.
+
+        Returns the link removed (None if there was none; the tombstone is written anyway).
+        """
+        key = (instance, workspace, incident)
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(f"SELECT * FROM links WHERE {_BY_INCIDENT}", key))
+            link = _link_from_row(rows[0]) if rows else None
+            await db.execute(
+                "INSERT OR REPLACE INTO unlinked (instance, workspace, incident, sys_id, number, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*key, link.sys_id if link else "", link.number if link else "", reason, _ts(now)),
+            )
+            for table in ("links", "comment_links", "failures"):
+                await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
+        return link
+
+    async def unlinked(
+        self, instance: str, workspace: str, incidents: Iterable[str] | None = None
+    ) -> dict[str, Tombstone]:
+        """The tombstones of a workspace (all, or of these incident names), keyed by incident."""
+        columns = "incident, sys_id, number, reason, at"
+        if incidents is None:
+            rows = await self._read(
+                f"SELECT {columns} FROM unlinked WHERE instance = ? AND workspace = ? ORDER BY at, incident",
+                (instance, workspace),
+            )
+        else:
+            rows = []
+            for chunk in _chunks(incidents):
+                marks = ", ".join("?" * len(chunk))
+                rows += await self._read(
+                    f"SELECT {columns} FROM unlinked WHERE instance = ? AND workspace = ? "
+                    f"AND incident IN ({marks})",
+                    (instance, workspace, *chunk),
+                )
+        return {
+            row["incident"]: Tombstone(
+                row["incident"], row["sys_id"], row["number"], row["reason"], _dt_req(row["at"])
+            )
+            for row in rows
+        }
+
+    async def forget_unlinked(self, instance: str, workspace: str, incident: str) -> bool:
+        """Remove a tombstone (the incident may be linked again); False if there was none."""
+        async with self._write() as db:
+            key = (instance, workspace, incident)
+            cursor = await db.execute(f"DELETE FROM unlinked WHERE {_BY_INCIDENT}", key)
+            return cursor.rowcount > 0
+
     # --- comment links --------------------------------------------------------------------------
 
     async def comment_links(self, instance: str, workspace: str, incident: str) -> list[CommentLink]:
@@ -414,23 +544,87 @@ class Shadow:
             f"SELECT * FROM comment_links WHERE {_BY_INCIDENT} ORDER BY created_at, rowid",
             (instance, workspace, incident),
         )
-        return [
-            CommentLink(
-                instance=row["instance"],
-                workspace=row["workspace"],
-                incident=row["incident"],
-                sentinel_comment=row["sentinel_comment"],
-                journal_sys_id=row["journal_sys_id"],
-                direction=row["direction"],
-                created_at=_dt_req(row["created_at"]),
-            )
-            for row in rows
-        ]
+        return [_comment_from_row(row) for row in rows]
 
     async def add_comment_link(self, link: CommentLink) -> None:
         """Store one comment link; a duplicate raises :class:`sqlite3.IntegrityError`."""
         async with self._write() as db:
             await db.execute(_INSERT_COMMENT_LINK, _comment_row(link))
+
+    async def unconfirmed_comment_links(self, instance: str, workspace: str) -> list[CommentLink]:
+        """Comment links of a workspace in state ``pending`` or ``posted``, oldest first."""
+        rows = await self._read(
+            "SELECT * FROM comment_links WHERE instance = ? AND workspace = ? "
+            "AND state IN ('pending', 'posted') ORDER BY created_at, rowid",
+            (instance, workspace),
+        )
+        return [_comment_from_row(row) for row in rows]
+
+    async def set_comment_link(
+        self,
+        link: CommentLink,
+        *,
+        state: str,
+        journal_sys_id: str | None = None,
+    ) -> CommentLink:
+        """Move one comment link to ``state`` (and to its real journal sys_id); returns it.
+
+        Linking a journal entry that is already linked raises :class:`sqlite3.IntegrityError`.
+        """
+        if state not in COMMENT_STATES:
+            raise ValueError(f"comment link state must be one of {', '.join(COMMENT_STATES)}: {state!r}")
+        new_id = journal_sys_id or link.journal_sys_id
+        async with self._write() as db:
+            await db.execute(
+                f"UPDATE comment_links SET state = ?, journal_sys_id = ? WHERE {_BY_INCIDENT} "
+                "AND sentinel_comment = ?",
+                (state, new_id, link.instance, link.workspace, link.incident, link.sentinel_comment),
+            )
+        return replace(link, state=state, journal_sys_id=new_id)
+
+    async def delete_comment_link(self, link: CommentLink) -> None:
+        """Forget one comment link (a pending write that never reached ServiceNow)."""
+        async with self._write() as db:
+            await db.execute(
+                f"DELETE FROM comment_links WHERE {_BY_INCIDENT} AND sentinel_comment = ?",
+                (link.instance, link.workspace, link.incident, link.sentinel_comment),
+            )
+
+    # --- enrichment and marks -------------------------------------------------------------------
+
+    async def due_enrichment(self, instance: str, workspace: str, now: datetime) -> list[Link]:
+        """Open links whose late-enrichment re-check is due (``enrich_after <= now``)."""
+        rows = await self._read(
+            "SELECT * FROM links WHERE instance = ? AND workspace = ? AND open = 1 "
+            "AND enrich_after IS NOT NULL AND enrich_after <= ? ORDER BY enrich_after, incident",
+            (instance, workspace, _ts(now)),
+        )
+        return [_link_from_row(row) for row in rows]
+
+    async def get_mark(self, instance: str, workspace: str, name: str) -> tuple[str, datetime] | None:
+        """A small named value of a workspace and when it was set, or None."""
+        rows = await self._read(
+            "SELECT value, at FROM marks WHERE instance = ? AND workspace = ? AND name = ?",
+            (instance, workspace, name),
+        )
+        return (rows[0]["value"], _dt_req(rows[0]["at"])) if rows else None
+
+    async def set_mark(
+        self, instance: str, workspace: str, name: str, value: str | None, *, now: datetime
+    ) -> None:
+        """Set a named value of a workspace (``None`` removes it)."""
+        async with self._write() as db:
+            if value is None:
+                await db.execute(
+                    "DELETE FROM marks WHERE instance = ? AND workspace = ? AND name = ?",
+                    (instance, workspace, name),
+                )
+            else:
+                await db.execute(
+                    "INSERT OR REPLACE INTO marks (instance, workspace, name, value, at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (instance, workspace, name, value, _ts(now)),
+                )
 
     # --- watermarks -----------------------------------------------------------------------------
 
@@ -760,6 +954,8 @@ def _link_from_row(row: sqlite3.Row) -> Link:
 def _comment_row(c: CommentLink) -> tuple[Any, ...]:
     if c.direction not in ("to_snow", "to_sentinel"):
         raise ValueError(f"comment link direction must be 'to_snow' or 'to_sentinel': {c.direction!r}")
+    if c.state not in COMMENT_STATES:
+        raise ValueError(f"comment link state must be one of {', '.join(COMMENT_STATES)}: {c.state!r}")
     return (
         c.instance,
         c.workspace,
@@ -768,6 +964,24 @@ def _comment_row(c: CommentLink) -> tuple[Any, ...]:
         c.journal_sys_id,
         c.direction,
         _ts(c.created_at),
+        c.state,
+        c.text_hash,
+        orjson.dumps(list(c.note_ids)).decode(),
+    )
+
+
+def _comment_from_row(row: sqlite3.Row) -> CommentLink:
+    return CommentLink(
+        instance=row["instance"],
+        workspace=row["workspace"],
+        incident=row["incident"],
+        sentinel_comment=row["sentinel_comment"],
+        journal_sys_id=row["journal_sys_id"],
+        direction=row["direction"],
+        created_at=_dt_req(row["created_at"]),
+        state=row["state"],
+        text_hash=row["text_hash"],
+        note_ids=tuple(orjson.loads(row["note_ids"])),
     )
 
 

@@ -1,0 +1,39 @@
+"""The reconciliation sweep: when it is due, and what it reads.
+
+An incremental cycle sees only what changed since the watermarks. A sweep (every ``[agent]
+sweep_interval``, default 24 h, or ``once --sweep``) compares every open linked pair in full:
+it lists the workspace's Sentinel incidents without a modification filter (paged), fetches the
+ServiceNow records of every open link (batched ``sys_idIN``), pairs and plans them as usual
+(even pairs whose etag and ``sys_mod_count`` match the shadow, so a value the shadow got wrong
+is found too) and repairs the drift. Missed creations are found on the way. Its cost is the
+cycle's ``calls`` in the ``cycle_summary`` line marked ``sweep: true``. The empty-listing
+safety valve applies to both of its listings.
+
+The time of the last sweep per workspace is a shadow mark; the first cycle of a workspace
+starts the clock rather than sweeping (there is nothing to compare yet).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from agent.shadow import Shadow
+
+MARK_LAST_SWEEP = "last_sweep"
+
+
+async def due(
+    shadow: Shadow, instance: str, workspace: str, interval: float, now: datetime, *, record: bool
+) -> bool:
+    """Whether a periodic sweep is due; starts the clock (when ``record``) if none ran yet."""
+    mark = await shadow.get_mark(instance, workspace, MARK_LAST_SWEEP)
+    if mark is None:
+        if record:
+            await shadow.set_mark(instance, workspace, MARK_LAST_SWEEP, now.isoformat(), now=now)
+        return False
+    return now - datetime.fromisoformat(mark[0]) >= timedelta(seconds=interval)
+
+
+async def done(shadow: Shadow, instance: str, workspace: str, now: datetime) -> None:
+    """Remember that a sweep of this workspace completed at ``now``."""
+    await shadow.set_mark(instance, workspace, MARK_LAST_SWEEP, now.isoformat(), now=now)

@@ -1,0 +1,390 @@
+"""Comments <-> journal entries against the emulators: both directions, exactly once, no echo,
+readable text, limits, crashes between a write and its shadow commit, a missing journal ACL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent.conversation import comment_id
+from agent.emulators.stack import DEFAULT_SNOW_USER
+from agent.log import log
+from agent.servicenow import ServiceNowClient
+from agent.shadow import CommentLink, Shadow
+from agent.textfmt import SENTINEL_MAX, utf16_len
+from tests.e2e import Env, writes
+
+ALICE = "alice@contoso.example"
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+    log.sinks.append(records.append)
+    yield records
+    log.sinks.remove(records.append)
+
+
+def named(records: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["event"] == event]
+
+
+async def linked(env: Env, **incident: Any) -> tuple[str, str]:
+    """A labelled incident synced once: (incident name, ServiceNow sys_id)."""
+    inc = env.ws().create_incident(labels=["snow"], **{"title": "t", **incident})
+    await env.stats()
+    return inc["name"], env.snow_record(inc["name"])["sys_id"]
+
+
+def notes(env: Env, sys_id: str, element: str = "work_notes") -> list[dict[str, str]]:
+    return env.snow.journal(sys_id, element)
+
+
+def messages(env: Env, name: str) -> list[str]:
+    return [c["properties"]["message"] for c in env.ws().comments(name)]
+
+
+async def test_sentinel_comment_becomes_one_work_note_with_header(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(
+        name, "<p>Isolated <b>host-7</b> &amp; reset the password.</p>", author_upn=ALICE
+    )
+    stats = await env.stats()
+    assert stats.comments_to_snow == 1
+    [note] = notes(env, sys_id)
+    head, _, body = note["value"].partition("\n\n")
+    assert head.startswith("Microsoft Sentinel comment by Alice Analyst (alice@contoso.example), ")
+    assert head.endswith(" UTC")
+    assert body == "Isolated host-7 & reset the password."
+    assert note["sys_created_by"] == DEFAULT_SNOW_USER
+    assert len(named(events, "comment_to_snow")) == 1
+    for _ in range(2):
+        await env.stats()
+    assert len(notes(env, sys_id)) == 1  # exactly once
+    assert len(env.ws().comments(name)) == 1  # and never echoed back
+    async with await Shadow.open(env.tmp / "state.db") as shadow:
+        [link] = await shadow.comment_links(env.stack.workspace_instance("soc"), "soc", name)
+    assert (link.state, link.journal_sys_id, link.direction) == ("confirmed", note["sys_id"], "to_snow")
+
+
+async def test_comments_present_at_creation_go_over_oldest_first(env: Env) -> None:
+    ws = env.ws()
+    inc = ws.create_incident(title="t", labels=["snow"])
+    for text in ("first", "second", "third"):
+        ws.analyst_comment(inc["name"], text)
+    await env.stats()
+    rec = env.snow_record(inc["name"])
+    assert [n["value"].partition("\n\n")[2] for n in notes(env, rec["sys_id"])] == [
+        "first",
+        "second",
+        "third",
+    ]
+
+
+async def test_work_note_becomes_comment_with_deterministic_id(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    name, sys_id = await linked(env)
+    env.snow.analyst_update(
+        "incident", sys_id, {"work_notes": "Blocked 203.0.113.9 at the firewall"}, by="bob.hunter"
+    )
+    [entry] = notes(env, sys_id)
+    stats = await env.stats()
+    assert stats.comments_to_sentinel == 1
+    [comment] = env.ws().comments(name)
+    assert comment["name"] == comment_id(env.stack.workspace_instance("soc"), entry["sys_id"])
+    head, _, body = comment["properties"]["message"].partition("\n\n")
+    number = env.snow_record(name)["number"]
+    assert head.startswith(f"ServiceNow work note by bob.hunter on {number}, ")
+    assert body == "Blocked 203.0.113.9 at the firewall"
+    for _ in range(2):
+        await env.stats()
+    assert len(env.ws().comments(name)) == 1
+    assert len(notes(env, sys_id)) == 1  # our own comment never comes back as a work note
+    assert len(named(events, "comment_to_sentinel")) == 1
+
+
+async def test_two_entries_in_one_servicenow_update_both_arrive(env: Env) -> None:
+    name, sys_id = await linked(env)
+    env.snow.analyst_update(
+        "incident", sys_id, {"work_notes": "internal: escalate", "comments": "to the user: please reboot"}
+    )
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "second note"})
+    stats = await env.stats()
+    assert stats.comments_to_sentinel == 3
+    bodies = sorted(m.partition("\n\n")[2] for m in messages(env, name))
+    assert bodies == ["internal: escalate", "second note", "to the user: please reboot"]
+    kinds = sorted(m.split(" by ")[0] for m in messages(env, name))
+    assert kinds == ["ServiceNow additional comment", "ServiceNow work note", "ServiceNow work note"]
+
+
+async def test_html_and_unicode_round_trip_readably(env: Env) -> None:
+    name, sys_id = await linked(env)
+    html = (
+        "<div>Findings 🔥:<ul><li>שלום – host <i>ws-01</i></li><li>日本語のユーザー</li></ul>"
+        '<a href="https://intel.example/ioc/1">IOC</a><br>x &lt; y</div>'
+    )
+    env.ws().analyst_comment(name, html, author_upn=ALICE)
+    unicode_note = "Escalated 🚨 to مركز العمليات and 安全团队 — done ✅"
+    env.snow.analyst_update("incident", sys_id, {"work_notes": unicode_note}, by="carol.responder")
+    await env.stats()
+    to_snow = [n for n in notes(env, sys_id) if n["sys_created_by"] == DEFAULT_SNOW_USER]
+    assert [n["value"].partition("\n\n")[2] for n in to_snow] == [
+        "Findings 🔥:\n\n- שלום – host ws-01\n- 日本語のユーザー\n\nIOC (https://intel.example/ioc/1)\nx < y"
+    ]
+    from_snow = [m for m in messages(env, name) if m.startswith("ServiceNow")]
+    assert [m.partition("\n\n")[2] for m in from_snow] == [unicode_note]
+
+
+async def test_comment_field_and_code_format(env: Env) -> None:
+    env.rewrite({"agent": {"overlap": "0s", "comment_field": "comments", "comment_format": "code"}})
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "<b>bold</b> [/code] <i>x</i>")
+    await env.stats()
+    assert notes(env, sys_id, "work_notes") == []
+    [entry] = notes(env, sys_id, "comments")
+    body = entry["value"].partition("\n\n")[2]
+    assert body == "[code]<b>bold</b> [/code&#93; <i>x</i>[/code]"
+    await env.stats()
+    assert len(env.ws().comments(name)) == 1  # the agent's customer-visible comment is not echoed
+
+
+async def test_long_texts_are_truncated_with_a_notice(env: Env) -> None:
+    name, sys_id = await linked(env)
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "🙂" * 20_000})  # 40,000 UTF-16 units
+    await env.stats()
+    [message] = messages(env, name)
+    assert utf16_len(message) <= SENTINEL_MAX
+    number = env.snow_record(name)["number"]
+    assert message.endswith(f"characters in total; the full text is in ServiceNow {number}]")
+    assert "🙂" * 1000 in message
+    env.ws().analyst_comment(name, "a" * 30_000)  # Sentinel's own maximum
+    await env.stats()
+    [note] = [n for n in notes(env, sys_id) if n["sys_created_by"] == DEFAULT_SNOW_USER]
+    assert note["value"].endswith("a" * 30_000)  # a full Sentinel comment fits in one note
+
+
+async def test_comment_limit_warns_once_and_fields_keep_syncing(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    ws = env.ws()
+    inc = ws.create_incident(title="t", severity="Low", labels=["snow"])
+    for i in range(99):
+        ws.analyst_comment(inc["name"], f"note {i}")
+    await env.stats()
+    sys_id = env.snow_record(inc["name"])["sys_id"]
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "fits: the 100th comment"})
+    await env.stats()
+    assert len(ws.comments(inc["name"])) == 100
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "one too many"})
+    await env.stats()
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "and another", "impact": "1"})
+    stats = await env.stats()
+    assert stats.failures == 0 and stats.updated_sentinel == 1
+    assert ws.incidents[inc["name"]]["properties"]["severity"] == "High"
+    assert len(ws.comments(inc["name"])) == 100
+    assert len(named(events, "sentinel_comment_limit")) == 1
+
+
+async def test_crash_between_comment_put_and_link_commit_does_not_duplicate(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, sys_id = await linked(env)
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "copied exactly once"}, by="bob.hunter")
+    real = Shadow.add_comment_link
+    crashes = []
+
+    async def crash_once(self: Shadow, link: CommentLink) -> None:
+        if link.direction == "to_sentinel" and not crashes:
+            crashes.append(link)
+            raise sqlite3.OperationalError("disk I/O error (simulated crash)")
+        await real(self, link)
+
+    monkeypatch.setattr(Shadow, "add_comment_link", crash_once)
+    result = (await env.cycle())["soc"]
+    assert isinstance(result, BaseException)  # the cycle died after the PUT, before the commit
+    assert len(env.ws().comments(name)) == 1
+    for _ in range(2):
+        await env.stats()
+    assert len(env.ws().comments(name)) == 1  # the repeated PUT hit the same deterministic id
+    assert len(notes(env, sys_id)) == 1  # and the Sentinel comment was not copied back
+
+
+async def test_crash_between_note_patch_and_its_commit_does_not_duplicate(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "posted exactly once")
+    real = Shadow.set_comment_link
+    crashes = []
+
+    async def crash_once(self: Shadow, link: CommentLink, **kw: Any) -> CommentLink:
+        if kw.get("state") == "posted" and not crashes:
+            crashes.append(link)
+            raise sqlite3.OperationalError("disk I/O error (simulated crash)")
+        return await real(self, link, **kw)
+
+    monkeypatch.setattr(Shadow, "set_comment_link", crash_once)
+    result = (await env.cycle())["soc"]
+    assert isinstance(result, BaseException)
+    assert len(notes(env, sys_id)) == 1  # the PATCH landed; its link is still "pending"
+    for _ in range(2):
+        await env.stats()
+    assert len(notes(env, sys_id)) == 1  # resolved from the journal, not posted again
+    async with await Shadow.open(env.tmp / "state.db") as shadow:
+        [link] = await shadow.comment_links(env.stack.workspace_instance("soc"), "soc", name)
+    assert link.state == "confirmed" and link.journal_sys_id == notes(env, sys_id)[0]["sys_id"]
+
+
+async def test_crash_before_the_patch_lands_posts_the_comment_later(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "must arrive")
+    real = ServiceNowClient.patch
+    crashes = []
+
+    async def die_first(self: ServiceNowClient, sys_id: str, values: dict[str, str], fields: Any) -> Any:
+        if "work_notes" in values and not crashes:
+            crashes.append(values)
+            raise RuntimeError("killed before the request left (simulated)")
+        return await real(self, sys_id, values, fields)
+
+    monkeypatch.setattr(ServiceNowClient, "patch", die_first)
+    result = (await env.cycle())["soc"]
+    assert isinstance(result, BaseException)
+    assert notes(env, sys_id) == []
+    await env.stats()
+    [note] = notes(env, sys_id)
+    assert note["value"].endswith("must arrive")
+    await env.stats()
+    assert len(notes(env, sys_id)) == 1
+
+
+async def test_refused_note_is_not_left_pending(env: Env) -> None:
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "refused once")
+    env.snow.faults.once("table.patch", 403)
+    stats = await env.stats()
+    assert stats.failures == 1 and notes(env, sys_id) == []
+    async with await Shadow.open(env.tmp / "state.db") as shadow:
+        inst = env.stack.workspace_instance("soc")
+        assert await shadow.comment_links(inst, "soc", name) == []
+        await shadow.clear_failure(inst, "soc", name)  # skip the backoff
+    await env.stats()
+    assert [n["value"].partition("\n\n")[2] for n in notes(env, sys_id)] == ["refused once"]
+
+
+async def test_missing_journal_read_acl_warns_once_and_never_reposts(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    env.snow.add_api_user("svc_blind", env.stack.snow_password, journal_read=False)
+    env.rewrite({"agent": {"overlap": "0s"}, "servicenow": {"username": "svc_blind"}})
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "one")
+    await env.stats()
+    env.ws().analyst_comment(name, "two")
+    for _ in range(3):
+        await env.stats()
+    assert [n["value"].partition("\n\n")[2] for n in notes(env, sys_id)] == ["one", "two"]
+    [warning] = named(events, "journal_unreadable")
+    assert warning["level"] == "warning" and "sys_journal_field" in warning["message"]
+
+
+async def test_lost_shadow_duplicates_no_comment(env: Env) -> None:
+    name, sys_id = await linked(env)
+    env.ws().analyst_comment(name, "from Sentinel")
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "from ServiceNow"}, by="bob.hunter")
+    await env.stats()
+    assert len(notes(env, sys_id)) == 2 and len(env.ws().comments(name)) == 2
+    for suffix in ("", "-wal", "-shm"):
+        (env.tmp / f"state.db{suffix}").unlink(missing_ok=True)
+    mark = env.stack.recorder.mark()
+    stats = await env.stats()
+    assert stats.adopted == 1
+    assert len(notes(env, sys_id)) == 2 and len(env.ws().comments(name)) == 2
+    assert [c.route for c in writes(env.calls_since(mark))] == ["comments.put"]  # the same id, rewritten
+    await env.stats()
+    assert len(notes(env, sys_id)) == 2 and len(env.ws().comments(name)) == 2
+
+
+async def test_calls_for_one_comment_each_way(env: Env) -> None:
+    """What one new comment costs in calls, each way (asserted so it cannot creep).
+
+    Both halves of the pair are in this cycle's listings here (the other half was modified at
+    the watermark); otherwise one more read fetches it (a batched sys_idIN or one GET).
+    """
+    name, sys_id = await linked(env)
+    await env.stats()
+
+    def since(mark: int) -> list[tuple[str, str]]:
+        return [(c.system, c.route) for c in env.calls_since(mark) if c.system != "entra"]
+
+    idle = [("sentinel", "incidents.list"), ("servicenow", "table.list")]
+    env.ws().analyst_comment(name, "Sentinel -> ServiceNow")
+    mark = env.stack.recorder.mark()
+    await env.stats()
+    assert since(mark) == [
+        *idle,
+        ("sentinel", "comments.list"),
+        ("servicenow", "table.patch"),
+        ("servicenow", "table.list"),  # the journal read confirming the entry
+    ]
+    mark = env.stack.recorder.mark()
+    await env.stats()
+    assert since(mark) == idle
+    env.snow.analyst_update("incident", sys_id, {"work_notes": "ServiceNow -> Sentinel"})
+    mark = env.stack.recorder.mark()
+    await env.stats()
+    assert since(mark) == [*idle, ("servicenow", "table.list"), ("sentinel", "comments.put")]
+    mark = env.stack.recorder.mark()
+    await env.stats()
+    # Our PUT moved the incident's etag; commentsCount tells no comment was added: no listing.
+    assert since(mark) == idle
+    mark = env.stack.recorder.mark()
+    await env.stats()
+    assert since(mark) == idle
+
+
+# --- the text helpers (pure) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("html", "text"),
+    [
+        ("plain text, no tags: a < b", "plain text, no tags: a < b"),
+        ("<p>one</p><p>two</p>", "one\n\ntwo"),
+        ("line<br>break<br/>again", "line\nbreak\nagain"),
+        ("<ol><li>a</li><li>b</li></ol>after", "- a\n- b\n\nafter"),
+        ('<a href="https://x.example/">https://x.example/</a>', "https://x.example/"),
+        ('<a href="javascript:alert(1)">click</a>', "click"),
+        ("<style>p{}</style><script>evil()</script>kept", "kept"),
+        ("<p>code:</p><pre>  keep\n    indent</pre>", "code:\n\n  keep\n    indent"),
+        ("&lt;b&gt; &amp; &#x1F600; &eacute;", "<b> & 😀 é"),
+        ("<img src=x alt='screenshot'>", "[screenshot]"),
+        ("<table><tr><th>k</th><th>v</th></tr><tr><td>1</td><td>2</td></tr></table>", "k | v\n1 | 2"),
+    ],
+)
+def test_html_to_text(html: str, text: str) -> None:
+    from agent.textfmt import html_to_text
+
+    assert html_to_text(html) == text
+
+
+def test_cap_counts_utf16_and_never_splits_a_character() -> None:
+    from agent.textfmt import cap
+
+    text = "😀" * 100  # 200 UTF-16 units
+    assert cap(text, 200, "there", utf16=True) == text
+    capped = cap(text, 150, "there", utf16=True)
+    assert utf16_len(capped) <= 150
+    head, _, notice = capped.partition("\n\n")
+    assert set(head) == {"😀"} and notice.startswith("[... truncated: 200 characters in total")
+    assert cap("x" * 100, 90, "INC1").endswith("the full text is in INC1]")
+    with pytest.raises(ValueError):
+        cap("x" * 100, 10, "somewhere with a long name")

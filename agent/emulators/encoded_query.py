@@ -21,6 +21,7 @@ values are case-sensitive.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -196,6 +197,7 @@ class MappingSchema:
         return record.get(field, "")
 
 
+@functools.lru_cache(maxsize=65_536)  # a listing compares every row: parse each text once
 def parse_datetime(value: str) -> datetime | None:
     """``YYYY-MM-DD HH:MM:SS`` or ``YYYY-MM-DD`` (UTC, REFERENCE C.3) -> aware datetime."""
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
@@ -229,7 +231,16 @@ def _compare(stored: str, literal: str, kind: str | None) -> int | None:
 def _equal(stored: str, literal: str, kind: str | None) -> bool:
     if stored == literal:
         return True
+    if kind not in (INTEGER, DATETIME):
+        return False  # text compares as text: only the same string is equal
     return _compare(stored, literal, kind) == 0 if stored and literal else False
+
+
+def _in(stored: str, literal: str, kind: str | None) -> bool:
+    items = literal.split(",")
+    if kind not in (INTEGER, DATETIME):
+        return stored in items  # one membership test: an IN list can be long (sys_idIN)
+    return any(_equal(stored, item, kind) for item in items)
 
 
 def _between(stored: str, literal: str, kind: str | None) -> bool:
@@ -261,8 +272,8 @@ _TESTS: dict[str, Callable[[str, str, str | None], bool]] = {
     "NOT LIKE": lambda s, v, k: bool(s) and v not in s,
     "STARTSWITH": lambda s, v, k: s.startswith(v),
     "ENDSWITH": lambda s, v, k: s.endswith(v),
-    "IN": lambda s, v, k: any(_equal(s, item, k) for item in v.split(",")),
-    "NOT IN": lambda s, v, k: bool(s) and not any(_equal(s, item, k) for item in v.split(",")),
+    "IN": _in,
+    "NOT IN": lambda s, v, k: bool(s) and not _in(s, v, k),
     "ISEMPTY": lambda s, v, k: s == "",
     "EMPTYSTRING": lambda s, v, k: s == "",
     "ISNOTEMPTY": lambda s, v, k: s != "",

@@ -269,6 +269,8 @@ class SentinelWorkspace:
         self._entities: dict[str, list[dict[str, Any]]] = {}
         self._races: dict[str, dict[str, Any]] = {}
         self._last_number = 0
+        # Lower-cased name -> stored name: a miss (every new incident) must not scan the workspace.
+        self._names: dict[str, str] = {}
 
     # -- helpers shared with the HTTP layer
     def _now(self) -> str:
@@ -278,8 +280,8 @@ class SentinelWorkspace:
         """The stored incident name matching ``name`` (ARM resource names are case-insensitive)."""
         if name in self.incidents:
             return name
-        lowered = name.lower()
-        return next((k for k in self.incidents if k.lower() == lowered), None)
+        key = self._names.get(name.lower())
+        return key if key in self.incidents else None
 
     def _require_key(self, name: str) -> str:
         key = self._key(name)
@@ -333,6 +335,7 @@ class SentinelWorkspace:
             "properties": _ordered(props),
         }
         self.incidents[name] = incident
+        self._names[name.lower()] = name
         self._comments[name] = {}
         self._alerts[name] = []
         self._entities[name] = []
@@ -532,6 +535,7 @@ class SentinelWorkspace:
         """Remove an incident and everything attached to it."""
         key = self._require_key(name)
         del self.incidents[key]
+        self._names.pop(key.lower(), None)
         for store in (self._comments, self._alerts, self._entities, self._races):
             store.pop(key, None)
 

@@ -16,6 +16,7 @@ Sections::
     [severity_to_servicenow] [severity_to_sentinel] [status_to_servicenow] [status_to_sentinel]
     [closure_to_servicenow] [closure_to_sentinel]   value maps; a present section replaces its default
     [owners] / [owners:WORKSPACE] ServiceNow user_name = Entra UPN
+    [assignment_groups] / [assignment_groups:WORKSPACE]   label:/owner:/severity:/* = group name
 
 Secrets (``client_secret``, ``password``) come from exactly one of ``<name>_env`` (an environment
 variable), ``<name>_file`` (a file, relative to the ini's folder) or ``<name>`` (the value).
@@ -56,6 +57,7 @@ __all__ = [
     "AgentSettings",
     "Cloud",
     "Config",
+    "GroupRule",
     "Mappings",
     "OAuthApp",
     "Secret",
@@ -262,6 +264,19 @@ class Workspace:
 
 
 @dataclass(frozen=True)
+class GroupRule:
+    """One ``[assignment_groups]`` row: incidents matching ``kind:value`` go to ``group``.
+
+    ``kind`` is ``label`` (a label name, case-sensitive), ``owner`` (the owner's UPN or e-mail,
+    or for a group owner its name; case-insensitive), ``severity`` or ``*`` (every incident).
+    """
+
+    kind: str
+    value: str
+    group: str
+
+
+@dataclass(frozen=True)
 class Mappings:
     """The value maps between the two systems, complete and validated.
 
@@ -278,6 +293,8 @@ class Mappings:
     closure_to_sentinel: dict[str, tuple[str, str | None]]
     owners: dict[str, str]
     owners_by_workspace: dict[str, dict[str, str]]
+    assignment_groups: tuple[GroupRule, ...] = ()
+    assignment_groups_by_workspace: dict[str, tuple[GroupRule, ...]] = field(default_factory=dict)
 
     def owners_for(self, workspace: str) -> dict[str, str]:
         """ServiceNow user_name -> UPN for ``workspace``, its ``[owners:WORKSPACE]`` rows winning."""
@@ -334,6 +351,7 @@ _SNOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _RESOURCE_GROUP = re.compile(r"^[-\w.()]{1,90}$")
 _WORKSPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 _UPN = re.compile(r"^[^@\s]+@[^@\s]+$")
+_DOMAIN = re.compile(r"^(?:global|[0-9a-f]{32})$")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -665,7 +683,7 @@ _SINGLE_SECTIONS = (
     "closure_to_servicenow",
     "closure_to_sentinel",
 )
-_NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners")
+_NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners", "assignment_groups")
 _NO_DEFAULT_SECTION = "\x00"  # makes a literal [DEFAULT] an ordinary (and so unknown) section
 
 
@@ -675,7 +693,7 @@ def _read_agent(sec: _Section) -> AgentSettings:
         sec.problem("state_db", f"folder {state_db.parent} does not exist")
     return AgentSettings(
         state_db=state_db,
-        poll_interval=sec.get("poll_interval", _duration(1, 86400), 60.0),
+        poll_interval=sec.get("poll_interval", _duration(0.1, 86400), 60.0),
         max_concurrency=sec.get("max_concurrency", _integer(1, 64), 8),
         # Sentinel's $top is capped at 1000 (REFERENCE A.7).
         page_size=sec.get("page_size", _integer(1, 1000), 200),
@@ -800,7 +818,7 @@ def _read_workspace(sec: _Section, name: str, oauth: Iterable[str], servicenow: 
         max_age_days=sec.get("max_age_days", _integer(1, 3650), 30),
         caller_id=sec.optional("caller_id", _text),
         assignment_group=sec.optional("assignment_group", _text),
-        sys_domain=sec.optional("sys_domain", _text),
+        sys_domain=sec.optional("sys_domain", _pattern(_DOMAIN, "a domain sys_id (32 hex digits) or global")),
         company=sec.optional("company", _text),
     )
     for key, value, defined, kind in (
@@ -885,6 +903,35 @@ def _closure_to_sentinel(sec: _Section | None) -> dict[str, tuple[str, str | Non
         # Without a catch-all an unknown close code would block the incident for good.
         sec.problem(None, "needs a '* = Classification[/Reason]' row for every other close code")
     return result
+
+
+_RULE_KINDS = ("label", "owner", "severity")
+
+
+def _group_rules(sec: _Section) -> tuple[GroupRule, ...]:
+    """Rows ``label:NAME`` / ``owner:WHO`` / ``severity:LEVEL`` / ``*`` = group name, in file order."""
+    rules: list[GroupRule] = []
+    for key in sec.raw:
+        group = sec.text(key)
+        kind, colon, value = (part.strip() for part in key.partition(":"))
+        if key.strip() == "*":
+            kind, value = "*", ""
+        elif not colon or kind not in _RULE_KINDS:
+            hint = _did_you_mean(kind, _RULE_KINDS, "{}:...")
+            sec.problem(key, f"unknown row{hint}; write label:NAME, owner:UPN, severity:LEVEL or *")
+            continue
+        elif not value:
+            sec.problem(key, f"{kind}: needs a value, e.g. {kind}:{'High' if kind == 'severity' else 'x'}")
+            continue
+        elif kind == "severity" and value not in SEVERITIES:
+            hint = _did_you_mean(value, SEVERITIES)
+            sec.problem(key, f"{value!r} is not a severity ({', '.join(SEVERITIES)}){hint}")
+            continue
+        if group is None:
+            sec.problem(key, "empty value; write the ServiceNow assignment group's name")
+            continue
+        rules.append(GroupRule(kind, value, group))
+    return tuple(rules)
 
 
 def _owners(sec: _Section) -> dict[str, str]:
@@ -1005,6 +1052,7 @@ class _Loader:
     ) -> Mappings:
         severity_sec = self.single("severity_to_servicenow", SEVERITIES)
         status_sec = self.single("status_to_servicenow", STATUSES)
+        group_rules, group_rules_by_workspace = self.assignment_groups(workspaces)
         mappings = Mappings(
             severity_to_servicenow=_keyed_map(
                 severity_sec, SEVERITIES, DEFAULT_SEVERITY_TO_SERVICENOW, "Sentinel severity"
@@ -1027,10 +1075,30 @@ class _Loader:
             closure_to_sentinel=_closure_to_sentinel(self.single("closure_to_sentinel")),
             owners={},
             owners_by_workspace={},
+            assignment_groups=group_rules,
+            assignment_groups_by_workspace=group_rules_by_workspace,
         )
         self.check_round_trips(mappings, servicenow)
         self.read_owners(mappings, workspaces)
         return mappings
+
+    def assignment_groups(
+        self, workspaces: Mapping[str, Workspace]
+    ) -> tuple[tuple[GroupRule, ...], dict[str, tuple[GroupRule, ...]]]:
+        """``[assignment_groups]`` rows and the ``[assignment_groups:WORKSPACE]`` rows by workspace."""
+        rules: tuple[GroupRule, ...] = ()
+        by_workspace: dict[str, tuple[GroupRule, ...]] = {}
+        for name, (title, raw) in self.found.get("assignment_groups", {}).items():
+            sec = self.section(title, raw, raw.keys())
+            read = _group_rules(sec)
+            if not name:
+                rules = read
+            elif name not in workspaces:
+                hint = _did_you_mean(name, workspaces, "[assignment_groups:{}]")
+                sec.problem(None, f"no [workspace:{name}] section{hint}")
+            else:
+                by_workspace[name] = read
+        return rules, by_workspace
 
     def check_round_trips(self, maps: Mappings, servicenow: Mapping[str, ServiceNowInstance]) -> None:
         """A value the agent writes to ServiceNow must read back as the same Sentinel value class."""

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from yarl import URL
 
+from agent import crashpoint
 from agent.errors import PermanentError
 from agent.http import HttpClient, redact_url
 from agent.log import log
@@ -183,6 +184,7 @@ class SentinelClient:
             # Safe to resend: a replay after a lost success carries the old etag and gets 409.
             idempotent=True,
         )
+        crashpoint.after_write("sentinel_put")
         if resp.status == 201:
             log.warning("sentinel_incident_recreated", incident=current.name)
         return parse_incident(resp.body)
@@ -218,6 +220,7 @@ class SentinelClient:
             expected=(200, 201),
             idempotent=True,
         )
+        crashpoint.after_write("sentinel_comment")
         return parse_comment(resp.body)
 
     async def list_alerts(self, name: str) -> list[SentinelAlert]:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from agent import crashpoint
 from agent.errors import PermanentError
 from agent.http import HttpClient, redact_url
 from agent.log import log
@@ -59,6 +60,7 @@ class ServiceNowClient:
         self._clock = clock
         self._users: dict[tuple[str, str], tuple[float, SnowUser | None]] = {}
         self._groups: dict[str, tuple[float, str | None]] = {}
+        self._scoped: dict[tuple[str, str, tuple[str, ...]], tuple[float, str | None]] = {}
 
     # -- URLs and parameters --
 
@@ -123,6 +125,7 @@ class ServiceNowClient:
             expected=(200, 201),
             idempotent=False,
         )
+        crashpoint.after_write("snow_create")
         return _record(_result_object(resp.body, self.table))
 
     async def patch(self, sys_id: str, values: Mapping[str, str], fields: Sequence[str]) -> SnowRecord:
@@ -141,6 +144,7 @@ class ServiceNowClient:
             json=body,
             idempotent=not appends,
         )
+        crashpoint.after_write("snow_patch")
         return _record(_result_object(resp.body, self.table))
 
     # -- journal --
@@ -216,6 +220,32 @@ class ServiceNowClient:
         if sys_id is None and len(exact) > 1:
             log.warning("snow_group_ambiguous", matches=len(exact))
         self._groups[name] = (self._clock() + self.cache_ttl, sys_id)
+        return sys_id
+
+    async def find_by_name(self, table: str, name: str, domains: Sequence[str] = ()) -> str | None:
+        """The sys_id of the ``table`` row (``sys_user_group``, ``core_company``) named exactly
+        ``name``; with ``domains``, only rows whose ``sys_domain`` is one of them, the earliest
+        domain listed winning. ``None`` when there is none, or several in the winning domain.
+        Cached like groups."""
+        key = (table, name, tuple(domains))
+        cached = self._scoped.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        query = Q.eq("name", name)
+        if domains:
+            query = query & Q.in_("sys_domain", domains)
+        rows = await self._page(table, query, ("sys_id", "name", "sys_domain"), 20, 0)
+        exact = [r for r in rows if _text(r.get("name")) == name]
+        sys_id: str | None = None
+        candidates: Sequence[str | None] = list(domains) or [None]
+        for domain in candidates:
+            here = [r for r in exact if domain is None or _text(r.get("sys_domain")) == domain]
+            if here:
+                sys_id = _text(here[0].get("sys_id")) if len(here) == 1 else None
+                if len(here) > 1:
+                    log.warning("snow_name_ambiguous", table=table, matches=len(here))
+                break
+        self._scoped[key] = (self._clock() + self.cache_ttl, sys_id)
         return sys_id
 
     # -- paging --

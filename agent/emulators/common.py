@@ -156,6 +156,10 @@ class TokenRegistry:
     def revoke_all(self) -> None:
         self.revoked.update(self._tokens)
 
+    def issued(self) -> list[str]:
+        """Every token issued so far (tests check that none ever reaches a log line)."""
+        return list(self._tokens)
+
 
 def _b64(obj: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(obj)).rstrip(b"=").decode()
@@ -207,17 +211,32 @@ class FaultRule:
     retry_after: int = 1
 
 
+@dataclass(frozen=True, slots=True)
+class PathFault:
+    """A standing fault for every request whose path contains ``match`` (and, if given, whose
+    method is ``method``): the answer is ``status`` with the emulator's own error body, or
+    ``body`` verbatim when given."""
+
+    match: str
+    status: int
+    method: str | None = None
+    body: bytes | None = None
+
+
 class Faults:
     """Per-route fault settings with a seeded RNG. Route keys are aiohttp route names (e.g.
     ``incidents.list``) or ``*`` for every route of the emulator.
 
-    ``once(route, status)`` queues a one-shot fault for the next matching request.
+    ``once(route, status)`` queues a one-shot fault for the next matching request (``body``:
+    answer with these bytes instead, e.g. a truncated JSON document with status 200);
+    ``fail(match, status)`` fails every request to one resource until :meth:`clear`.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
         self.rules: dict[str, FaultRule] = {}
-        self._once: dict[str, list[int]] = {}
+        self._once: dict[str, list[tuple[int, bytes | None]]] = {}
+        self.paths: list[PathFault] = []
         self.injected: dict[str, int] = {}
 
     def set(self, route: str = "*", **settings: Any) -> FaultRule:
@@ -228,16 +247,36 @@ class Faults:
     def clear(self) -> None:
         self.rules.clear()
         self._once.clear()
+        self.paths.clear()
 
-    def once(self, route: str, status: int) -> None:
-        """The next request to ``route`` fails with ``status`` (0 = drop the connection)."""
-        self._once.setdefault(route, []).append(status)
+    def once(self, route: str, status: int, *, body: bytes | None = None) -> None:
+        """The next request to ``route`` fails with ``status`` (0 = drop the connection), or is
+        answered with ``status`` and ``body`` verbatim."""
+        self._once.setdefault(route, []).append((status, body))
+
+    def fail(self, match: str, status: int, *, method: str | None = None, body: bytes | None = None) -> None:
+        """Every request whose path contains ``match`` fails with ``status`` until :meth:`clear`
+        (a permanent error on one record: an ACL, a data policy, a validation rule)."""
+        self.paths.append(PathFault(match, status, method, body))
+
+    def decide_request(
+        self, route: str, method: str, path: str
+    ) -> tuple[int | None, float, int, bytes | None]:
+        """:meth:`decide` plus the standing path faults; the fourth item is a verbatim body."""
+        for fault in self.paths:
+            if fault.match in path and (fault.method is None or fault.method == method):
+                return fault.status, 0.0, 1, fault.body
+        queued = self._once.get(route)
+        if queued:
+            status, body = queued.pop(0)
+            return status, 0.0, 1, body
+        return (*self.decide(route), None)
 
     def decide(self, route: str) -> tuple[int | None, float, int]:
         """-> (status to inject or None; 0 means drop the connection, latency, retry_after)."""
         queued = self._once.get(route)
         if queued:
-            return queued.pop(0), 0.0, 1
+            return queued.pop(0)[0], 0.0, 1
         rule = self.rules.get(route) or self.rules.get("*")
         if rule is None:
             return None, 0.0, 1
@@ -250,7 +289,7 @@ class Faults:
         return None, rule.latency, rule.retry_after
 
     def count(self, status: int) -> None:
-        key = "drop" if status == 0 else str(status)
+        key = "drop" if status == 0 else "body" if status == -1 else str(status)
         self.injected[key] = self.injected.get(key, 0) + 1
 
 
@@ -317,14 +356,16 @@ def fault_and_record_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         route = request.match_info.route.name or "unknown"
-        status, latency, retry_after = faults.decide(route)
+        status, latency, retry_after, body = faults.decide_request(route, request.method, request.path)
         if latency:
             await asyncio.sleep(latency)
         if status is not None:
-            faults.count(status)
+            faults.count(status if body is None else -1)
             recorder.add(
                 Call(system, request.method, route, request.path, status if status else 0, instance)
             )
+            if body is not None:
+                return web.Response(status=status, body=body, content_type="application/json")
             if status == 0:
                 # Drop the connection without a response: the client sees a reset.
                 if request.transport is not None:

@@ -1,0 +1,67 @@
+"""Single instance: one agent per state database, named when another one tries; a killed agent
+leaves no stale lock; ``status`` tells whether (and which) agent runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import orjson
+
+from agent.lock import StateLock
+from tests.agent_process import AgentProcess
+from tests.e2e import Env
+
+
+async def _status(config: Path) -> dict[str, object]:
+    async with AgentProcess(config, "status", "--json") as status:
+        assert await status.wait() == 0, status.output()
+    report: dict[str, object] = orjson.loads("\n".join(status.stdout_text))
+    return report
+
+
+async def test_second_agent_is_refused_and_a_killed_one_frees_the_lock(env: Env) -> None:
+    env.rewrite({"agent": {"overlap": "0s", "poll_interval": "0.2s"}})
+    env.ws().create_incident(title="one", labels=["snow"])
+    async with AgentProcess(env.config_path, "run") as first:
+        await first.wait_for(lambda e: e.get("event") == "cycle_summary")
+        holder = StateLock(env.tmp / "state.db").holder()
+        assert holder["pid"] == first.pid and float(str(holder["expires"])) > time.time()
+        for command in (["once"], ["run"], ["backfill", "soc", "--since=-1d"]):
+            async with AgentProcess(env.config_path, *command) as second:
+                assert await second.wait() == 1, second.output()
+            [refused] = second.named("lock_held")
+            assert f"PID {first.pid}" in str(refused["message"]), refused
+            assert str(env.tmp / "state.db") in str(refused["message"])
+            assert not second.named("cycle_summary")  # it did nothing at all
+        report = await _status(env.config_path)
+        assert report["agent_running"] is True
+        assert report["agent"] == {"pid": first.pid, "host": os.uname().nodename}
+        first.kill(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+    # the kernel released the flock with the process: no stale lock, no manual clean-up
+    assert (await _status(env.config_path))["agent_running"] is False
+    async with AgentProcess(env.config_path, "once") as again:
+        assert await again.wait() == 0, again.output()
+    assert again.named("cycle_summary")
+    assert len(env.snow_records()) == 1
+
+
+async def test_lock_file_is_private_and_released_on_clean_exit(env: Env) -> None:
+    lock_path = env.tmp / "state.db.lock"
+    old = os.umask(0o022)
+    try:
+        async with AgentProcess(env.config_path, "once") as agent:
+            assert await agent.wait() == 0, agent.output()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(lock_path.stat().st_mode) == 0o600
+    assert lock_path.read_bytes() == b""  # a clean exit clears the holder record
+    lock = StateLock(env.tmp / "state.db")
+    assert not lock.held_by_other()
+    with lock:
+        assert lock.holder()["pid"] == os.getpid()
+        assert not lock.held_by_other()  # our own lock is not "another agent"

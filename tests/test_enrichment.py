@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from agent.emulators.stack import DEFAULT_SNOW_USER
 from agent.shadow import Link, Shadow
 from tests.e2e import Env, writes
+from tests.test_comments import backoff_passed
 
 
 def agent_notes(env: Env, sys_id: str) -> list[str]:
@@ -177,8 +178,7 @@ async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -
     sys_id = env.snow_records()[0]["sys_id"]
     assert len(agent_notes(env, sys_id)) == 2  # the comment and the alerts
     env.stack.sentinel.faults.clear()
-    async with await Shadow.open(env.tmp / "state.db") as shadow:
-        await shadow.clear_failure(env.stack.workspace_instance("soc"), "soc", inc["name"])
+    backoff_passed(env)
     stats = await env.stats()
     assert stats.adopted == 1 and stats.failures == 0
     values = agent_notes(env, sys_id)

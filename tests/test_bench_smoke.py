@@ -1,0 +1,104 @@
+"""The benchmark harness at tiny sizes: every section runs against the emulators and the report is
+written. Numbers of calls are checked (they are the product's call economy); times never are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.bench.__main__ import SECTIONS, build_parser, main, options_from, run
+from agent.bench.calls import Calls, kind
+from agent.bench.report import render
+from agent.emulators.common import Call
+
+
+async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "--workspaces",
+            "2",
+            "--incidents",
+            "6",
+            "--sweep",
+            "1,4",
+            "--sweep-incidents",
+            "4",
+            "--scale",
+            "40,120",
+        ]
+    )
+    options = options_from(args, tmp_path / "work")
+    results = await run(options, SECTIONS, "python -m agent.bench (test)")
+
+    steady = results.steady
+    assert steady is not None and steady.initial is not None
+    initial = steady.initial
+    assert (
+        initial.created > 0 and initial.outcome.calls.by_kind["servicenow POST incident"] == initial.created
+    )
+    assert initial.bound > 0 and initial.outcome.wall > 0 and initial.outcome.cpu > 0
+    steps = {s.scenario: s for s in steady.steps}
+    idle = steps["idle (settled)"]
+    assert idle.ours is not None and (idle.ours.reads, idle.ours.writes) == (2 * steady.workspaces, 0)
+    # The reference reads every open linked incident, its comments and its record, every cycle.
+    assert idle.reference is not None and idle.reference.writes == 0
+    assert idle.reference.reads >= steady.workspaces + 3 * steady.open_links
+    changed = steps["one changed field (Sentinel severity)"]
+    assert changed.ours is not None and changed.ours.writes == 1
+    assert changed.reference is not None and changed.reference.writes == 1
+    assert set(steady.comments) == {"to_servicenow", "to_sentinel"}
+
+    assert results.arm is not None and results.arm.created > 0
+    assert [s.concurrency for s in results.sweep] == [1, 4]
+    assert all(s.created > 0 for s in results.sweep)
+
+    assert [s.links for s in results.scale] == [40, 120]
+    for size in results.scale:
+        assert (size.idle.calls.reads, size.idle.calls.writes) == (2, 0)
+        assert size.diffed.calls.writes == 0  # the dry run writes nothing
+        assert size.busy.calls.by_kind["servicenow PATCH incident"] == size.changed
+        assert 0 < size.idle.peak_rss_mb <= size.peak_rss_mb
+
+    assert results.profile is not None and results.profile.outcome.breakdown
+    text = render(results)
+    for heading in (
+        "## Targets",
+        "## 1. Initial sync",
+        "## 2 and 3. Steady state",
+        "real token buckets",
+        "## 4. Scale",
+        "## 5. Concurrency sweep",
+        "## Where the time of the initial sync goes",
+    ):
+        assert heading in text
+    assert f"{results.options.latency * 1000:.0f} ms" in text
+
+
+def test_main_writes_the_report_and_refuses_unknown_sections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "BENCH.md"
+    assert main(["--only", "nonsense", "--output", str(out)]) == 2
+    assert not out.exists()
+    argv = ["--only", "scale", "--scale", "30", "--output", str(out), "--workdir", str(tmp_path / "w")]
+    assert main(argv) == 0
+    text = out.read_text()
+    assert "`python -m agent.bench --only scale --scale 30" in text and "## 4. Scale" in text
+    assert "## 1. Initial sync" not in text
+    assert text in capsys.readouterr().out
+
+
+def test_calls_are_counted_by_system_and_kind() -> None:
+    calls = [
+        Call("entra", "POST", "token.v2", "/tenant/oauth2/v2.0/token", 200),
+        Call("sentinel", "GET", "incidents.list", "/subscriptions/s/incidents", 200),
+        Call("sentinel", "POST", "incidents.alerts", "/subscriptions/s/incidents/i/alerts", 200),
+        Call("sentinel", "PUT", "incidents.put", "/subscriptions/s/incidents/i", 429),
+        Call("servicenow", "PATCH", "table.patch", "/api/now/table/incident/abc", 200),
+        Call("servicenow", "GET", "table.list", "/api/now/table/sys_user", 200),
+    ]
+    counted = Calls.of(calls)
+    assert (counted.reads, counted.writes, counted.throttled, counted.entra) == (3, 2, 1, 1)
+    assert kind(calls[4]) == "servicenow PATCH incident" and kind(calls[5]) == "servicenow GET sys_user"
+    assert counted.brief() == "3 reads, 2 writes"

@@ -22,6 +22,7 @@ import asyncio
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,11 @@ class Rig:
 
     def count(self, key: str, n: int = 1) -> None:
         self.tally[key] = self.tally.get(key, 0) + n
+
+    def duplicates(self) -> int:
+        """ServiceNow tickets beyond one per Sentinel incident (0 when all is well)."""
+        keys = Counter(r["correlation_id"] for r in self.stack.snow["default"].tables["incident"].values())
+        return sum(n - 1 for key, n in keys.items() if key)
 
     def comment_sync(self) -> bool:
         return self.checker.check(["soc"]).comment_links > 0
@@ -109,6 +115,9 @@ async def converged(rig: Rig, agent: AgentProcess) -> Findings:
         # The emulators run on this event loop, so they stand still while this runs.
         findings = checker.check(["soc"])
         if findings:
+            rig.count("converged")
+            rig.count("duplicate_tickets", rig.duplicates())
+            rig.count("comment_checks", findings.comments_checked)
             return findings
     raise AssertionError(f"no convergence after {CONVERGE_CYCLES} cycles: {findings.problems[:10]}")
 

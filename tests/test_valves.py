@@ -4,6 +4,7 @@ other workspaces sync as usual."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -185,9 +186,13 @@ async def test_cli_once_and_run_exit_7_and_force(two: Two) -> None:
     valve = agent.named("safety_valve")
     assert valve and "would close 8 of 10" in str(valve[0]["message"])
     assert "--force" in str(valve[0]["message"])
-    async with AgentProcess(two.config_path, "run", "--max-cycles", "2") as agent:
-        assert await agent.wait() == 7, agent.output()
-    assert len(agent.named("safety_valve")) == 2  # re-checked every cycle, never written through
+    async with AgentProcess(two.config_path, "run") as agent:
+        # re-checked every cycle, never written through; dev keeps syncing meanwhile
+        await agent.wait_for(lambda e: len(agent.named("safety_valve")) >= 2)
+        agent.kill(signal.SIGTERM)
+        assert await agent.wait() == 7, agent.output()  # stopped while the valve still held
+    summaries = agent.named("cycle_summary")
+    assert any(e["workspace"] == "dev" and e["ok"] for e in summaries)
     async with AgentProcess(two.config_path, "status", "--json") as status:
         assert await status.wait() == 0
     report = orjson.loads("\n".join(status.stdout_text))

@@ -762,7 +762,13 @@ class WorkspaceSync:
     ) -> None:
         """After the writes: re-route tickets a Sentinel change routes elsewhere (agent.routing),
         and follow incidents merged in the Defender portal (agent.defender)."""
-        processed = [p.incident for p, _ in planned if p.incident is not None and p.link is not None]
+        # A pair that failed this cycle keeps its failure row (a link save would clear it).
+        failed = await self.shadow.blocked(self.inst.name, self.ws.name, utcnow())
+        processed = [
+            p.incident
+            for p, _ in planned
+            if p.incident is not None and p.link is not None and p.incident.name not in failed
+        ]
         merges = Merges(
             self.inst.name,
             self.ws.name,
@@ -772,6 +778,7 @@ class WorkspaceSync:
             self.maps,
             self.snow_fields,
             self._scope(),
+            frozenset(failed),
         )
         steps: tuple[tuple[str, Callable[[], Awaitable[int]]], ...] = (
             ("routing", lambda: self.routing.follow(self.shadow, processed, self.snow_fields, self.sem)),

@@ -919,3 +919,66 @@ def test_poll_interval_may_be_sub_second(tmp_path: Path) -> None:
         "[agent] poll_interval: 0.05 is out of range (0.1s to 1d)"
     ]
 
+
+
+# --- Assignment groups and domains ----------------------------------------------------------------
+
+
+def test_example_ini_assignment_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SNOW_SYNC_CLIENT_SECRET", "SNOW_SYNC_PASSWORD", "SNOW_SYNC_US_CLIENT_SECRET"):
+        monkeypatch.setenv(name, "example-secret")
+    maps = load_config(EXAMPLE).mappings
+    assert maps.assignment_groups == (
+        cfg.GroupRule("label", "Phishing", "Service Desk"),
+        cfg.GroupRule("owner", "alice@tenant.example", "SOC Tier 2"),
+        cfg.GroupRule("severity", "High", "SOC Tier 2"),
+        cfg.GroupRule("*", "", "Security Operations"),
+    )
+    assert maps.assignment_groups_by_workspace == {
+        "soc-us": (cfg.GroupRule("label", "Phishing", "US Service Desk"),)
+    }
+
+
+def test_assignment_group_rows_keep_file_order(tmp_path: Path) -> None:
+    extra = (
+        "\n[assignment_groups:soc-eu]\nowner:Tier 3 Group = Tier 3\n* = EU default\n"
+        "[assignment_groups]\nseverity:Informational = Triage\nlabel:ransomware = IR\n"
+    )
+    maps = load(tmp_path, extra=extra).mappings
+    assert [(r.kind, r.value, r.group) for r in maps.assignment_groups] == [
+        ("severity", "Informational", "Triage"),
+        ("label", "ransomware", "IR"),
+    ]
+    assert [(r.kind, r.value) for r in maps.assignment_groups_by_workspace["soc-eu"]] == [
+        ("owner", "Tier 3 Group"),
+        ("*", ""),
+    ]
+
+
+def test_assignment_group_problems(tmp_path: Path) -> None:
+    extra = (
+        "\n[assignment_groups]\ncolour:red = A\nlabel: = B\nseverity:Critical = C\nlable:x = D\n"
+        "owner:bob@x.example =\n[assignment_groups:soc-ue]\n* = E\n"
+    )
+    assert problems(tmp_path, extra=extra) == [
+        "[assignment_groups] colour:red: unknown row; write label:NAME, owner:UPN, severity:LEVEL or *",
+        "[assignment_groups] label:: label: needs a value, e.g. label:x",
+        "[assignment_groups] severity:Critical: 'Critical' is not a severity "
+        "(High, Medium, Low, Informational)",
+        "[assignment_groups] lable:x: unknown row (did you mean label:...?); "
+        "write label:NAME, owner:UPN, severity:LEVEL or *",
+        "[assignment_groups] owner:bob@x.example: empty value; write the ServiceNow assignment group's name",
+        "[assignment_groups:soc-ue]: no [workspace:soc-ue] section "
+        "(did you mean [assignment_groups:soc-eu]?)",
+    ]
+
+
+def test_sys_domain_is_a_domain_sys_id_or_global(tmp_path: Path) -> None:
+    domain = "0f8b2c4d6e8f0a1b2c3d4e5f6a7b8c9d"
+    ws = load(tmp_path, {"workspace:soc-eu": {"sys_domain": domain, "company": "ACME"}}).workspaces["soc-eu"]
+    assert (ws.sys_domain, ws.company) == (domain, "ACME")
+    top = load(tmp_path, {"workspace:soc-eu": {"sys_domain": "global"}}).workspaces["soc-eu"]
+    assert top.sys_domain == "global"
+    assert problems(tmp_path, {"workspace:soc-eu": {"sys_domain": "TOP/ACME"}}) == [
+        "[workspace:soc-eu] sys_domain: 'TOP/ACME' is not a domain sys_id (32 hex digits) or global"
+    ]

@@ -2,10 +2,12 @@
 
 A strict stand-in for one instance: the Table API at ``/api/now[/v1|/v2]/table/{table}`` and
 ``/oauth_token.do``, with the tables the sync touches (``incident``, ``sys_journal_field``,
-``sys_user``, ``sys_user_group``, ``sys_choice``). It is strict wherever the real service is:
-every value a string, journal fields that read back empty, data policy on resolve/close,
-required headers on writes, real encoded queries (:mod:`agent.emulators.encoded_query`),
-paging headers, per-user ACLs and hourly rate-limit rules.
+``sys_user``, ``sys_user_group``, ``core_company``, ``sys_choice``). It is strict wherever the
+real service is: every value a string, journal fields that read back empty, data policy on
+resolve/close, required headers on writes, real encoded queries
+(:mod:`agent.emulators.encoded_query`), paging headers, per-user ACLs and hourly rate-limit
+rules. Domain separation is modelled as data: ``sys_domain`` (a domain sys_id or ``global``) on
+incidents, users, groups and companies, settable on insert; scoping queries is the caller's job.
 
 Tests and the activity simulator change state directly through :meth:`ServiceNowEmulator.insert`
 and :meth:`ServiceNowEmulator.analyst_update`, which apply the same business rules as the HTTP
@@ -98,6 +100,7 @@ SCHEMAS: dict[str, dict[str, Column]] = {
         "closed_by": _user_ref(),
         "assignment_group": Column(REFERENCE, "sys_user_group"),
         "company": Column(REFERENCE, "core_company"),
+        "parent_incident": Column(REFERENCE, "incident"),
         "correlation_id": Column(),
         "correlation_display": Column(),
         "close_code": Column(choice=True),
@@ -129,6 +132,7 @@ SCHEMAS: dict[str, dict[str, Column]] = {
         "first_name": Column(),
         "last_name": Column(),
         "active": Column(BOOLEAN),
+        "sys_domain": Column(),
     },
     "sys_user_group": {
         **_system(),
@@ -136,6 +140,14 @@ SCHEMAS: dict[str, dict[str, Column]] = {
         "description": Column(),
         "email": Column(),
         "active": Column(BOOLEAN),
+        "sys_domain": Column(),
+    },
+    # With domain separation, sys_domain holds the sys_id of the record's domain ("global" for
+    # the global domain) on these tables too (Installed with domain separation, SN-DOCS).
+    "core_company": {
+        **_system(),
+        "name": Column(),
+        "sys_domain": Column(),
     },
     "sys_choice": {
         **_system(),
@@ -149,7 +161,13 @@ SCHEMAS: dict[str, dict[str, Column]] = {
     },
 }
 
-DISPLAY_FIELD = {"incident": "number", "sys_user": "name", "sys_user_group": "name", "sys_choice": "label"}
+DISPLAY_FIELD = {
+    "incident": "number",
+    "sys_user": "name",
+    "sys_user_group": "name",
+    "core_company": "name",
+    "sys_choice": "label",
+}
 DEFAULTS: dict[str, dict[str, str]] = {
     "incident": {
         "state": "1",
@@ -159,8 +177,9 @@ DEFAULTS: dict[str, dict[str, str]] = {
         "sys_domain": "global",
         "sys_class_name": "incident",
     },
-    "sys_user": {"active": "true"},
-    "sys_user_group": {"active": "true"},
+    "sys_user": {"active": "true", "sys_domain": "global"},
+    "sys_user_group": {"active": "true", "sys_domain": "global"},
+    "core_company": {"sys_domain": "global"},
     "sys_choice": {"language": "en", "inactive": "false"},
 }
 JOURNAL_LABELS = {"comments": "Additional comments", "work_notes": "Work notes"}
@@ -414,9 +433,13 @@ class ServiceNowEmulator:
         row = {"user_name": user_name, "email": email, "name": name, "first_name": first, "last_name": last}
         return self.insert("sys_user", row)["sys_id"]
 
-    def add_group(self, name: str) -> str:
-        """A ``sys_user_group`` row; returns its sys_id."""
-        return self.insert("sys_user_group", {"name": name})["sys_id"]
+    def add_group(self, name: str, domain: str = "global") -> str:
+        """A ``sys_user_group`` row in ``domain`` (a domain sys_id or ``global``); returns its sys_id."""
+        return self.insert("sys_user_group", {"name": name, "sys_domain": domain})["sys_id"]
+
+    def add_company(self, name: str, domain: str = "global") -> str:
+        """A ``core_company`` row in ``domain``; returns its sys_id."""
+        return self.insert("core_company", {"name": name, "sys_domain": domain})["sys_id"]
 
     def set_rate_limit(self, user_name: str, per_hour: int) -> str:
         """An hourly rate-limit rule for one user (REFERENCE C.6); returns the rule's sys_id."""
@@ -543,7 +566,9 @@ class ServiceNowEmulator:
         column = schema.get(name)
         if column is None or column.computed:
             return False
-        return name != "number" and not name.startswith("sys_")
+        # The domain is the one system field a caller may set (as a form template or a module's
+        # sysparm_domain does); an integration user in a parent domain writes it on insert.
+        return name == "sys_domain" or (name != "number" and not name.startswith("sys_"))
 
     def _on_insert(self, table: str, new: dict[str, str], by: str, now: datetime) -> None:
         stamp = format_snow_time(now)

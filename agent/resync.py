@@ -1,0 +1,365 @@
+"""``resync`` and ``unlink``: rebuild the shadow from both sides, or stop syncing on purpose.
+
+**resync** (after a lost or corrupted state database, or to take over tickets an earlier
+integration made) writes nothing remote. Per ServiceNow instance it lists every record that
+carries the unique key (in each workspace's domain), lists each workspace's Sentinel incidents,
+and matches them by the key:
+
+* a match becomes a link whose base holds the fields on which both sides already agree; a field
+  that disagrees gets no base, so the next cycle settles it under ``conflict_policy`` (the
+  link's etag and mod count are left empty, so the pair is processed as soon as it is seen);
+* a record already linked, or whose incident was unlinked on purpose, is left alone;
+* a record whose key names no incident of any workspace, or an incident that already has a
+  linked ticket (a duplicate), is reported and not linked.
+
+The report lists what was matched and what could not be (text, or JSON with ``--json``);
+``--dry-run`` reports without saving.
+
+**unlink** stops syncing an incident (or every incident of a workspace) and keeps both records.
+The link goes, and a tombstone stays, so the engine never creates a new ticket for the incident
+nor adopts its old one by unique key. ``unlink --undo`` removes the tombstone; the next cycle
+that sees the incident (or a ``resync``) links it again. An incident is named by its Sentinel
+id or its ServiceNow number. Both commands hold the state lock: stop a running agent first.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agent import mapping
+from agent.config import Config
+from agent.engine import WorkspaceSync
+from agent.errors import ConfigError, NotFound
+from agent.lock import StateLock
+from agent.log import log
+from agent.models import SentinelIncident, SnowRecord
+from agent.reconcile import plan
+from agent.runtime import Runtime
+from agent.shadow import Link, Shadow
+from agent.watermarks import known
+
+AGREE = "no_base_agree"
+
+
+@dataclass
+class Matched:
+    """A pair resync linked (or would link, in a dry run)."""
+
+    incident: str
+    number: str
+    sys_id: str
+    agreed: list[str]
+    disagree: list[str]
+
+
+@dataclass
+class WorkspaceReport:
+    """What resync found for one workspace."""
+
+    workspace: str
+    instance: str
+    records: int = 0
+    incidents: int = 0
+    linked: list[Matched] = field(default_factory=list)
+    already_linked: int = 0
+    kept_unlinked: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Unmatched:
+    """A record carrying a unique key that no workspace could match."""
+
+    instance: str
+    number: str
+    sys_id: str
+    key: str
+    reason: str
+
+
+async def resync(
+    config: Config, *, workspaces: Sequence[str] | None = None, dry_run: bool = False, as_json: bool = False
+) -> int:
+    """Rebuild the shadow's links from both sides by unique key (see the module docstring)."""
+    known(config, workspaces or [])
+    with StateLock(config.agent.state_db):
+        async with Runtime(config) as rt:
+            syncs = rt.syncs(workspaces)
+            disabled = [w for w in workspaces or () if not config.workspaces[w].enabled]
+            if disabled:
+                raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
+            assert rt.shadow is not None
+            reports, unmatched = await _resync(syncs, rt.shadow, dry_run=dry_run)
+    _print(config, reports, unmatched, dry_run=dry_run, as_json=as_json)
+    return 0
+
+
+async def _resync(
+    syncs: Sequence[WorkspaceSync], shadow: Shadow, *, dry_run: bool
+) -> tuple[list[WorkspaceReport], list[Unmatched]]:
+    reports: list[WorkspaceReport] = []
+    pool: dict[tuple[str, str], SnowRecord] = {}  # (instance, sys_id) -> not placed by any workspace
+    placed: set[tuple[str, str]] = set()
+    markers = {s.correlation_display: s.ws.name for s in syncs}
+    for sync in syncs:
+        report = WorkspaceReport(sync.ws.name, sync.inst.name)
+        reports.append(report)
+        records = [r async for r in sync.snow.list_records(sync._scope(), sync.snow_fields)]
+        label = sync.ws.incident_filter or None
+        incidents = {i.name.lower(): i async for i in sync.sentinel.list_incidents(label=label)}
+        report.records, report.incidents = len(records), len(incidents)
+        todo = [r for r in records if (sync.inst.name, r.sys_id) not in placed]
+        matches, handled = await _match(sync, shadow, todo, incidents, report)
+        for rec in todo:
+            key = (sync.inst.name, rec.sys_id)
+            if rec.sys_id in handled:
+                placed.add(key)
+                pool.pop(key, None)
+            else:
+                pool[key] = rec
+        links = await _links(sync, matches)
+        report.linked = [m for m, _inc, _rec in matches]
+        if not dry_run and links:
+            await shadow.save_links(links)
+        for link in links:
+            log.info("link_resynced", workspace=sync.ws.name, incident=link.incident, snow_number=link.number)
+    unmatched = []
+    for (inst, _sys_id), rec in sorted(pool.items(), key=lambda kv: kv[1].number):
+        owner = markers.get(rec.get("correlation_display"))
+        reason = (
+            f"marked for workspace {owner}, but no such incident there"
+            if owner
+            else "no incident with this id in any enabled workspace"
+        )
+        unmatched.append(Unmatched(inst, rec.number, rec.sys_id, rec.get(_unique_key(syncs, inst)), reason))
+    return reports, unmatched
+
+
+async def _match(
+    sync: WorkspaceSync,
+    shadow: Shadow,
+    records: Sequence[SnowRecord],
+    incidents: dict[str, SentinelIncident],
+    report: WorkspaceReport,
+) -> tuple[list[tuple[Matched, SentinelIncident, SnowRecord]], set[str]]:
+    """The pairs to link, and the sys_ids this workspace placed (linked, kept apart, reported)."""
+    inst, ws = sync.inst.name, sync.ws.name
+    by_sys = await shadow.get_links_by_sys_id(inst, [r.sys_id for r in records])
+    tombstones = await shadow.unlinked(inst, ws)
+    keys = {r.sys_id: r.get(sync.inst.unique_key).strip() for r in records}
+    links = await shadow.get_links(inst, ws, [k for k in keys.values() if k])
+    out: list[tuple[Matched, SentinelIncident, SnowRecord]] = []
+    handled: set[str] = set()
+    seen: dict[str, str] = {}  # incident -> the number linked by this run
+    # Of two tickets for one incident, link the one this agent marked, then the older one.
+    mark = sync.correlation_display
+    ordered = sorted(records, key=lambda r: (r.get("correlation_display") != mark, r.number))
+    for rec in ordered:
+        key = keys[rec.sys_id]
+        existing = by_sys.get(rec.sys_id)
+        if existing is not None:
+            handled.add(rec.sys_id)  # linked already (here, or to another workspace)
+            report.already_linked += existing.workspace == ws
+            continue
+        incident = incidents.get(key.lower())
+        if incident is None and rec.get("correlation_display") == sync.correlation_display:
+            incident = await _get(sync, key)  # ours by its marker, but not in the listing
+        if incident is None:
+            continue
+        handled.add(rec.sys_id)
+        if incident.name in tombstones:
+            report.kept_unlinked.append(rec.number)
+            continue
+        other = links.get(incident.name)
+        if other is not None or incident.name in seen:
+            linked_to = other.number if other else seen[incident.name]
+            duplicate = {"incident": incident.name, "number": rec.number, "linked_to": linked_to}
+            report.duplicates.append(duplicate)
+            continue
+        seen[incident.name] = rec.number
+        out.append((Matched(incident.name, rec.number, rec.sys_id, [], []), incident, rec))
+    return out, handled
+
+
+async def _get(sync: WorkspaceSync, name: str) -> SentinelIncident | None:
+    try:
+        return await sync.sentinel.get_incident(name)
+    except (NotFound, ValueError):
+        return None
+
+
+async def _links(
+    sync: WorkspaceSync, matches: Sequence[tuple[Matched, SentinelIncident, SnowRecord]]
+) -> list[Link]:
+    """Links whose base holds only the fields both sides agree on (the owner look-ups resolved)."""
+    sync.owner_to_snow, sync.owner_to_sentinel = {}, {}
+    await sync._resolve([i for _m, i, _r in matches], [r for _m, _i, r in matches])
+    policy = sync._policy()
+    now = datetime.now(UTC)
+    links: list[Link] = []
+    for matched, inc, rec in matches:
+        p = plan(None, mapping.sentinel_side(inc), mapping.snow_side(rec, sync.maps), policy)
+        base = {f: p.base[f] for f, case in p.cases.items() if case == AGREE}
+        matched.agreed = sorted(base)
+        matched.disagree = sorted(set(p.cases) - set(base))
+        sync_now = not matched.disagree
+        closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(sync.maps.status_field))
+        links.append(
+            Link(
+                instance=sync.inst.name,
+                workspace=sync.ws.name,
+                incident=inc.name,
+                sys_id=rec.sys_id,
+                number=rec.number,
+                fields=base,
+                # Unknown versions make the next cycle process the pair and settle what disagrees.
+                sentinel_etag=inc.etag if sync_now else None,
+                snow_mod_count=rec.mod_count if sync_now else None,
+                open=not closed,
+                created_at=now,
+                extra=sync.routing.link_extra(inc),
+            )
+        )
+    return links
+
+
+def _unique_key(syncs: Sequence[WorkspaceSync], instance: str) -> str:
+    return next(s.inst.unique_key for s in syncs if s.inst.name == instance)
+
+
+def _print(
+    config: Config,
+    reports: Sequence[WorkspaceReport],
+    unmatched: Sequence[Unmatched],
+    *,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    if as_json:
+        from agent.cli import print_json
+
+        print_json(
+            {
+                "dry_run": dry_run,
+                "workspaces": {r.workspace: _as_dict(r) for r in reports},
+                "unmatched": [u.__dict__ for u in unmatched],
+            }
+        )
+        return
+    out = sys.stdout
+    verb = "would link" if dry_run else "linked"
+    for r in reports:
+        out.write(f"[{r.workspace}] servicenow:{r.instance}: {r.records} tickets with a unique key, ")
+        out.write(f"{r.incidents} Sentinel incidents listed\n")
+        split = sum(1 for m in r.linked if m.disagree)
+        out.write(f"  {verb} {len(r.linked)}")
+        if split:
+            policy = config.agent.conflict_policy
+            out.write(f" ({split} disagree on some field: the next cycle applies conflict_policy = {policy})")
+        out.write("\n")
+        for m in r.linked:
+            if m.disagree:
+                out.write(f"    {m.number} <-> {m.incident}: disagree on {', '.join(m.disagree)}\n")
+        out.write(f"  already linked {r.already_linked}\n")
+        if r.kept_unlinked:
+            out.write(f"  kept unlinked {len(r.kept_unlinked)}: {', '.join(r.kept_unlinked)}\n")
+        for d in r.duplicates:
+            out.write(
+                f"  DUPLICATE {d['number']}: incident {d['incident']} is already linked to {d['linked_to']}\n"
+            )
+    if unmatched:
+        out.write(f"not matched: {len(unmatched)}\n")
+        for u in unmatched:
+            out.write(f"  {u.number} (servicenow:{u.instance}, key {u.key}): {u.reason}\n")
+
+
+def _as_dict(r: WorkspaceReport) -> dict[str, Any]:
+    return {
+        "instance": r.instance,
+        "records": r.records,
+        "incidents": r.incidents,
+        "linked": [m.__dict__ for m in r.linked],
+        "already_linked": r.already_linked,
+        "kept_unlinked": r.kept_unlinked,
+        "duplicates": r.duplicates,
+    }
+
+
+NUMBER = re.compile(r"^[A-Z]{2,10}\d{4,12}$")
+UNLINK_REASON = "unlinked by an operator"
+
+
+async def unlink(
+    config: Config,
+    workspace: str,
+    incidents: Sequence[str],
+    *,
+    every: bool = False,
+    undo: bool = False,
+    as_json: bool = False,
+) -> int:
+    """Stop syncing incidents of ``workspace`` (or all of them), keeping both records.
+
+    ``incidents`` are Sentinel incident ids or ServiceNow numbers. ``undo`` removes the
+    tombstones instead (the incidents may be linked again).
+    """
+    known(config, [workspace])
+    if bool(incidents) == every:
+        raise ConfigError(["unlink: name incidents (Sentinel id or ServiceNow number) or give --all"])
+    inst = config.workspaces[workspace].servicenow
+    now = datetime.now(UTC)
+    done: list[dict[str, str]] = []
+    with StateLock(config.agent.state_db):
+        async with await Shadow.open(config.agent.state_db) as shadow:
+            names = await _names(shadow, inst, workspace, incidents, every=every, undo=undo)
+            for name in names:
+                if undo:
+                    forgot = await shadow.forget_unlinked(inst, workspace, name)
+                    result = "may be linked again" if forgot else "was not unlinked"
+                    done.append({"incident": name, "result": result})
+                    continue
+                link = await shadow.unlink(inst, workspace, name, reason=UNLINK_REASON, now=now)
+                done.append(
+                    {
+                        "incident": name,
+                        "number": link.number if link else "",
+                        "result": "unlinked" if link else "had no ticket; none will be created",
+                    }
+                )
+                number = link.number if link else None
+                log.info("link_removed", workspace=workspace, incident=name, snow_number=number)
+    if as_json:
+        from agent.cli import print_json
+
+        print_json({"workspace": workspace, "undo": undo, "incidents": done})
+        return 0
+    for d in done:
+        number = f" ({d['number']})" if d.get("number") else ""
+        sys.stdout.write(f"[{workspace}] {d['incident']}{number}: {d['result']}\n")
+    if not undo and done:
+        sys.stdout.write(f"[{workspace}] both records are kept; the agent no longer syncs them\n")
+    return 0
+
+
+async def _names(
+    shadow: Shadow, instance: str, workspace: str, given: Sequence[str], *, every: bool, undo: bool
+) -> list[str]:
+    if every:
+        if undo:
+            return list(await shadow.unlinked(instance, workspace))
+        return [link.incident async for link in shadow.iter_links(instance, workspace)]
+    numbers = [g for g in given if NUMBER.match(g)]
+    linked = await shadow.links_by_number(instance, workspace, numbers)
+    by_number = {n: link.incident for n, link in linked.items()}
+    if undo and numbers:
+        tombs = await shadow.unlinked(instance, workspace)
+        by_number |= {t.number: t.incident for t in tombs.values() if t.number in numbers}
+    missing = [n for n in numbers if n not in by_number]
+    if missing:
+        raise ConfigError([f"unlink: no ticket {n} is linked in workspace {workspace}" for n in missing])
+    return [by_number.get(g, g) for g in given]

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=20.0, help="milliseconds added to every request (20)")
     p.add_argument("--concurrency", type=int, default=16, help="max_concurrency of the main runs (16)")
     p.add_argument("--sweep", type=_ints, default=None, help="max_concurrency values (1,4,8,16,32)")
-    p.add_argument("--sweep-incidents", type=int, default=None, help="incidents per sweep run (500)")
+    p.add_argument("--sweep-incidents", type=int, default=None, help="incidents per sweep run (300)")
     p.add_argument("--scale", type=_ints, default=None, help="linked incidents (1000,10000,100000)")
     p.add_argument("--only", type=lambda t: tuple(t.split(",")), default=SECTIONS, help=",".join(SECTIONS))
     p.add_argument("--quick", action="store_true", help="small sizes: a check that everything runs")

@@ -24,6 +24,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from agent import mapping
 from agent.engine import CycleOptions, CycleStats, Pair, WorkspaceSync, utcnow
@@ -47,16 +48,16 @@ class Polled:
 class PollingSync(WorkspaceSync):
     """Per-incident polling over the agent's clients (see the module docstring)."""
 
-    _comments_seen: dict[str, set[str]]
-    _journal_after: dict[str, datetime]
-    _written: set[str]
-    _created_after: datetime | None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes what :class:`~agent.engine.WorkspaceSync` takes."""
+        super().__init__(*args, **kwargs)
+        self._comments_seen: dict[str, set[str]] = {}  # incident -> comment names seen
+        self._journal_after: dict[str, datetime] = {}  # sys_id -> sys_updated_on at the last poll
+        self._written: set[str] = set()  # comment names and journal sys_ids it wrote itself
+        self._created_after: datetime | None = None
 
     async def poll_cycle(self) -> CycleStats:
         """One polling cycle of this workspace; returns what it did."""
-        if not hasattr(self, "_written"):
-            self._comments_seen, self._journal_after, self._written = {}, {}, set()
-            self._created_after = None
         stats = CycleStats()
         await self._discover(stats, CycleOptions())
         links = [link async for link in self.shadow.iter_links(self.inst.name, self.ws.name, open_only=True)]

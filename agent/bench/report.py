@@ -89,7 +89,8 @@ def _header(r: Results) -> list[str]:
 def _targets(r: Results) -> list[str]:
     rows: list[tuple[str, str, str]] = []
     s = r.steady
-    c16 = next((x for x in r.sweep if x.concurrency == 16), s.initial if s is not None else None)
+    candidates = [s.initial] if s is not None and s.initial is not None else []
+    c16 = next((x for x in [*candidates, *r.sweep] if x.concurrency == 16), None)
     if c16 is not None:
         e = c16.efficiency
         rows.append(
@@ -375,6 +376,8 @@ def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:
     delay = min(o.run_delay, max(0.0, o.wall - o.loop_cpu))
     waiting = max(0.0, o.wall - o.loop_cpu - delay)
     threads = max(0.0, o.cpu - o.loop_cpu)
+    cores = os.cpu_count() or 1
+    busy = (ref.emulator_cpu + o.cpu) / (wall * cores)
     total = sum(p.outcome.breakdown.values()) or 1.0
     rows = [
         (
@@ -405,8 +408,9 @@ def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:
         f"- The shadow (one SQLite connection behind one lock) was busy {o.shadow_held:.2f} s "
         f"({_pct(o.shadow_held, wall)} of the wall time); incident tasks waited {o.shadow_waited:.1f} s "
         "for it, added up over all of them.",
-        f"- The emulators (the benchmark's process) used {ref.emulator_cpu:.2f} s of CPU meanwhile, "
-        f"the agent {o.cpu:.2f} s, on {os.cpu_count()} cores.",
+        f"- The emulators (the benchmark's process) used {ref.emulator_cpu:.2f} s of CPU meanwhile "
+        f"and the agent {o.cpu:.2f} s: together {_pct(busy, 1.0)} of the {cores} cores for "
+        f"{o.wall:.2f} s, before anything else running on the machine.",
         "",
         *top,
         "",

@@ -184,9 +184,11 @@ class _Run:
             step.note = note
 
     async def measure(self, scenario: str, note: str = "") -> None:
-        """One cycle for this scenario, then one more (our own writes listed again)."""
+        """One cycle for this scenario; for ours one more (its own writes listed again). The
+        reference's next cycle costs what its idle cycle costs, so it is not run again."""
         self.record(scenario, (await self.cycle()).calls, note)
-        self.record(f"{scenario}: the next cycle", (await self.cycle()).calls)
+        if not self.reference:
+            self.record(f"{scenario}: the next cycle", (await self.cycle()).calls)
 
     async def edits(self, target: _Target) -> None:
         """The same three edits for either strategy."""

@@ -149,6 +149,18 @@ def _cycle_args(p: argparse.ArgumentParser) -> None:
 
 
 _RELATIVE = re.compile(r"^-(\d+)([smhdw])$")
+_DATE_FLAGS = ("--since", "--modified", "--created")
+
+
+def _glue_relative_dates(argv: Sequence[str]) -> list[str]:
+    """``--since -7d`` -> ``--since=-7d``: argparse would take ``-7d`` for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _DATE_FLAGS and _RELATIVE.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def parse_when(text: str, now: datetime | None = None) -> datetime:
@@ -172,7 +184,7 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_relative_dates(sys.argv[1:] if argv is None else argv))
     if not args.command:
         parser.print_help()
         return EXIT_CONFIG

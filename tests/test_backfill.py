@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from agent import commands
@@ -112,3 +113,16 @@ async def test_backfill_of_a_disabled_or_unknown_workspace_is_refused(env: Env) 
     with pytest.raises(ConfigError, match="no such workspace"):
         await commands.once(env.config, workspaces=["nope"], since=days_ago(60), backfill=True)
     assert env.snow_records() == []
+
+
+async def test_backfill_from_the_command_line(env: Env) -> None:
+    from tests.test_cli import run_cli
+
+    old = env.ws().create_incident(title="old", labels=["snow"], created=days_ago(40))
+    await env.stats()
+    assert env.snow_records() == []
+    code, out, err = await run_cli("-c", str(env.config_path), "backfill", "soc", "--since", "-41d")
+    assert code == 0, err
+    assert [r["correlation_id"] for r in env.snow_records()] == [old["name"]]
+    events = [orjson.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert "backfill_listed" in events and events[-1] == "backfill_finished"

@@ -177,3 +177,24 @@ async def test_unlink_a_whole_workspace(env: Env, capsys: pytest.CaptureFixture[
     assert stats.created == stats.adopted == stats.updated_snow == 0
     assert writes(env.calls_since(mark)) == []
     assert len(env.snow_records()) == 3
+
+
+async def test_resync_and_unlink_from_the_command_line(env: Env) -> None:
+    from tests.test_cli import run_cli
+
+    inc = env.ws().create_incident(title="t", labels=["snow"])
+    await env.stats()
+    number = env.snow_record(inc["name"])["number"]
+    lose_shadow(env)
+    code, out, err = await run_cli("-c", str(env.config_path), "resync", "--json")
+    assert code == 0, err
+    report = orjson.loads(out)  # the logs went to stderr
+    assert [m["number"] for m in report["workspaces"]["soc"]["linked"]] == [number]
+    code, out, err = await run_cli("-c", str(env.config_path), "unlink", "soc", number)
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"[soc] {inc['name']} ({number}): unlinked",
+        "[soc] both records are kept; the agent no longer syncs them",
+    ]
+    code, _out, err = await run_cli("-c", str(env.config_path), "unlink", "soc")
+    assert code == 2 and "--all" in err

@@ -258,3 +258,19 @@ async def test_disabled_workspace_is_untouched_and_frozen_then_resumes(two: Env)
     linked = {r["correlation_id"] for r in second.tables["incident"].values() if r.get("correlation_id")}
     assert linked == {first["name"], while_off["name"], *(q["name"] for q in quiet)}
     assert (await marks(env, "off", "second"))["sentinel"].modified > frozen["sentinel"].modified  # type: ignore[operator]
+
+
+async def test_watermark_commands_from_the_command_line(env: Env) -> None:
+    from tests.test_cli import run_cli
+
+    await settled(env, 1)
+    code, out, err = await run_cli("-c", str(env.config_path), "watermark", "set", "soc", "--modified", "-2h")
+    assert code == 0, err
+    assert out.count("modification watermark") == 2 and "re-reads" in out
+    code, out, err = await run_cli("-c", str(env.config_path), "watermark", "show", "soc", "--json")
+    assert code == 0, err
+    shown = orjson.loads(out)["soc"]
+    assert shown["sentinel"]["modified"] == watermarks.iso((await marks(env))["sentinel"].modified)
+    cfg = str(env.config_path)
+    code, _out, err = await run_cli("-c", cfg, "watermark", "set", "soc", "--created", "soon")
+    assert code == 2 and "ISO 8601" in err

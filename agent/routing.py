@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from agent.config import Config, GroupRule, Workspace
-from agent.errors import RemoteError
+from agent.errors import PermanentError, RemoteError
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
 from agent.servicenow import ServiceNowClient
@@ -107,7 +107,15 @@ class Routing:
         """A group's or company's sys_id by name (a sys_id passes through), in the domain."""
         if _is_sys_id(name):
             return name
-        found = await self.snow.find_by_name(table, name, self.domains)
+        try:
+            found = await self.snow.find_by_name(table, name, self.domains)
+        except PermanentError as exc:
+            # No read access to the table (an ACL): create the ticket without the field rather
+            # than never; a transient error still fails the create, which is retried.
+            log.warning(
+                "snow_name_unknown", table=table, name=name, domains=list(self.domains), error=str(exc)[:300]
+            )
+            return None
         if found is None:
             log.warning("snow_name_unknown", table=table, name=name, domains=list(self.domains))
         return found

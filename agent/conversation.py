@@ -56,7 +56,6 @@ from agent.errors import PermanentError
 from agent.log import log
 from agent.models import (
     JournalEntry,
-    Owner,
     SentinelAlert,
     SentinelComment,
     SentinelEntity,
@@ -239,26 +238,6 @@ class Conversation:
             _widen(reads, sys_id, since - self.overlap if since is not None else None)
         await self._read(reads)
         await self._resolve(mine, record_of, now, same_cycle=True)
-
-    async def enrich(self, link: Link, record: SnowRecord, now: datetime) -> None:
-        """The late-enrichment re-check of a link whose pair was not processed this cycle: post
-        the entities that arrived since the incident was created, then commit the link.
-
-        (New alerts bump the incident's etag and ``alertsCount``, so the pair is processed.)
-        """
-        st = _State(
-            incident=_stub(link.incident),
-            record=record,
-            mod=link.snow_mod_count,
-            extra=dict(link.extra),
-            links=await self.shadow.comment_links(self.instance, self.workspace, link.incident),
-            alerts=set(link.alerts_posted),
-            entities=set(link.entities_posted),
-        )
-        _noted(st)
-        await self._post_entities(st, await self.sentinel.list_entities(link.incident), now)
-        done = replace(link, snow_mod_count=st.mod, entities_posted=frozenset(st.entities), enrich_after=None)
-        await self.shadow.save_link(done)
 
     # --- ServiceNow -> Sentinel ---------------------------------------------------------------
 
@@ -593,15 +572,3 @@ def _parse(value: str | None) -> datetime | None:
 
 def _alert_order(a: SentinelAlert) -> tuple[str, str]:
     return (a.time_generated.isoformat() if a.time_generated else "", a.display_name)
-
-
-def _stub(name: str) -> SentinelIncident:
-    """An incident known only by name (the re-check needs nothing else of it)."""
-    epoch = datetime.fromtimestamp(0).astimezone()
-    return SentinelIncident(
-        name=name, id="", etag="", title="", description="", severity="", status="",
-        classification=None, classification_reason=None, classification_comment=None,
-        owner=Owner(), labels=(), created=epoch, modified=epoch, number=0, url="",
-        provider_name=None, provider_incident_id=None, provider_incident_url=None,
-        alerts_count=0, comments_count=0,
-    )  # fmt: skip

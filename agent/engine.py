@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -92,6 +92,7 @@ class CycleStats:
     comments_to_snow: int = 0
     comments_to_sentinel: int = 0
     notes_to_snow: int = 0
+    comments_deferred: int = 0
     sweep: bool = False
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -351,7 +352,7 @@ class WorkspaceSync:
                 spawn(self._guard(pair.incident.name, stats, self._apply(pair, pl, stats, options)))
         progress.finish()
         if not options.dry_run:
-            await self._talk_finish(stats, {*(i.name for i in creates), *pairs}, blocked, now)
+            await self._talk_finish(stats, now)
             await self._follow(planned, incidents)
             if sweeping:
                 await sweep.done(self.shadow, inst, wsname, now)
@@ -424,6 +425,9 @@ class WorkspaceSync:
             if failure.incident not in pairs:
                 link = (await self.shadow.get_links(inst, wsname, [failure.incident])).get(failure.incident)
                 pairs[failure.incident] = Pair(None, None, link)
+        # due conversation re-checks (late enrichment, or comments deferred by an error)
+        for link in await self.shadow.due_enrichment(inst, wsname, now):
+            pairs.setdefault(link.incident, Pair(None, None, link))
         # the missing halves
         need_snow = [p.link.sys_id for p in pairs.values() if p.link is not None and p.record is None]
         fetched = await self._fetch_records(need_snow)
@@ -713,7 +717,7 @@ class WorkspaceSync:
         )
         # Comments, alerts and entities go before the link is saved: a crash in between leaves
         # no link, and adopting the ticket next cycle resolves what was written (no duplicate).
-        link, _rec = await self._converse(link, inc, rec, created=True)
+        link, _rec = await self._converse(link, None, inc, rec, stats, created=True)
         await self.shadow.save_link(link)
         stats.created += 1
 
@@ -854,7 +858,7 @@ class WorkspaceSync:
             self._log_closure(hooks.TO_SENTINEL, closes, was_closed, rec.number)
             break
         unchanged = pair.link is not None and dict(base) == dict(p.previous_base) and not wrote
-        if unchanged and pair.link is not None:
+        if unchanged and pair.link is not None and not _due(pair.link):
             if pair.link.sentinel_etag == inc.etag and pair.link.snow_mod_count == rec.mod_count:
                 return
         closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(self.maps.status_field))
@@ -880,8 +884,9 @@ class WorkspaceSync:
             extra=old.extra if old else {},
         )
         link, rec = await self._converse(
-            link, inc, rec, adopted=old is None, sentinel_changed=s_changed, snow_changed=n_changed
-        )
+            link, old, inc, rec, stats, adopted=old is None, sentinel_changed=s_changed,
+            snow_changed=n_changed,
+        )  # fmt: skip
         await self.shadow.save_link(
             link, conflicts=[(c.field, c.sentinel, c.servicenow, c.winner) for c in p.conflicts]
         )
@@ -921,37 +926,53 @@ class WorkspaceSync:
     async def _converse(
         self,
         link: Link,
+        previous: Link | None,
         inc: SentinelIncident,
         rec: SnowRecord,
+        stats: CycleStats,
         *,
         created: bool = False,
         adopted: bool = False,
         sentinel_changed: bool = True,
         snow_changed: bool = True,
     ) -> tuple[Link, SnowRecord]:
-        """Comments, work notes, alerts and entities of one pair (:mod:`agent.conversation`)."""
-        due = link.enrich_after is not None and link.enrich_after <= utcnow() and not created
-        work = PairWork(link, inc, rec, sentinel_changed, snow_changed, created, adopted, due)
-        return await self.talk.run(work, utcnow())
+        """Comments, work notes, alerts and entities of one pair (:mod:`agent.conversation`).
 
-    async def _talk_finish(
-        self, stats: CycleStats, processed: set[str], blocked: set[str], now: datetime
-    ) -> None:
-        """Confirm this cycle's journal entries; run the due late-enrichment re-checks."""
+        A remote error here never holds the fields back: the link is committed with its new
+        field base but the sides' versions of ``previous`` (so the pair still looks changed),
+        and the conversation is re-checked after a backoff (``enrich_after``). What it wrote
+        before the error is linked already and is not written again.
+        """
+        now = utcnow()
+        work = PairWork(link, inc, rec, sentinel_changed, snow_changed, created, adopted, _due(link, now))
+        try:
+            done, rec = await self.talk.run(work, now)
+        except RemoteError as exc:
+            tries = int(link.extra.get(TALK_RETRIES, "0")) + 1
+            retry = now + timedelta(seconds=min(TALK_RETRY_MAX, TALK_RETRY_BASE * 2 ** min(tries - 1, 16)))
+            stats.comments_deferred += 1
+            log.warning(
+                "conversation_deferred", error=_safe_error(exc), attempt=tries, next_try=retry.isoformat()
+            )
+            deferred = replace(
+                link,
+                sentinel_etag=previous.sentinel_etag if previous else None,
+                snow_mod_count=previous.snow_mod_count if previous else None,
+                enrich_after=min(retry, link.enrich_after) if link.enrich_after else retry,
+                extra={**link.extra, TALK_RETRIES: str(tries)},
+            )
+            return deferred, rec
+        extra = {k: v for k, v in done.extra.items() if k != TALK_RETRIES}
+        enrich_after = done.enrich_after
+        delay = timedelta(seconds=self.config.agent.enrichment_delay)
+        retried = TALK_RETRIES in link.extra
+        if retried and enrich_after is None and delay and link.created_at and link.created_at + delay > now:
+            enrich_after = link.created_at + delay  # a retry ran before the late re-check: keep it
+        return replace(done, extra=extra, enrich_after=enrich_after), rec
+
+    async def _talk_finish(self, stats: CycleStats, now: datetime) -> None:
+        """Confirm this cycle's journal entries (one batched read) and count the conversation."""
         await self.talk.finish(now)
-        due = [
-            link
-            for link in await self.shadow.due_enrichment(self.inst.name, self.ws.name, now)
-            if link.incident not in processed and link.incident not in blocked
-        ]
-        if due:
-            records = await self._fetch_records([link.sys_id for link in due])
-            async with asyncio.TaskGroup() as tg:
-                for link in due:
-                    if link.sys_id in records:
-                        work = self.talk.enrich(link, records[link.sys_id], now)
-                        tg.create_task(self._guard(link.incident, stats, work))
-            await self.talk.finish(now)
         stats.comments_to_snow = self.talk.counts.comments_to_snow
         stats.comments_to_sentinel = self.talk.counts.comments_to_sentinel
         stats.notes_to_snow = self.talk.counts.notes_to_snow
@@ -1004,6 +1025,16 @@ class WorkspaceSync:
                 }
             )
             stats.updated_sentinel += 1
+
+
+TALK_RETRIES = "talk_retries"  # link extra: conversation attempts that failed in a row
+TALK_RETRY_BASE = 60.0
+TALK_RETRY_MAX = 6 * 3600.0
+
+
+def _due(link: Link, now: datetime | None = None) -> bool:
+    """Whether the link's conversation re-check (late enrichment or a deferred retry) is due."""
+    return link.enrich_after is not None and link.enrich_after <= (now or utcnow())
 
 
 def _safe_error(exc: BaseException) -> str:

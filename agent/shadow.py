@@ -432,7 +432,7 @@ class Shadow:
                 raise ValueError(f"comment link {c.sentinel_comment} belongs to another incident")
         at = _ts(now or datetime.now(UTC))
         key = (link.instance, link.workspace, link.incident)
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(_UPSERT_LINK, _link_row(link))
             if comment_links:
                 await db.executemany(_INSERT_COMMENT_LINK, [_comment_row(c) for c in comment_links])
@@ -452,7 +452,7 @@ class Shadow:
         """Upsert many links in one transaction (bulk linking, rebuilds); clears their failures."""
         if not links:
             return
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.executemany(_UPSERT_LINK, [_link_row(link) for link in links])
             await db.executemany(
                 f"DELETE FROM failures WHERE {_BY_INCIDENT}",
@@ -462,7 +462,7 @@ class Shadow:
     async def delete_link(self, instance: str, workspace: str, incident: str) -> None:
         """Unlink: remove the link, its comment links and its failure row."""
         key = (instance, workspace, incident)
-        async with self._write() as db:
+        async with self._batch() as db:
             for table in ("links", "comment_links", "failures"):
                 await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
 
@@ -548,7 +548,7 @@ class Shadow:
 
     async def add_comment_link(self, link: CommentLink) -> None:
         """Store one comment link; a duplicate raises :class:`sqlite3.IntegrityError`."""
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(_INSERT_COMMENT_LINK, _comment_row(link))
 
     async def unconfirmed_comment_links(self, instance: str, workspace: str) -> list[CommentLink]:
@@ -574,7 +574,7 @@ class Shadow:
         if state not in COMMENT_STATES:
             raise ValueError(f"comment link state must be one of {', '.join(COMMENT_STATES)}: {state!r}")
         new_id = journal_sys_id or link.journal_sys_id
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(
                 f"UPDATE comment_links SET state = ?, journal_sys_id = ? WHERE {_BY_INCIDENT} "
                 "AND sentinel_comment = ?",
@@ -584,7 +584,7 @@ class Shadow:
 
     async def delete_comment_link(self, link: CommentLink) -> None:
         """Forget one comment link (a pending write that never reached ServiceNow)."""
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(
                 f"DELETE FROM comment_links WHERE {_BY_INCIDENT} AND sentinel_comment = ?",
                 (link.instance, link.workspace, link.incident, link.sentinel_comment),
@@ -593,9 +593,10 @@ class Shadow:
     # --- enrichment and marks -------------------------------------------------------------------
 
     async def due_enrichment(self, instance: str, workspace: str, now: datetime) -> list[Link]:
-        """Open links whose late-enrichment re-check is due (``enrich_after <= now``)."""
+        """Links whose conversation re-check is due (``enrich_after <= now``): the late-enrichment
+        check after creation, or comments whose copy was deferred by an error (closed links too)."""
         rows = await self._read(
-            "SELECT * FROM links WHERE instance = ? AND workspace = ? AND open = 1 "
+            "SELECT * FROM links WHERE instance = ? AND workspace = ? "
             "AND enrich_after IS NOT NULL AND enrich_after <= ? ORDER BY enrich_after, incident",
             (instance, workspace, _ts(now)),
         )
@@ -613,7 +614,7 @@ class Shadow:
         self, instance: str, workspace: str, name: str, value: str | None, *, now: datetime
     ) -> None:
         """Set a named value of a workspace (``None`` removes it)."""
-        async with self._write() as db:
+        async with self._batch() as db:
             if value is None:
                 await db.execute(
                     "DELETE FROM marks WHERE instance = ? AND workspace = ? AND name = ?",
@@ -673,7 +674,7 @@ class Shadow:
         updates = ", ".join(f"{col} = excluded.{col}" for col in values)
         cols = ", ".join(values)
         marks = ", ".join("?" * len(values))
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(
                 f"INSERT INTO watermarks (instance, workspace, side, {cols}) VALUES (?, ?, ?, {marks}) "
                 f"ON CONFLICT (instance, workspace, side) DO UPDATE SET {updates}",
@@ -712,7 +713,7 @@ class Shadow:
 
     async def clear_failure(self, instance: str, workspace: str, incident: str) -> None:
         """Forget the failures of one incident."""
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(f"DELETE FROM failures WHERE {_BY_INCIDENT}", (instance, workspace, incident))
 
     async def failures(self, instance: str | None = None, workspace: str | None = None) -> list[Failure]:
@@ -769,7 +770,7 @@ class Shadow:
     ) -> None:
         """Record one finished cycle; old cycles beyond :data:`CYCLES_KEPT` are pruned."""
         body = orjson.dumps(summary, default=_json_default).decode()
-        async with self._write() as db:
+        async with self._batch() as db:
             await db.execute(
                 "INSERT INTO cycles (instance, workspace, started, finished, ok, summary) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -819,6 +820,23 @@ class Shadow:
             return list(await self._db.execute_fetchall(sql, params))
 
     @contextlib.asynccontextmanager
+    async def _batch(self) -> AsyncIterator[_Batch]:
+        """One short write transaction whose statements need no results: collected, then run
+        as a whole in the database thread in a single hand-off (each statement awaited on its
+        own costs a thread switch while the lock is held and every other shadow call waits).
+
+        Rolled back on any error. A caller cancelled while it runs does not stop it: the
+        transaction commits or rolls back as a whole, never half.
+        """
+        batch = _Batch()
+        yield batch
+        if not batch.statements:
+            return
+        async with self._lock:
+            # aiosqlite has no public call for "run this in the connection's thread".
+            await self._db._execute(_run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
+
+    @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One short write transaction; rolled back on any error, including cancellation."""
         async with self._lock:
@@ -833,6 +851,38 @@ class Shadow:
 
 
 # --- module helpers -----------------------------------------------------------------------------
+
+_Params = Sequence[Any] | Mapping[str, Any]
+
+
+class _Batch:
+    """The statements of one :meth:`Shadow._batch` transaction, in order."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, _Params | list[_Params], bool]] = []
+
+    async def execute(self, sql: str, params: _Params = ()) -> None:
+        self.statements.append((sql, params, False))
+
+    async def executemany(self, sql: str, rows: Iterable[_Params]) -> None:
+        self.statements.append((sql, list(rows), True))
+
+
+def _run_batch(db: sqlite3.Connection, statements: Sequence[tuple[str, Any, bool]]) -> None:
+    """Runs in the database thread: the statements in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params, many in statements:
+            if many:
+                db.executemany(sql, params)
+            else:
+                db.execute(sql, params)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from agent.conversation import comment_id
 from agent.emulators.stack import DEFAULT_SNOW_USER
+from agent.errors import PermanentError
 from agent.log import log
 from agent.servicenow import ServiceNowClient
 from agent.shadow import CommentLink, Shadow
@@ -40,9 +41,12 @@ async def linked(env: Env, **incident: Any) -> tuple[str, str]:
 
 
 def backoff_passed(env: Env) -> None:
-    """Make every failed incident due for its retry now (instead of waiting for the backoff)."""
+    """Make every retry due now, instead of waiting for its backoff: failed incidents and
+    deferred (or late-enrichment) conversation re-checks."""
+    past = "2000-01-01T00:00:00.000000+00:00"
     with sqlite3.connect(env.tmp / "state.db") as db:
-        db.execute("UPDATE failures SET next_try = '2000-01-01T00:00:00.000000+00:00'")
+        db.execute("UPDATE failures SET next_try = ?", (past,))
+        db.execute("UPDATE links SET enrich_after = ? WHERE enrich_after IS NOT NULL", (past,))
 
 
 def notes(env: Env, sys_id: str, element: str = "work_notes") -> list[dict[str, str]]:
@@ -293,19 +297,32 @@ async def test_lost_response_of_a_note_patch_is_resolved_not_reposted(
 
     monkeypatch.setattr(ServiceNowClient, "patch", lose_answer)
     stats = await env.stats()
-    assert stats.failures == 1 and len(notes(env, sys_id)) == 1
+    assert (stats.failures, stats.comments_deferred) == (0, 1) and len(notes(env, sys_id)) == 1
     backoff_passed(env)
     for _ in range(2):
         await env.stats()
     assert len(notes(env, sys_id)) == 1
 
 
-async def test_refused_note_is_not_left_pending(env: Env) -> None:
+async def test_refused_note_is_not_left_pending_and_fields_still_sync(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name, sys_id = await linked(env)
     env.ws().analyst_comment(name, "refused once")
-    env.snow.faults.once("table.patch", 403)
+    env.ws().analyst_update(name, severity="High")
+    real = ServiceNowClient.patch
+
+    async def refuse_notes(self: ServiceNowClient, sys_id: str, values: dict[str, str], fields: Any) -> Any:
+        if "work_notes" in values:
+            raise PermanentError("servicenow", "PATCH", "incident", 403, "Forbidden", "ACL Exception")
+        return await real(self, sys_id, values, fields)
+
+    monkeypatch.setattr(ServiceNowClient, "patch", refuse_notes)
     stats = await env.stats()
-    assert stats.failures == 1 and notes(env, sys_id) == []
+    # the comment waits; the field synced regardless
+    assert (stats.failures, stats.comments_deferred, stats.updated_snow) == (0, 1, 1)
+    assert notes(env, sys_id) == [] and env.snow_record(name)["impact"] == "1"
+    monkeypatch.setattr(ServiceNowClient, "patch", real)
     async with await Shadow.open(env.tmp / "state.db") as shadow:
         assert await shadow.comment_links(env.stack.workspace_instance("soc"), "soc", name) == []
     backoff_passed(env)
@@ -428,9 +445,19 @@ async def test_simulated_analysts_every_comment_mirrored_exactly_once(env: Env, 
     """Random analyst work on both sides (the seeded simulator), optionally with dropped
     connections and 503s on every write: afterwards every analyst comment and work note exists
     exactly once on the other side, and nothing the agent wrote came back."""
+    await simulate_and_check(env, seed=5, faulty=faulty)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(40))
+async def test_simulated_analysts_many_seeds_with_faults(env: Env, seed: int) -> None:
+    await simulate_and_check(env, seed=seed, faulty=True)
+
+
+async def simulate_and_check(env: Env, *, seed: int, faulty: bool) -> None:
     from agent.emulators.simulator import Simulator
 
-    sim = Simulator(env.stack, seed=5)
+    sim = Simulator(env.stack, seed=seed)
     sim.seed(["soc"], 12)
     if faulty:
         for route in ("table.patch", "table.post"):

@@ -165,8 +165,8 @@ async def test_adopted_after_lost_shadow_does_not_repost_evidence(env: Env) -> N
 
 
 async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -> None:
-    """ARM throttling after the alerts note but before the entities note: the retry (by
-    adopting the ticket) posts only what is missing."""
+    """ARM throttling after the alerts note but before the entities note: the ticket is linked
+    anyway, and the conversation's retry posts only what is missing."""
     ws = env.ws()
     inc = ws.create_incident(title="t", labels=["snow"])
     ws.analyst_comment(inc["name"], "an analyst comment")
@@ -174,17 +174,21 @@ async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -
     ws.add_entity(inc["name"], kind="Host", friendly_name="h1")
     env.stack.sentinel.faults.set("incidents.entities", rate_503=1.0)
     stats = await env.stats()
-    assert stats.failures == 1
+    assert (stats.created, stats.failures, stats.comments_deferred) == (1, 0, 1)
     sys_id = env.snow_records()[0]["sys_id"]
     assert len(agent_notes(env, sys_id)) == 2  # the comment and the alerts
     env.stack.sentinel.faults.clear()
     backoff_passed(env)
     stats = await env.stats()
-    assert stats.adopted == 1 and stats.failures == 0
+    assert (stats.failures, stats.comments_deferred, stats.notes_to_snow) == (0, 0, 1)
     values = agent_notes(env, sys_id)
     assert len(values) == 3
     assert values[0].endswith("an analyst comment")
     assert values[1].startswith("Microsoft Sentinel alerts (1):")
     assert values[2] == "Microsoft Sentinel entities (1):\n- Host: h1"
+    link = await link_of(env, inc["name"])
+    assert "talk_retries" not in link.extra
+    # the early retry kept the late-enrichment re-check for later
+    assert link.enrich_after is not None and link.enrich_after > datetime.now(UTC)
     await env.stats()
     assert len(agent_notes(env, sys_id)) == 3

@@ -215,6 +215,24 @@ async def test_one_servicenow_record_links_one_incident(shadow: Shadow) -> None:
     assert await shadow.count_links(INST, WS) == (1, 1)
 
 
+async def test_concurrent_writers_and_read_modify_writes_never_interleave(shadow: Shadow) -> None:
+    # One-hand-off transactions (save_link) and multi-statement ones that read first
+    # (record_failure) share one connection: every one must land whole.
+    async def one(i: int) -> None:
+        await shadow.record_failure(INST, WS, f"inc-{i}", "boom", now=T0)
+        await shadow.save_link(
+            make_link(f"inc-{i}", f"{i:032x}"), comment_links=[comment(f"j{i}", incident=f"inc-{i}")]
+        )
+        await shadow.record_failure(INST, WS, f"inc-{i}", "again", now=T0)
+
+    await asyncio.gather(*(one(i) for i in range(60)))
+    assert await shadow.count_links(INST, WS) == (60, 60)
+    failures = await shadow.failures()
+    assert len(failures) == 60 and {f.attempts for f in failures} == {1}  # save_link cleared the first
+    for i in range(60):
+        assert [c.journal_sys_id for c in await shadow.comment_links(INST, WS, f"inc-{i}")] == [f"j{i}"]
+
+
 async def test_delete_link_removes_comment_links_and_failure(shadow: Shadow) -> None:
     await shadow.save_link(make_link(), comment_links=[comment("j1")])
     await shadow.save_link(make_link("inc-2", "t" * 32), comment_links=[comment("j2", incident="inc-2")])

@@ -330,6 +330,9 @@ class WorkspaceSync:
                     snow_number=u.link.number if u.link else None,
                     missing="sentinel" if u.incident is None else "servicenow",
                 )
+                if u.link is not None and _due(u.link, now) and not options.dry_run:
+                    # A side is gone: its conversation has nothing left to re-check.
+                    await self.shadow.save_link(replace(u.link, enrich_after=None))
         planned = [(u, self._plan(u)) for u in updates if u.incident is not None and u.record is not None]
         self._safety_valves(planned, options, stats)
         if not options.dry_run:

@@ -192,3 +192,17 @@ async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -
     assert link.enrich_after is not None and link.enrich_after > datetime.now(UTC)
     await env.stats()
     assert len(agent_notes(env, sys_id)) == 3
+
+
+async def test_recheck_of_a_deleted_incident_is_dropped(env: Env) -> None:
+    ws = env.ws()
+    inc = ws.create_incident(title="t", labels=["snow"])
+    await env.stats()
+    await make_due(env, inc["name"])
+    ws.delete_incident(inc["name"])
+    stats = await env.stats()
+    assert stats.skipped == 1
+    assert (await link_of(env, inc["name"])).enrich_after is None
+    mark = env.stack.recorder.mark()
+    await env.stats()  # nothing left to look at: an idle cycle
+    assert [c.route for c in env.calls_since(mark) if c.system != "entra"] == ["incidents.list", "table.list"]

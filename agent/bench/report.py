@@ -74,7 +74,7 @@ def _header(r: Results) -> list[str]:
         "",
         f"Produced by `{r.command}` on {r.started:%Y-%m-%d %H:%M} UTC in {r.duration:.0f} s: "
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()} on {sys.platform}, "
-        f"load average {r.load[0]:.2f} when it started.",
+        f"load average {r.load[0]:.2f} when it started, niceness {os.nice(0)}.",
         "",
         f"The emulators run in the benchmark's process and add **{o.latency * 1000:.0f} ms** to every "
         "request; the agent runs in a process of its own (uvloop, as in production) with the "

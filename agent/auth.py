@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.errors import AuthError, ConfigError, PermanentError, TransientError
+from agent.errors import AuthError, ConfigError, PermanentError, RateLimited, TransientError
 from agent.http import HttpClient, error_details, redact_url
 from agent.log import log, register_secret
-from agent.retry import RetryPolicy
+from agent.retry import RetryPolicy, parse_retry_after
 
 _CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 _KEY_BLOCK = re.compile(rb"-----BEGIN ((?:RSA |EC |ENCRYPTED )?PRIVATE KEY)-----.+?-----END \1-----", re.S)
@@ -94,6 +94,8 @@ class _MsalHttp:
         self.session.verify = verify
         self.session.proxies = _environment_proxies()
         self.timeout = timeout
+        self.last_status: int | None = None
+        self.last_retry_after: float | None = None
 
     def _kwargs(self, url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if kwargs.get("timeout") is None:
@@ -105,10 +107,18 @@ class _MsalHttp:
         return kwargs
 
     def post(self, url: str, **kwargs: Any) -> Any:
-        return self.session.post(url, **self._kwargs(url, kwargs))
+        return self._seen(self.session.post(url, **self._kwargs(url, kwargs)))
 
     def get(self, url: str, **kwargs: Any) -> Any:
-        return self.session.get(url, **self._kwargs(url, kwargs))
+        return self._seen(self.session.get(url, **self._kwargs(url, kwargs)))
+
+    def _seen(self, response: Any) -> Any:
+        # msal reports a failed discovery or a throttled token request without the status or the
+        # Retry-After (see EntraAuth._failure and _acquire).
+        self.last_status = getattr(response, "status_code", None)
+        headers = getattr(response, "headers", None) or {}
+        self.last_retry_after = parse_retry_after(headers.get("Retry-After"))
+        return response
 
     def close(self) -> None:
         self.session.close()
@@ -194,6 +204,16 @@ class EntraAuth:
         except Exception as exc:
             raise self._failure(exc, "POST") from None
         if not isinstance(result, dict) or "access_token" not in result:
+            status = self._http.last_status if self._http is not None else None
+            if status == 429 or (status or 0) >= 500 or _field(result, "error") == "temporarily_unavailable":
+                # msal hands a 429 back as an error dict like a wrong secret (REFERENCE B.3):
+                # Entra is throttling or busy (AADSTS50196), which a retry later fixes.
+                code = _field(result, "error") or "temporarily_unavailable"
+                where = redact_url(self.authority)
+                if status == 429:
+                    wait = self._http.last_retry_after if self._http is not None else None
+                    raise RateLimited("entra", "POST", where, status, code, retry_after=wait)
+                raise TransientError("entra", "POST", where, status, code)
             raise _entra_error(result)
         value = str(result["access_token"])
         register_secret(value)
@@ -217,12 +237,13 @@ class EntraAuth:
                     timeout=self.timeout,
                 )
             except Exception as exc:
+                status = self._http.last_status
                 self._http.close()
                 self._http = None
-                raise self._failure(exc, "GET") from None
+                raise self._failure(exc, "GET", status) from None
         return self._app
 
-    def _failure(self, exc: Exception, method: str) -> Exception:
+    def _failure(self, exc: Exception, method: str, status: int | None = None) -> Exception:
         """msal/requests exceptions -> ours: transient for network trouble and 5xx, else AuthError."""
         import msal
         import requests
@@ -241,7 +262,10 @@ class EntraAuth:
                 return TransientError("entra", method, where, status, "ServiceError")
             return AuthError("entra", _first_line(str(exc)), code=f"HTTP {status}")
         if isinstance(exc, ValueError):
-            # msal's "Unable to get authority configuration for ...": unknown tenant or host.
+            # msal's "Unable to get authority configuration for ...": an unknown tenant or host,
+            # or the discovery endpoint is down for a while (5xx, 429): only then worth a retry.
+            if status is not None and (status >= 500 or status == 429):
+                return TransientError("entra", method, where, status, "AuthorityUnavailable")
             return AuthError("entra", _first_line(str(exc)), code="authority")
         return exc
 
@@ -265,6 +289,11 @@ def _entra_error(result: Any) -> AuthError:
         aadsts.group(0) if aadsts else (f"AADSTS{codes[0]}" if isinstance(codes, list) and codes else error)
     )
     return AuthError("entra", f"{error}: {description}" if description else error, code=code)
+
+
+def _field(result: Any, key: str) -> str:
+    value = result.get(key) if isinstance(result, Mapping) else None
+    return value if isinstance(value, str) else ""
 
 
 def _first_line(text: str) -> str:

@@ -376,7 +376,10 @@ class HttpClient:
             raise
         except TransientError as exc:
             # No token means this request was never sent: safe to retry even a POST.
-            raise NotSent(self.system, method, safe_url, None, "TokenUnavailable", str(exc)) from exc
+            unavailable = NotSent(self.system, method, safe_url, None, "TokenUnavailable", str(exc))
+            # A throttled token endpoint says when to come back; the retry waits that long.
+            unavailable.retry_after = getattr(exc, "retry_after", None)  # type: ignore[attr-defined]
+            raise unavailable from exc
         for value in header.values():
             # Servers sometimes echo the credential in an error; the logger scrubs it from then on.
             register_secret(value.split(" ", 1)[-1])

@@ -151,7 +151,8 @@ class Checker:
 
     def _all_linked(self, name: str, links: dict[str, ShadowLink], found: Findings) -> None:
         ws_cfg = self.config.workspaces[name]
-        oldest = datetime.now(UTC) - timedelta(days=ws_cfg.max_age_days) + timedelta(hours=1)
+        # The agent's own clock (tests move it to let backoffs pass), an hour's slack.
+        oldest = engine.utcnow() - timedelta(days=ws_cfg.max_age_days) + timedelta(hours=1)
         for inc_name, inc in self.stack.workspaces[name].incidents.items():
             p = inc["properties"]
             labels = [lbl.get("labelName") for lbl in p.get("labels") or []]

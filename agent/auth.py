@@ -124,7 +124,37 @@ class _MsalHttp:
         self.session.close()
 
 
-class EntraAuth:
+class _CachedBearer:
+    """A bearer token cached until ``refresh_margin`` seconds before expiry and fetched by one
+    caller at a time (single flight); subclasses say how a new one is obtained."""
+
+    refresh_margin: float
+    _clock: Callable[[], float]
+    _token: _Token | None
+    _lock: asyncio.Lock
+
+    async def header(self, force_refresh: bool = False) -> dict[str, str]:
+        """``{"Authorization": "Bearer ..."}``; a cached token unless it is near expiry or forced."""
+        token = self._token
+        if not force_refresh and token is not None and self._fresh(token):
+            return {"Authorization": f"Bearer {token.value}"}
+        seen = token
+        async with self._lock:
+            # Whoever waited on the lock uses the token the holder just got.
+            token = self._token
+            if token is None or token is seen or not self._fresh(token):
+                token = await self._obtain()
+                self._token = token
+        return {"Authorization": f"Bearer {token.value}"}
+
+    def _fresh(self, token: _Token) -> bool:
+        return token.expires_at - self.refresh_margin > self._clock()
+
+    async def _obtain(self) -> _Token:
+        raise NotImplementedError
+
+
+class EntraAuth(_CachedBearer):
     """Bearer tokens for ARM from Entra ID (client credentials, msal).
 
     Give either ``authority`` (``https://login.microsoftonline.com/<tenant>``) or ``tenant_id``
@@ -175,22 +205,8 @@ class EntraAuth:
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
 
-    async def header(self, force_refresh: bool = False) -> dict[str, str]:
-        """``{"Authorization": "Bearer ..."}``; a cached token unless it is near expiry or forced."""
-        token = self._token
-        if not force_refresh and token is not None and self._fresh(token):
-            return {"Authorization": f"Bearer {token.value}"}
-        seen = token
-        async with self._lock:
-            # Single flight: whoever waited on the lock uses the token the holder just got.
-            token = self._token
-            if token is None or token is seen or not self._fresh(token):
-                token = await asyncio.to_thread(self._acquire)
-                self._token = token
-        return {"Authorization": f"Bearer {token.value}"}
-
-    def _fresh(self, token: _Token) -> bool:
-        return token.expires_at - self.refresh_margin > self._clock()
+    async def _obtain(self) -> _Token:
+        return await asyncio.to_thread(self._acquire)  # msal is synchronous
 
     def _acquire(self) -> _Token:
         """Runs in a worker thread: a new token from Entra, bypassing msal's cache."""
@@ -331,7 +347,7 @@ class ServiceNowBasicAuth:
         return dict(self._header)
 
 
-class ServiceNowOAuth:
+class ServiceNowOAuth(_CachedBearer):
     """OAuth password grant at ``<instance>/oauth_token.do`` (REFERENCE C.7).
 
     The access token is refreshed ``refresh_margin`` seconds before it expires with
@@ -371,22 +387,6 @@ class ServiceNowOAuth:
         self._token: _Token | None = None
         self._refresh: str | None = None
         self._lock = asyncio.Lock()
-
-    async def header(self, force_refresh: bool = False) -> dict[str, str]:
-        """``{"Authorization": "Bearer ..."}``, refreshed ahead of expiry or when forced."""
-        token = self._token
-        if not force_refresh and token is not None and self._fresh(token):
-            return {"Authorization": f"Bearer {token.value}"}
-        seen = token
-        async with self._lock:
-            token = self._token
-            if token is None or token is seen or not self._fresh(token):
-                token = await self._obtain()
-                self._token = token
-        return {"Authorization": f"Bearer {token.value}"}
-
-    def _fresh(self, token: _Token) -> bool:
-        return token.expires_at - self.refresh_margin > self._clock()
 
     async def _obtain(self) -> _Token:
         if self._refresh is not None:

@@ -95,7 +95,7 @@ async def resync(
                 raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
             assert rt.shadow is not None
             reports, unmatched = await _resync(syncs, rt.shadow, dry_run=dry_run)
-    _print(config, reports, unmatched, dry_run=dry_run, as_json=as_json)
+    _report(config, reports, unmatched, dry_run=dry_run, as_json=as_json)
     return 0
 
 
@@ -232,7 +232,7 @@ def _unique_key(syncs: Sequence[WorkspaceSync], instance: str) -> str:
     return next(s.inst.unique_key for s in syncs if s.inst.name == instance)
 
 
-def _print(
+def _report(
     config: Config,
     reports: Sequence[WorkspaceReport],
     unmatched: Sequence[Unmatched],

@@ -217,7 +217,7 @@ class AgentProcess:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m agent.bench.worker CONFIG", file=sys.stderr)
+        sys.stderr.write("usage: python -m agent.bench.worker CONFIG\n")
         return 2
     try:
         import uvloop

@@ -84,11 +84,20 @@ class SyncMachine(RuleBasedStateMachine):
         engine.utcnow = self._utcnow
         try:
             self.loop.run_until_complete(self.stack.stop())
+            self.loop.run_until_complete(self._end_connections())
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.run_until_complete(self.loop.shutdown_default_executor())
         finally:
             self.loop.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    async def _end_connections(self) -> None:
+        """End sockets still closing after the stack stopped: a TLS close whose peer already left
+        can wait for its close_notify for half a minute, and this loop is about to go away."""
+        await asyncio.sleep(0)
+        for transport in list(getattr(self.loop, "_transports", {}).values()):
+            transport.abort()
+        await asyncio.sleep(0)
 
     # --- helpers ----------------------------------------------------------------------------
 

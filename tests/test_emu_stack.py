@@ -287,10 +287,12 @@ async def test_module_serves_until_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = await _read_lines(proc.stdout, 5)
+        lines = await _read_lines(proc.stdout, 6)
         fields = dict(line.split(None, 1) for line in lines)
-        assert list(fields) == ["entra", "sentinel", "servicenow", "ca_file", "config"]
-        assert all(fields[k].startswith("https://127.0.0.1:") for k in ("entra", "sentinel", "servicenow"))
+        assert list(fields) == ["entra", "sentinel", "servicenow", "graph", "ca_file", "config"]
+        assert all(
+            fields[k].startswith("https://127.0.0.1:") for k in ("entra", "sentinel", "servicenow", "graph")
+        )
         assert fields["ca_file"] == str((state / "emulator-ca.pem").resolve())
         config = load_config(fields["config"])
         assert set(config.workspaces) == {"soc-eu", "soc-us"}

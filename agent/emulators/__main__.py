@@ -1,8 +1,8 @@
 """``python -m agent.emulators``: run the emulator stack for manual testing and demos.
 
-Starts Entra ID, Sentinel and ServiceNow emulators over TLS, seeds incidents, writes an agent
-config (``emulators.ini``) into the state folder, prints where everything is, and serves until
-SIGINT or SIGTERM.
+Starts Entra ID, Sentinel, ServiceNow and Microsoft Graph emulators over TLS, seeds incidents,
+writes an agent config (``emulators.ini``) into the state folder, prints where everything is,
+and serves until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.emulators",
         description=(
-            "Run local emulators of Entra ID, Microsoft Sentinel and the ServiceNow Table API over\n"
-            "TLS (a fresh CA each start), seeded with realistic incidents, and write an agent config\n"
-            f"({CONFIG_NAME}) that points at them. Prints one 'name value' line each for entra,\n"
-            "sentinel, servicenow, ca_file and config, then serves until SIGINT/SIGTERM."
+            "Run local emulators of Entra ID, Microsoft Sentinel, the ServiceNow Table API and the\n"
+            "Microsoft Graph security API over TLS (a fresh CA each start), seeded with realistic\n"
+            f"incidents, and write an agent config ({CONFIG_NAME}) that points at them. Prints one\n"
+            "'name value' line each for entra, sentinel, servicenow, graph, ca_file and config, then\n"
+            "serves until SIGINT/SIGTERM."
         ),
         epilog=(
             "example: python -m agent.emulators --state-dir ./emu --workspaces 2 --incidents 20 --simulate\n"
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port-base",
         type=int,
-        help="fixed ports: Entra on PORT, Sentinel on PORT+1, ServiceNow on PORT+2 (default: free ports)",
+        help="fixed ports: Entra on PORT, Sentinel on PORT+1, ServiceNow on PORT+2, Graph on PORT+3 "
+        "(default: free ports)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for generated data and edits (default: 0)")
     parser.add_argument(
@@ -99,6 +101,7 @@ async def serve(args: argparse.Namespace) -> int:
 def _describe(stack: EmulatorStack, config: Path) -> None:
     rows = [("entra", stack.entra_url), ("sentinel", stack.sentinel_url)]
     rows += [("servicenow" if n == "default" else f"servicenow:{n}", u) for n, u in stack.snow_urls.items()]
+    rows += [("graph", stack.graph_url)]
     rows += [("ca_file", str(stack.tls.ca_file.resolve())), ("config", str(config.resolve()))]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

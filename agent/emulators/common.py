@@ -94,6 +94,9 @@ class IssuedToken:
     client_id: str
     object_id: str  # the service principal's object id (used as comment author)
     expires_at: float
+    # Application permissions granted to the app on the token's resource: the ``roles`` claim
+    # of an app-only token (empty: the claim is absent, GRAPH.md A.1).
+    roles: tuple[str, ...] = ()
 
 
 def normalise_audience(value: str) -> str:
@@ -115,21 +118,27 @@ class TokenRegistry:
         self.revoked: set[str] = set()
 
     def issue(
-        self, audience: str, tenant: str, client_id: str, lifetime: float = 3599, object_id: str = ""
+        self,
+        audience: str,
+        tenant: str,
+        client_id: str,
+        lifetime: float = 3599,
+        object_id: str = "",
+        roles: tuple[str, ...] = (),
     ) -> IssuedToken:
         now = self.clock.time()
         header = _b64({"typ": "JWT", "alg": "RS256"})
-        body = _b64(
-            {
-                "aud": normalise_audience(audience),
-                "tid": tenant,
-                "appid": client_id,
-                "iat": int(now),
-                "exp": int(now + lifetime),
-                "jti": uuid.uuid4().hex,
-            }
-        )
-        token = f"{header}.{body}.{secrets.token_urlsafe(32)}"
+        claims: dict[str, Any] = {
+            "aud": normalise_audience(audience),
+            "tid": tenant,
+            "appid": client_id,
+            "iat": int(now),
+            "exp": int(now + lifetime),
+            "jti": uuid.uuid4().hex,
+        }
+        if roles:
+            claims["roles"] = list(roles)
+        token = f"{header}.{_b64(claims)}.{secrets.token_urlsafe(32)}"
         issued = IssuedToken(
             token,
             normalise_audience(audience),
@@ -137,6 +146,7 @@ class TokenRegistry:
             client_id,
             object_id or str(uuid.uuid5(uuid.NAMESPACE_URL, client_id)),
             now + lifetime,
+            tuple(roles),
         )
         self._tokens[token] = issued
         return issued

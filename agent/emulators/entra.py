@@ -35,6 +35,7 @@ from agent.emulators.common import (
     TokenRegistry,
     fault_and_record_middleware,
     json_response,
+    normalise_audience,
 )
 
 __all__ = ["CLIENT_ASSERTION_TYPE", "EntraApp", "EntraEmulator"]
@@ -56,6 +57,9 @@ class EntraApp:
     certificate_pem: bytes | None = None
     # base64url (unpadded) SHA-1 / SHA-256 certificate thumbprints, as in the JWT x5t headers
     thumbprints: dict[str, str] = field(default_factory=dict)
+    # Admin-consented application permissions per resource (normalised audience): they become
+    # the token's ``roles`` claim (GRAPH.md A.1).
+    roles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class _AadError(Exception):
@@ -125,6 +129,12 @@ class EntraEmulator:
             app.thumbprints = _thumbprints(certificate_pem)
         self.apps[client_id.lower()] = app
         return object_id
+
+    def grant_roles(self, client_id: str, resource: str, *roles: str) -> None:
+        """Admin consent for application permissions of ``resource`` (e.g. Microsoft Graph's
+        ``SecurityIncident.ReadWrite.All``); replaces earlier grants for that resource. Tokens
+        issued from now on carry them in ``roles``; with none the claim is left out."""
+        self.apps[client_id.lower()].roles[normalise_audience(resource)] = tuple(roles)
 
     def expire_secret(self, client_id: str) -> None:
         """From now on a secret presented for this app is rejected with AADSTS7000222."""
@@ -220,6 +230,7 @@ class EntraEmulator:
             client_id=app.client_id,
             lifetime=self.token_lifetime,
             object_id=app.object_id,
+            roles=app.roles.get(normalise_audience(scope[0]), ()),
         )
         return json_response(
             {
@@ -246,6 +257,7 @@ class EntraEmulator:
             client_id=app.client_id,
             lifetime=self.token_lifetime,
             object_id=app.object_id,
+            roles=app.roles.get(normalise_audience(resource), ()),
         )
         # v1 sends every number as a string (REFERENCE B.2).
         return json_response(

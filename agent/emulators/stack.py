@@ -1,7 +1,11 @@
-"""All emulators together: one Entra ID, one Sentinel and one or more ServiceNow instances.
+"""All emulators together: one Entra ID, one Sentinel, one or more ServiceNow instances and
+Microsoft Graph (Defender XDR incidents).
 
 They share one clock (tests expire tokens by advancing it), one TLS CA, one token registry (a
-token Entra issues is what Sentinel checks), one Entra directory and one call recorder. The
+token Entra issues is what Sentinel and Graph check), one Entra directory and one call recorder.
+The sync app is granted the Graph application permission ``SecurityIncident.ReadWrite.All``
+(enough to read and update incidents, comment, and read alerts; GRAPH.md A.2); the tenant's
+Defender data is ``stack.defender``. The
 stack registers the sync app with Entra, the integration account on every ServiceNow instance,
 and a few analysts who exist on both sides (UPN == ServiceNow e-mail, so owners map by e-mail).
 
@@ -35,6 +39,8 @@ from agent.emulators.common import (
     TokenRegistry,
 )
 from agent.emulators.entra import EntraEmulator
+from agent.emulators.graph import PROFILES, GraphEmulator
+from agent.emulators.graph_tenant import DefenderTenant
 from agent.emulators.sentinel import SentinelEmulator, SentinelWorkspace
 from agent.emulators.servicenow import ServiceNowEmulator
 
@@ -48,6 +54,8 @@ DEFAULT_SNOW_PASSWORD = "emulator-snow-password-0123"
 DEFAULT_SNOW_CLIENT_ID = "sentinel-snow-sync-oauth"
 DEFAULT_SNOW_CLIENT_SECRET = "emulator-snow-oauth-secret-0123"
 DEFAULT_LABEL = "snow"
+DEFAULT_APP_NAME = "sentinel-snow-sync"
+GRAPH_ROLES: tuple[str, ...] = ("SecurityIncident.ReadWrite.All",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,7 @@ class EmulatorStack:
 
     ``latency`` is applied as a ``*`` fault rule on every emulator; a test that sets its own
     ``*`` rule replaces it. ``port_base`` pins the ports (Entra, Sentinel, then each ServiceNow
-    instance in order); by default every server takes a free port.
+    instance in order, then Graph); by default every server takes a free port.
     """
 
     def __init__(
@@ -130,11 +138,23 @@ class EmulatorStack:
             )
             for name in snow_instances
         }
+        self.graph = GraphEmulator(
+            tokens=self.tokens, clock=self.clock, faults=Faults(seed), recorder=self.recorder, seed=seed
+        )
         if latency:
-            for faults in (self.entra.faults, self.sentinel.faults, *(s.faults for s in self.snow.values())):
+            for faults in (
+                self.entra.faults,
+                self.sentinel.faults,
+                self.graph.faults,
+                *(s.faults for s in self.snow.values()),
+            ):
                 faults.set("*", latency=latency)
 
-        self.app_object_id = self.entra.add_app(tenant, client_id, secret=client_secret)
+        self.app_object_id = self.entra.add_app(
+            tenant, client_id, secret=client_secret, display_name=DEFAULT_APP_NAME
+        )
+        self.graph.set_app_name(client_id, DEFAULT_APP_NAME)
+        self.entra.grant_roles(client_id, PROFILES["global"].graph_host, *GRAPH_ROLES)
         self.analysts = ANALYSTS
         # instance -> user_name -> sys_id, for the integration account and every analyst
         self.snow_user_ids: dict[str, dict[str, str]] = {}
@@ -157,13 +177,19 @@ class EmulatorStack:
         self._servers: list[EmulatorServer] = []
         self.entra_url = ""
         self.sentinel_url = ""
+        self.graph_url = ""
         self.snow_urls: dict[str, str] = {}
+
+    @property
+    def defender(self) -> DefenderTenant:
+        """The stack tenant's Defender XDR incidents and alerts (served by ``graph``)."""
+        return self.graph.tenant(self.tenant)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start every server on 127.0.0.1 over TLS and fill in the ``*_url`` attributes."""
-        apps = [self.entra.app, self.sentinel.app, *(s.app for s in self.snow.values())]
+        apps = [self.entra.app, self.sentinel.app, *(s.app for s in self.snow.values()), self.graph.app]
         try:
             for index, app in enumerate(apps):
                 port = self.port_base + index if self.port_base is not None else 0
@@ -178,7 +204,11 @@ class EmulatorStack:
         # The ARM token audience is the management endpoint itself (REFERENCE A.12): the agent
         # asks for "<management_url>/.default", so the emulator also accepts its own URL.
         self.sentinel.audience_aliases = (self.sentinel_url,)
-        self.snow_urls = {name: s.base_url for name, s in zip(self.snow, self._servers[2:], strict=True)}
+        self.snow_urls = {name: s.base_url for name, s in zip(self.snow, self._servers[2:-1], strict=True)}
+        self.graph_url = self._servers[-1].base_url
+        # As for ARM, a client configured with graph_url = <emulator> asks for "<that URL>/.default".
+        self.graph.audience_aliases = (self.graph_url,)
+        self.entra.grant_roles(self.client_id, self.graph_url, *GRAPH_ROLES)
 
     async def stop(self) -> None:
         """Stop the servers (idempotent) and remove the temporary folder if the stack made one."""

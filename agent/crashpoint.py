@@ -8,8 +8,9 @@ tests set, for example::
 
 and the agent calls ``os._exit(137)`` (as if killed) immediately after the third successful
 ServiceNow PATCH, before anything else happens. Several rules may be given, comma-separated.
-Kinds: ``snow_create``, ``snow_patch``, ``sentinel_put`` (an incident PUT) and
-``sentinel_comment`` (a comment PUT).
+Kinds: ``snow_create``, ``snow_patch``, ``sentinel_put`` (an incident PUT),
+``sentinel_comment`` (a comment PUT), ``graph_patch`` (a Defender incident PATCH) and
+``graph_comment`` (a Defender comment POST).
 
 This is a test hook only. Without the variable (always, in production) :func:`after_write`
 returns at once and nothing else in this module runs.
@@ -21,7 +22,9 @@ import os
 import sys
 
 ENV = "SNOW_SYNC_CRASH_AFTER"
-KINDS = frozenset({"snow_create", "snow_patch", "sentinel_put", "sentinel_comment"})
+KINDS = frozenset(
+    {"snow_create", "snow_patch", "sentinel_put", "sentinel_comment", "graph_patch", "graph_comment"}
+)
 EXIT_STATUS = 137  # what a shell reports for a process killed by SIGKILL
 
 _done: dict[str, int] = {}

@@ -54,8 +54,9 @@ class AuthError(AgentError):
 class RemoteError(AgentError):
     """A remote call failed.
 
-    ``system`` is ``entra``, ``sentinel`` or ``servicenow``; ``status`` is the HTTP status or
-    ``None`` for a connection-level failure; ``code``/``detail`` come from the error body.
+    ``system`` is ``entra``, ``sentinel``, ``graph`` or ``servicenow``; ``status`` is the HTTP
+    status or ``None`` for a connection-level failure; ``code``/``detail`` come from the error
+    body.
     """
 
     def __init__(

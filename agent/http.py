@@ -1,4 +1,4 @@
-"""The one HTTP choke point: every request to Entra, Sentinel or ServiceNow goes through here.
+"""The one HTTP choke point: every request to Entra, Sentinel, Graph or ServiceNow goes through here.
 
 :class:`HttpClient` owns one ``aiohttp.ClientSession`` per remote system and does, in one place:
 
@@ -12,7 +12,8 @@
 * mapping of every failure to :mod:`agent.errors` (:func:`error_for_status`), with the error
   code and message taken from ARM, ServiceNow and Entra error bodies;
 * slowing down before ARM throttles, from the ``x-ms-ratelimit-remaining-*`` headers
-  (REFERENCE A.11);
+  (REFERENCE A.11), and pacing at a published rate with a shared :class:`RequestPacer`
+  (Microsoft Graph security: 150 requests a minute per app per tenant, GRAPH.md G);
 * redaction: no ``Authorization`` header, token, password or secret is ever put into a log
   line or an exception text; URLs are stripped of secret-looking query values and bodies are
   logged only at debug level.
@@ -24,6 +25,7 @@ import asyncio
 import re
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +125,8 @@ def _is_secret_key(key: str) -> bool:
 def error_details(body: Any) -> tuple[str | None, str | None]:
     """(code, message) from an error body of any of the three systems.
 
-    ARM: ``{"error":{"code","message"}}`` (REFERENCE A.10); ServiceNow:
+    ARM and Graph: ``{"error":{"code","message"}}`` (REFERENCE A.10, GRAPH.md D.5; Graph's
+    ``$top`` error has an empty code, which reads as none); ServiceNow:
     ``{"error":{"message","detail"},"status":"failure"}`` (C.5); Entra and ServiceNow OAuth:
     ``{"error":"invalid_client","error_description":"AADSTS...\\r\\nTrace ID..."}`` (B.1, C.7).
     """
@@ -133,6 +136,8 @@ def error_details(body: Any) -> tuple[str | None, str | None]:
             code = err.get("code")
             if isinstance(code, str) and code:
                 return _clean(code), _clean(err.get("message"))
+            if code == "" and "message" in err:
+                return None, _clean(err.get("message"))
             return _clean(err.get("message")), _clean(err.get("detail"))
         if isinstance(err, str):
             return _clean(err), _clean(body.get("error_description"))
@@ -204,6 +209,59 @@ def _connection_error(system: str, method: str, url: str, exc: BaseException) ->
     return TransientError(system, method, url, None, name, text)
 
 
+# --- pacing ---------------------------------------------------------------------------------
+
+
+class RequestPacer:
+    """At most ``limit`` requests in any ``window`` seconds, for every client that shares it.
+
+    A sliding log of send times, so no window of that length ever holds more than ``limit``
+    requests, whatever the server's own bucket looks like. :meth:`hold` pauses everyone until a
+    server-given ``Retry-After`` has passed. ``clock``/``sleep`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: SleepFn = asyncio.sleep,
+    ) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("a pacer needs limit >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self.waits = 0
+        self.waited = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._sent: deque[float] = deque()
+        self._hold_until = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        """Return when one more request may be sent now, and count it as sent."""
+        async with self._lock:  # first come, first served
+            while True:
+                now = self._clock()
+                while self._sent and self._sent[0] <= now - self.window:
+                    self._sent.popleft()
+                delay = self._hold_until - now
+                if len(self._sent) >= self.limit:
+                    delay = max(delay, self._sent[0] + self.window - now)
+                if delay <= 0:
+                    break
+                self.waits += 1
+                self.waited += delay
+                await self._sleep(delay)
+            self._sent.append(self._clock())
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing for ``seconds`` (the server answered 429 with this ``Retry-After``)."""
+        self._hold_until = max(self._hold_until, self._clock() + seconds)
+
+
 # --- the client -----------------------------------------------------------------------------
 
 
@@ -221,7 +279,8 @@ def build_ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
 class HttpClient:
     """One ``aiohttp`` session for one remote system, with auth, retries and error mapping.
 
-    ``system`` names the remote in errors and logs (``entra``, ``sentinel``, ``servicenow``).
+    ``system`` names the remote in errors and logs (``entra``, ``sentinel``, ``graph``,
+    ``servicenow``); ``pacer`` (shared between clients of one rate limit) paces every attempt.
     The session is created on first use, inside the running event loop.
     """
 
@@ -239,8 +298,10 @@ class HttpClient:
         ratelimit_floor: int = 20,
         ratelimit_pause: float = 1.0,
         user_agent: str = f"sentinel-snow-sync/{__version__}",
+        pacer: RequestPacer | None = None,
     ) -> None:
         self.system = system
+        self.pacer = pacer
         self.auth = auth
         self.retry = retry if retry is not None else RetryPolicy()
         self.ratelimit_floor = ratelimit_floor
@@ -342,6 +403,8 @@ class HttpClient:
                 hdrs = dict(extra)
                 if authenticate and self.auth is not None:
                     hdrs.update(await self._auth_header(method, safe_url, force))
+                if self.pacer is not None:
+                    await self.pacer.wait()
                 status, resp_headers, raw = await self._send(method, target, safe_url, payload, hdrs)
                 if status == 401 and authenticate and self.auth is not None and not refreshed:
                     # One forced refresh per request: a token revoked or expired early.
@@ -418,6 +481,8 @@ class HttpClient:
         self._count(str(status))
         if status == 429:
             self.throttled += 1
+            if self.pacer is not None:
+                self.pacer.hold(parse_retry_after(resp_headers.get("Retry-After")) or 0.0)
         self._note_ratelimits(resp_headers)
         log.debug(
             "http_response",

@@ -323,6 +323,8 @@ class GraphEmulator:
         self.profile = PROFILES[profile]
         self.options = options if options is not None else GraphOptions()
         self.audience_aliases: tuple[str, ...] = ()
+        # Called before every request is handled (the Sentinel coupling applies due copies).
+        self.before_request: list[Callable[[], object]] = []
         self.seed = seed
         self._tenants: dict[str, DefenderTenant] = {}
         self._app_names: dict[str, str] = {}
@@ -508,6 +510,8 @@ class GraphEmulator:
         request_id = str(uuid.uuid4())
         client_request_id = request.headers.get("client-request-id", request_id)
         reset = _request_id.set((request_id, client_request_id))
+        for hook in self.before_request:
+            hook()
         try:
             try:
                 response = await handler(request)

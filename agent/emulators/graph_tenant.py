@@ -682,7 +682,7 @@ class DefenderTenant:
 
     # -- shared with the HTTP layer
     def append_comment(self, incident: dict[str, Any], text: str, author: str, *,
-                       bump: bool = True) -> dict[str, Any]:  # fmt: skip
+                       bump: bool = True, origin: str = "") -> dict[str, Any]:  # fmt: skip
         comment: dict[str, Any] = {
             "comment": text,
             "createdByDisplayName": author,
@@ -691,7 +691,7 @@ class DefenderTenant:
         incident["comments"].append(comment)
         if bump:
             self.touch(incident, author, comment["createdDateTime"])
-        self.emit("comment", incident["id"], comment=render_comment(comment), author=author)
+        self.emit("comment", incident["id"], comment=render_comment(comment), author=author, origin=origin)
         return render_comment(comment)
 
     def resolve_alerts_of(self, incident: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from agent.emulators.common import (
 )
 from agent.emulators.entra import EntraEmulator
 from agent.emulators.graph import PROFILES, GraphEmulator
+from agent.emulators.graph_arm import SentinelCoupling
 from agent.emulators.graph_tenant import DefenderTenant
 from agent.emulators.sentinel import SentinelEmulator, SentinelWorkspace
 from agent.emulators.servicenow import ServiceNowEmulator
@@ -253,6 +254,14 @@ class EmulatorStack:
         self._workspace_keys[name] = key
         self._workspace_snow[name] = instance
         return workspace
+
+    def couple_defender(self, workspace: str, *, delay: float = 2.0) -> SentinelCoupling:
+        """Make workspace ``workspace`` onboarded to the Defender portal: the tenant's Defender
+        incidents appear in it as ``Microsoft XDR`` incidents and changes flow both ways after
+        ``delay`` seconds (GRAPH.md H.4). Call before :meth:`start`."""
+        return SentinelCoupling(
+            self.graph, self.defender, self.sentinel, self.workspaces[workspace], delay=delay
+        )
 
     def workspace_key(self, name: str) -> tuple[str, str, str]:
         """``(subscription_id, resource_group, workspace_name)`` of a workspace added by name."""

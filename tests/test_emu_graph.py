@@ -943,3 +943,28 @@ async def test_unknown_segments_and_methods(h: GraphHarness) -> None:
     reply = await h.call("GET", "/v1.0/security/incidentz")
     assert error(reply) == (400, "BadRequest", "Resource not found for the segment 'incidentz'.")
     assert error(await h.call("DELETE", INCIDENTS))[:2] == (405, "MethodNotAllowed")
+
+
+async def test_c1_orderby_skip_and_unknown_options(h: GraphHarness) -> None:
+    ids = []
+    for _ in range(4):
+        ids.append(h.t.create_incident()["id"])
+        h.clock.advance(1)
+    h.t.analyst_update(ids[0], severity="high")  # now the most recently updated
+    body = (await h.call("GET", INCIDENTS, params={"$orderby": "lastUpdateDateTime desc", "$skip": "1"})).body
+    assert [i["id"] for i in body["value"]] == ids[1:][::-1]
+    assert error(await h.call("GET", INCIDENTS, params={"$orderby": "displayName"}))[:2] == (
+        400,
+        "BadRequest",
+    )
+    assert error(await h.call("GET", INCIDENTS, params={"$search": "phish"}))[:2] == (400, "BadRequest")
+    assert error(await h.call("GET", INCIDENTS, params={"$skip": "-1"}))[:2] == (400, "BadRequest")
+
+
+async def test_a_the_token_tenant_selects_the_data(h: GraphHarness) -> None:
+    h.t.create_incident()
+    other = h.emu.tenant(OTHER_TENANT)
+    theirs = other.create_incident()
+    reply = await h.call("GET", INCIDENTS, token=h.issue(tenant=OTHER_TENANT))
+    assert [i["id"] for i in reply.body["value"]] == [theirs["id"]]
+    assert {i["tenantId"] for i in (await h.call("GET", INCIDENTS)).body["value"]} == {TENANT}

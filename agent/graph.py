@@ -158,6 +158,8 @@ def graph_auth(
 
 
 _PACERS: dict[tuple[str, str], RequestPacer] = {}
+# Seconds added to Graph's one-minute window: network jitter between our send and Graph's count.
+PACE_MARGIN = 0.5
 
 
 def graph_pacer(tenant_id: str, client_id: str, per_minute: int = RATE_PER_MINUTE) -> RequestPacer:
@@ -166,7 +168,7 @@ def graph_pacer(tenant_id: str, client_id: str, per_minute: int = RATE_PER_MINUT
     key = (tenant_id.lower(), client_id.lower())
     pacer = _PACERS.get(key)
     if pacer is None or pacer.limit != per_minute:
-        pacer = _PACERS[key] = RequestPacer(per_minute, 60.0)
+        pacer = _PACERS[key] = RequestPacer(per_minute, 60.0, margin=PACE_MARGIN)
     return pacer
 
 

@@ -218,6 +218,11 @@ class RequestPacer:
     A sliding log of send times, so no window of that length ever holds more than ``limit``
     requests, whatever the server's own bucket looks like. :meth:`hold` pauses everyone until a
     server-given ``Retry-After`` has passed. ``clock``/``sleep`` are injectable for tests.
+
+    ``margin`` widens the window the log is kept for: the server counts arrivals, and a request
+    that left at exactly ``window`` seconds after an earlier one can arrive inside the server's
+    window when the earlier one travelled slower (jitter), so pacing at the exact limit meets an
+    occasional 429.
     """
 
     def __init__(
@@ -227,11 +232,13 @@ class RequestPacer:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: SleepFn = asyncio.sleep,
+        margin: float = 0.0,
     ) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("a pacer needs limit >= 1 and window > 0")
+        if limit < 1 or window <= 0 or margin < 0:
+            raise ValueError("a pacer needs limit >= 1, window > 0 and margin >= 0")
         self.limit = limit
         self.window = window
+        self.margin = margin
         self.waits = 0
         self.waited = 0.0
         self._clock = clock
@@ -245,11 +252,12 @@ class RequestPacer:
         async with self._lock:  # first come, first served
             while True:
                 now = self._clock()
-                while self._sent and self._sent[0] <= now - self.window:
+                span = self.window + self.margin
+                while self._sent and self._sent[0] <= now - span:
                     self._sent.popleft()
                 delay = self._hold_until - now
                 if len(self._sent) >= self.limit:
-                    delay = max(delay, self._sent[0] + self.window - now)
+                    delay = max(delay, self._sent[0] + span - now)
                 if delay <= 0:
                     break
                 self.waits += 1

@@ -25,6 +25,7 @@ from agent.emulators.stack import DEFAULT_APP_NAME, GRAPH_ROLES, EmulatorStack
 from agent.errors import ConfigError, Forbidden, NotFound, PermanentError, TransientError
 from agent.graph import (
     GRAPH_CLOUDS,
+    PACE_MARGIN,
     GraphClient,
     GraphIncident,
     changed_fields,
@@ -503,7 +504,9 @@ async def test_g_pacing_at_150_per_minute_never_meets_a_429(tmp_path: Path) -> N
         async def sleep(seconds: float) -> None:
             stack.clock.advance(seconds)
 
-        pacer = RequestPacer(150, 60.0, clock=stack.clock.time, sleep=sleep)
+        # Paced as production paces Graph: the window widened by the jitter margin, so the
+        # emulator's count of arrivals (and the client's send log) never sees 151 in a minute.
+        pacer = RequestPacer(150, 60.0, clock=stack.clock.time, sleep=sleep, margin=PACE_MARGIN)
         e = await _env(stack, pacer=pacer)
         try:
             inc = stack.defender.create_incident()
@@ -606,6 +609,7 @@ async def test_b6_an_auto_resolved_incident_reads_resolved_with_unknown_classifi
 def test_g_one_pacer_per_app_and_tenant() -> None:
     first = graph_pacer("Tenant-A", "App-1")
     assert graph_pacer("tenant-a", "app-1") is first and first.limit == 150 and first.window == 60
+    assert first.margin == PACE_MARGIN > 0
     assert graph_pacer("tenant-b", "app-1") is not first
     assert graph_pacer("tenant-a", "app-2") is not first
 

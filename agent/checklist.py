@@ -399,6 +399,26 @@ class Checklist:
                     )
                 else:
                     self.add(OK, subject, f"[{section_back}] has a row for every active choice of {where}")
+        self._close_codes(subject, f"{inst.incident_table}.close_code", choices.get("close_code", set()))
+
+    def _close_codes(self, subject: str, where: str, codes: set[str]) -> None:
+        """Warn for each active close code that lands on the default ``*`` row (an open set:
+        never a failure, but a person should decide where it goes)."""
+        m = self.config.mappings
+        if not codes:
+            return
+        falling = sorted(code for code in codes if m.closure_falls_back(code))
+        fallback = "/".join(x for x in m.closure_for_sentinel("") if x)
+        for code in falling:
+            self.add(
+                WARN,
+                subject,
+                f"close code {code!r} (an active choice of {where}) has no [closure_to_sentinel] row: "
+                f"it closes Sentinel incidents as {fallback}",
+                f"add '{code} = Classification[/Reason]' to [closure_to_sentinel], or a '*' row",
+            )
+        if not falling:
+            self.add(OK, subject, f"[closure_to_sentinel] places every active choice of {where}")
 
     async def _owners(
         self, subject: str, name: str, inst: ServiceNowInstance, snow: ServiceNowClient

@@ -44,6 +44,7 @@ from agent.log import register_secret
 __all__ = [
     "CLASSIFICATIONS",
     "CLASSIFICATION_REASONS",
+    "CLOSURE_FALLBACK",
     "CLOUDS",
     "DEFAULT_CLOSURE_TO_SENTINEL",
     "DEFAULT_CLOSURE_TO_SERVICENOW",
@@ -123,6 +124,8 @@ DEFAULT_CLOSURE_TO_SENTINEL: dict[str, tuple[str, str | None]] = {
     "No resolution provided": ("Undetermined", None),
     "*": ("Undetermined", None),
 }
+CLOSURE_FALLBACK: tuple[str, str | None] = ("Undetermined", None)
+"""Where a close code without a row lands when ``[closure_to_sentinel]`` has no ``*`` row."""
 
 # ServiceNow incident states (REFERENCE C.8): 6 Resolved, 7 Closed, 8 Canceled.
 _SNOW_DONE_STATES = ("6", "7")
@@ -281,7 +284,10 @@ class Mappings:
     """The value maps between the two systems, complete and validated.
 
     ``closure_to_sentinel`` maps a ServiceNow close code to ``(classification, reason)``; its
-    ``"*"`` row applies to every other code. ``owners`` maps ServiceNow user_name to Entra UPN;
+    ``"*"`` row applies to every other code (``Undetermined`` unless the user wrote one).
+    ``closure_catch_all_written`` says whether the user's ``[closure_to_sentinel]`` has its own
+    ``*`` row: when not, a code that falls to it is worth telling (``check`` warns, the runtime
+    logs ``value_unmapped`` once per code). ``owners`` maps ServiceNow user_name to Entra UPN;
     ``owners_by_workspace`` holds the per-workspace overrides.
     """
 
@@ -295,6 +301,7 @@ class Mappings:
     owners_by_workspace: dict[str, dict[str, str]]
     assignment_groups: tuple[GroupRule, ...] = ()
     assignment_groups_by_workspace: dict[str, tuple[GroupRule, ...]] = field(default_factory=dict)
+    closure_catch_all_written: bool = False
 
     def owners_for(self, workspace: str) -> dict[str, str]:
         """ServiceNow user_name -> UPN for ``workspace``, its ``[owners:WORKSPACE]`` rows winning."""
@@ -307,6 +314,10 @@ class Mappings:
     def closure_for_sentinel(self, close_code: str) -> tuple[str, str | None]:
         """``(classification, reason)`` for a ServiceNow close code, falling back to the ``*`` row."""
         return self.closure_to_sentinel.get(close_code, self.closure_to_sentinel["*"])
+
+    def closure_falls_back(self, close_code: str) -> bool:
+        """Whether ``close_code`` lands on the ``*`` row without the user having written one."""
+        return not self.closure_catch_all_written and close_code not in self.closure_to_sentinel
 
 
 @dataclass(frozen=True)
@@ -899,9 +910,9 @@ def _closure_to_sentinel(sec: _Section | None) -> dict[str, tuple[str, str | Non
             sec.problem(key, "empty value; use Classification[/Reason]")
         elif value is not None:
             result[key] = value
-    if "*" not in sec.raw:
-        # Without a catch-all an unknown close code would block the incident for good.
-        sec.problem(None, "needs a '* = Classification[/Reason]' row for every other close code")
+    # Close codes are an open, instance-defined set: the codes a user lists are mapped and every
+    # other one lands on Undetermined, the classification Sentinel has for exactly that.
+    result.setdefault("*", CLOSURE_FALLBACK)
     return result
 
 
@@ -1052,6 +1063,7 @@ class _Loader:
     ) -> Mappings:
         severity_sec = self.single("severity_to_servicenow", SEVERITIES)
         status_sec = self.single("status_to_servicenow", STATUSES)
+        closure_sec = self.single("closure_to_sentinel")
         group_rules, group_rules_by_workspace = self.assignment_groups(workspaces)
         mappings = Mappings(
             severity_to_servicenow=_keyed_map(
@@ -1072,7 +1084,8 @@ class _Loader:
                 DEFAULT_CLOSURE_TO_SERVICENOW,
                 "Sentinel classification",
             ),
-            closure_to_sentinel=_closure_to_sentinel(self.single("closure_to_sentinel")),
+            closure_to_sentinel=_closure_to_sentinel(closure_sec),
+            closure_catch_all_written=closure_sec is not None and "*" in closure_sec.raw,
             owners={},
             owners_by_workspace={},
             assignment_groups=group_rules,

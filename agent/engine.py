@@ -183,6 +183,7 @@ class WorkspaceSync:
             snow_user=instance.username,
         )
         self._sweeping = False
+        self._fallback_codes: set[str] = set()  # close codes already logged as value_unmapped
 
     # --- identity -------------------------------------------------------------------------
 
@@ -905,6 +906,8 @@ class WorkspaceSync:
         succeeded (:func:`agent.hooks.settle_base`)."""
         body = mapping.snow_write(p.to_snow, inc, rec, self.maps) if p.to_snow else {}
         changes = mapping.sentinel_write(p.to_sentinel, rec, self.maps) if p.to_sentinel else {}
+        if changes.get("status") == "Closed":
+            self._note_close_code(rec.get("close_code"))
         if self.hook is None:
             return body, changes, p.base
         hooked_body: dict[str, str] = {}
@@ -917,6 +920,19 @@ class WorkspaceSync:
             hooked_changes = hooks.drop_unchanged_sentinel(hooked, inc, changes)
         base = hooks.settle_base(p, self._snow_keys, body, hooked_body, hooked_changes)
         return hooked_body, hooked_changes, base
+
+    def _note_close_code(self, code: str) -> None:
+        """``value_unmapped`` once per close code that lands on the default ``*`` row."""
+        if code and code not in self._fallback_codes and self.config.mappings.closure_falls_back(code):
+            self._fallback_codes.add(code)
+            classification, reason = self.config.mappings.closure_for_sentinel(code)
+            log.warning(
+                "value_unmapped",
+                field="close_code",
+                side="servicenow",
+                value=code,
+                default="/".join(x for x in (classification, reason) if x),
+            )
 
     @staticmethod
     def _log_closure(direction: str, closed: bool | None, was_closed: bool, number: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent import commands
-from agent.checklist import FAIL, OK, SKIP
+from agent.checklist import FAIL, OK, SKIP, WARN
+from agent.emulators.servicenow import CHOICES
 from tests.e2e import Env, writes
 from tests.test_cli import run_cli
 
@@ -168,3 +169,41 @@ async def test_check_command_exit_code_and_hint(env: Env) -> None:
     assert code == 1, err
     assert "FAIL  [oauth:default]" in out and "hint:" in out
     assert '"event"' not in out  # the checklist, not log lines
+
+
+
+def _close_code_choice(env: Env, code: str, *, inactive: bool = False) -> None:
+    row = {"name": "incident", "element": "close_code", "value": code, "label": code, "sequence": "50"}
+    env.snow.insert("sys_choice", row | {"inactive": "true" if inactive else "false"})
+
+
+async def test_close_codes_without_a_row_warn_and_do_not_fail(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Close codes are instance-defined (an open set): an unlisted one closes as Undetermined,
+    # which check says once per code, as a warning (issue #13, item 5).
+    for code in ("Solved (Permanently)", "Closed/Resolved by Caller"):
+        _close_code_choice(env, code)
+    _close_code_choice(env, "Retired", inactive=True)
+    listed = {"Solution provided": "TruePositive/SuspiciousActivity"}
+    env.rewrite({"agent": {"overlap": "0s"}, "closure_to_sentinel": listed})
+    await _synced_with_note(env)
+    code, lines = await _check(env, capsys)
+    assert code == 0, "\n".join(lines)
+    warned = _lines(lines, WARN, "[servicenow:default]", "close code", "as Undetermined")
+    named = sorted(line.split("close code ", 1)[1].split(" (an active", 1)[0] for line in warned)
+    seeded = {row[0] for row in CHOICES["close_code"]} - set(listed)  # the instance's own codes
+    expected = seeded | {"Solved (Permanently)", "Closed/Resolved by Caller"}
+    assert named == sorted(repr(c) for c in expected)
+    assert "[closure_to_sentinel]" in _hint_after(lines, warned[0])
+
+
+async def test_close_codes_all_placed_by_a_written_star_row(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _close_code_choice(env, "Solved (Permanently)")
+    env.rewrite({"agent": {"overlap": "0s"}, "closure_to_sentinel": {"*": "Undetermined"}})
+    code, lines = await _check(env, capsys)
+    assert code == 0, "\n".join(lines)
+    assert not _lines(lines, WARN, "close code")
+    assert _lines(lines, OK, "[closure_to_sentinel] places every active choice")

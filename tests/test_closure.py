@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
+from agent.engine import CycleOptions, run_workspaces
 from agent.errors import ConfigError, PermanentError
 from agent.runtime import Runtime
 from tests.e2e import Env, props, writes
@@ -133,6 +134,39 @@ async def test_unknown_close_code_falls_back_to_the_star_row(env: Env) -> None:
         "FalsePositive",
         "InaccurateData",
     )
+
+
+async def test_close_code_without_a_row_closes_as_undetermined_and_is_logged_once(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    # README's own table without a "*" row: the loader accepts it (issue #13, item 5).
+    env.rewrite({"closure_to_sentinel": {"Solution provided": "TruePositive/SuspiciousActivity"}})
+    pairs = [await linked(env) for _ in range(3)]
+    codes = ("Closed by automation", "Closed by automation", "Merged")
+    for (_name, sys_id), code in zip(pairs, codes, strict=True):
+        env.snow.analyst_update("incident", sys_id, {"state": "6", "close_code": code, "close_notes": "auto"})
+    first = pairs[0][1]
+    async with Runtime(env.config) as rt:
+        syncs = rt.syncs()  # one process: a code is logged once, however often it closes
+        await run_workspaces(syncs, CycleOptions())
+        env.snow.analyst_update("incident", first, {"state": "2", "close_code": "", "close_notes": ""})
+        await run_workspaces(syncs, CycleOptions())
+        assert props(env.ws(), pairs[0][0])["status"] == "Active"
+        env.snow.analyst_update(
+            "incident", first, {"state": "6", "close_code": "Closed by automation", "close_notes": "again"}
+        )
+        await run_workspaces(syncs, CycleOptions())
+    for name, _sys_id in pairs:
+        p = props(env.ws(), name)
+        assert (p["status"], p["classification"]) == ("Closed", "Undetermined")
+        assert p.get("classificationReason") is None
+    unmapped = [
+        (e["field"], e["side"], e["value"], e["default"]) for e in events if e["event"] == "value_unmapped"
+    ]
+    assert sorted(unmapped) == [
+        ("close_code", "servicenow", "Closed by automation", "Undetermined"),
+        ("close_code", "servicenow", "Merged", "Undetermined"),
+    ]
 
 
 async def test_closed_without_close_code_still_closes(env: Env) -> None:

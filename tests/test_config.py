@@ -646,12 +646,38 @@ def test_determined_classification_without_reason(tmp_path: Path) -> None:
     ]
 
 
-def test_closure_to_sentinel_needs_star_row(tmp_path: Path) -> None:
-    assert problems(
-        tmp_path, {"closure_to_sentinel": {"Solution provided": "TruePositive/SuspiciousActivity"}}
-    ) == [
-        "[closure_to_sentinel]: needs a '* = Classification[/Reason]' row for every other close code",
-    ]
+def test_closure_to_sentinel_without_star_row_defaults_to_undetermined(tmp_path: Path) -> None:
+    # Close codes are an open, instance-defined set: a user lists the ones they use (issue #13).
+    config = load(tmp_path, {"closure_to_sentinel": {"Solution provided": "TruePositive/SuspiciousActivity"}})
+    maps = config.mappings
+    assert maps.closure_to_sentinel == {
+        "Solution provided": ("TruePositive", "SuspiciousActivity"),
+        "*": ("Undetermined", None),
+    }
+    assert maps.closure_for_sentinel("Solved (Permanently)") == ("Undetermined", None)
+    assert not maps.closure_catch_all_written
+    assert maps.closure_falls_back("Solved (Permanently)")
+    assert not maps.closure_falls_back("Solution provided")
+    assert config.warnings == ()
+
+
+def test_closure_to_sentinel_written_star_row_is_the_users_choice(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, {"closure_to_sentinel": {"Solution provided": "TruePositive/SuspiciousActivity",
+                                           "*": "BenignPositive/SuspiciousButExpected"}}
+    )  # fmt: skip
+    maps = config.mappings
+    assert maps.closure_catch_all_written
+    assert maps.closure_for_sentinel("Anything") == ("BenignPositive", "SuspiciousButExpected")
+    assert not maps.closure_falls_back("Anything")
+
+
+def test_default_closure_map_reports_codes_it_does_not_list(tmp_path: Path) -> None:
+    maps = load(tmp_path).mappings
+    assert not maps.closure_catch_all_written
+    assert not maps.closure_falls_back("Resolved by caller")
+    assert maps.closure_falls_back("Solved (Permanently)")
+    assert maps.closure_for_sentinel("Solved (Permanently)") == ("Undetermined", None)
 
 
 def test_closure_to_sentinel_section_replaces_default(tmp_path: Path) -> None:
@@ -872,7 +898,6 @@ def test_several_problems_at_once(tmp_path: Path) -> None:
         "[workspace:soc-eu] servicenow: no [servicenow:eu] section (defined: default)",
         "[closure_to_sentinel] Solution provided: TruePositive needs a reason,"
         " e.g. TruePositive/SuspiciousActivity",
-        "[closure_to_sentinel]: needs a '* = Classification[/Reason]' row for every other close code",
     ]
     assert str(ConfigError(found)).count("\n") == len(found) - 1
 

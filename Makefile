@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck emulators demo bench soak clean
+.PHONY: install tools test lint typecheck emulators demo bench soak clean
 
 install: $(STAMP)
 
@@ -14,7 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# Programs the tests run (PROBE=DEBIAN_PACKAGE): `make tools` installs the missing ones.
+OS_TOOLS := \
+	promtool=prometheus \
+	rsyslogd=rsyslog \
+	'/usr/lib/*/rsyslog/lmnsd_gtls.so=rsyslog-gnutls' \
+	systemd-analyze=systemd
+
+tools:
+	@.ci/os-tools $(OS_TOOLS)
+
+test: $(STAMP) tools
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -p no:cacheprovider -m "not soak"
 
 demo: $(STAMP)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import re
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -126,9 +127,15 @@ class _MsalHttp:
 
 class _CachedBearer:
     """A bearer token cached until ``refresh_margin`` seconds before expiry and fetched by one
-    caller at a time (single flight); subclasses say how a new one is obtained."""
+    caller at a time (single flight); subclasses say how a new one is obtained.
+
+    ``token_requests`` counts the requests for a new token, ``token_failures`` those of them that
+    raised (the metrics report both).
+    """
 
     refresh_margin: float
+    token_requests: int
+    token_failures: int
     _clock: Callable[[], float]
     _token: _Token | None
     _lock: asyncio.Lock
@@ -152,6 +159,16 @@ class _CachedBearer:
 
     async def _obtain(self) -> _Token:
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count one token request, and a failure when it raises (a cancellation is neither)."""
+        self.token_requests += 1
+        try:
+            yield
+        except Exception:
+            self.token_failures += 1
+            raise
 
 
 class EntraAuth(_CachedBearer):
@@ -191,6 +208,7 @@ class EntraAuth(_CachedBearer):
         self.timeout = timeout
         self.refresh_margin = refresh_margin
         self.token_requests = 0
+        self.token_failures = 0
         self._clock = clock
         self._credential: str | dict[str, str]
         if client_secret is not None:
@@ -206,14 +224,14 @@ class EntraAuth(_CachedBearer):
         self._lock = asyncio.Lock()
 
     async def _obtain(self) -> _Token:
-        return await asyncio.to_thread(self._acquire)  # msal is synchronous
+        with self._counted():  # an authority that cannot be discovered fails the request too
+            return await asyncio.to_thread(self._acquire)  # msal is synchronous
 
     def _acquire(self) -> _Token:
         """Runs in a worker thread: a new token from Entra, bypassing msal's cache."""
         app = self._msal_app()
         # Our cache decides when to refresh, so msal's own (wall-clock) cache must not answer.
         app.remove_tokens_for_client()
-        self.token_requests += 1
         started = self._clock()
         try:
             result = app.acquire_token_for_client(scopes=[self.scope])
@@ -377,6 +395,7 @@ class ServiceNowOAuth(_CachedBearer):
         self.username = username
         self.refresh_margin = refresh_margin
         self.token_requests = 0
+        self.token_failures = 0
         self._client_secret = client_secret
         self._password = password
         self._ca_bundle = ca_bundle
@@ -400,9 +419,12 @@ class ServiceNowOAuth(_CachedBearer):
         )
 
     async def _grant(self, form: dict[str, str]) -> _Token:
+        with self._counted():
+            return await self._request_token(form)
+
+    async def _request_token(self, form: dict[str, str]) -> _Token:
         data = {**form, "client_id": self.client_id, "client_secret": self._client_secret}
         started = self._clock()
-        self.token_requests += 1
         try:
             if self._http is not None:
                 body = await self._post(self._http, data)

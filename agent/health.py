@@ -23,10 +23,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from agent.auth import ServiceNowOAuth
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.log import log
-from agent.metrics import AgentMetrics, HttpSource
+from agent.metrics import AgentMetrics, HttpSource, TokenSource
 from agent.runtime import Runtime
 
 
@@ -79,7 +80,7 @@ class Operations:
         }
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(
-            self.registry, enabled, http=self._http_sources, token_requests=self._token_requests
+            self.registry, enabled, http=self._http_sources, tokens=self._token_sources
         )
         self.readiness = Readiness(list(enabled), config.agent.poll_interval)
         self.started = time.monotonic()
@@ -92,8 +93,12 @@ class Operations:
         for name, http in self.rt.snow_http.items():
             yield HttpSource("servicenow", name, http)
 
-    def _token_requests(self) -> dict[str, int]:
-        return {name: auth.token_requests for name, auth in self.rt.entra.items()}
+    def _token_sources(self) -> Iterator[TokenSource]:
+        for name, entra in self.rt.entra.items():
+            yield TokenSource("entra", name, entra.token_requests, entra.token_failures)
+        for name, http in self.rt.snow_http.items():
+            if isinstance(http.auth, ServiceNowOAuth):
+                yield TokenSource("servicenow", name, http.auth.token_requests, http.auth.token_failures)
 
     def app(self) -> web.Application:
         """The aiohttp application (``/metrics``, ``/healthz``, ``/readyz``)."""

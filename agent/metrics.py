@@ -6,7 +6,8 @@ The engine knows nothing of Prometheus. The numbers come from three places:
   and the log line an operator reads can never disagree): cycles and their duration, writes,
   comments, conflicts, incident failures, unmapped values, safety valves;
 * the HTTP clients' counters, read at scrape time: requests by status, retries, 429s, token
-  refreshes, and the ARM ``x-ms-ratelimit-remaining-*`` headers (REFERENCE A.11);
+  refreshes, and the ARM ``x-ms-ratelimit-remaining-*`` headers (REFERENCE A.11); and the token
+  providers' requests and failures (Entra ID, ServiceNow OAuth);
 * the shadow, read at scrape time (:meth:`AgentMetrics.refresh`): links, open links, failing
   incidents and the watermark lag per workspace.
 
@@ -70,7 +71,10 @@ METRICS: Mapping[str, str] = {
     f"{PREFIX}_http_retries_total": "counter {system, client}: requests retried after a transient failure",
     f"{PREFIX}_http_throttled_total": "counter {system, client}: HTTP 429 answers",
     f"{PREFIX}_http_auth_refreshes_total": "counter {system, client}: tokens refreshed after a 401",
-    f"{PREFIX}_token_requests_total": "counter {client}: Entra ID token requests",
+    f"{PREFIX}_token_requests_total": (
+        "counter {system=entra|servicenow, client, result=ok|failed}: "
+        "token requests (Entra ID, ServiceNow OAuth)"
+    ),
     f"{PREFIX}_arm_ratelimit_remaining": "gauge {client, bucket}: last x-ms-ratelimit-remaining-* from ARM",
 }
 """Every metric the agent exports (besides the standard ``process_*``/``python_*``), with its help."""
@@ -87,6 +91,17 @@ class HttpSource:
     http: HttpClient
 
 
+@dataclass(frozen=True)
+class TokenSource:
+    """One token provider to report: ``system`` (entra/servicenow), ``client`` (app/instance name)
+    and its counts so far."""
+
+    system: str
+    client: str
+    requests: int
+    failures: int
+
+
 class AgentMetrics:
     """The agent's metrics on ``registry``; feed it log records with :meth:`observe`.
 
@@ -100,7 +115,7 @@ class AgentMetrics:
         workspaces: Mapping[str, str],
         *,
         http: Callable[[], Iterable[HttpSource]] = tuple,
-        token_requests: Callable[[], Mapping[str, int]] = dict,
+        tokens: Callable[[], Iterable[TokenSource]] = tuple,
         clock: Callable[[], float] = time.time,
         process: bool = True,
     ) -> None:
@@ -156,7 +171,7 @@ class AgentMetrics:
                 self.failures.labels(name, kind)
         self.shadow_view = _ShadowView()
         registry.register(self.shadow_view)
-        registry.register(_HttpCollector(http, token_requests))
+        registry.register(_HttpCollector(http, tokens))
         if process:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -245,7 +260,7 @@ class _HttpCollector:
     """The HTTP clients' own counters, read when Prometheus scrapes."""
 
     def __init__(
-        self, sources: Callable[[], Iterable[HttpSource]], tokens: Callable[[], Mapping[str, int]]
+        self, sources: Callable[[], Iterable[HttpSource]], tokens: Callable[[], Iterable[TokenSource]]
     ) -> None:
         self._sources = sources
         self._tokens = tokens
@@ -275,8 +290,9 @@ class _HttpCollector:
             for bucket, left in sorted(src.http.ratelimit_remaining.items()):
                 remaining.add_metric([src.client, bucket], left)
         tokens = CounterMetricFamily(
-            f"{PREFIX}_token_requests", _help("token_requests_total"), labels=["client"]
+            f"{PREFIX}_token_requests", _help("token_requests_total"), labels=[*labels, "result"]
         )
-        for client, count in sorted(self._tokens().items()):
-            tokens.add_metric([client], count)
+        for tok in self._tokens():
+            tokens.add_metric([tok.system, tok.client, "ok"], tok.requests - tok.failures)
+            tokens.add_metric([tok.system, tok.client, "failed"], tok.failures)
         yield from (requests, retries, throttled, refreshes, remaining, tokens)

@@ -139,7 +139,7 @@ async def test_entra_token_is_cached_and_valid_for_arm(env: Env) -> None:
     finally:
         await auth.close()
     assert first == second
-    assert env.token_calls() == 1 and auth.token_requests == 1
+    assert env.token_calls() == 1 and auth.token_requests == 1 and auth.token_failures == 0
     issued, problem = env.tokens.check(first, ARM)
     assert problem == "" and issued is not None and issued.client_id == CLIENT_ID
 
@@ -227,6 +227,7 @@ async def test_entra_wrong_secret_is_an_auth_error_without_the_secret(
         await auth.close()
     err = info.value
     assert err.system == "entra" and err.code == "AADSTS7000215"
+    assert auth.token_requests == 1 and auth.token_failures == 1
     assert str(err).startswith("entra: invalid_client: AADSTS7000215: Invalid client secret provided.")
     assert "Trace ID" not in str(err) and "\n" not in str(err)
     assert wrong not in str(err) and wrong not in repr(records)
@@ -257,6 +258,7 @@ async def test_entra_unknown_tenant_is_an_auth_error(env: Env) -> None:
     finally:
         await auth.close()
     assert info.value.system == "entra" and SECRET not in str(info.value)
+    assert auth.token_requests == 1 and auth.token_failures == 1  # discovery failed: no token
 
 
 async def test_entra_server_error_is_transient(env: Env) -> None:
@@ -355,6 +357,7 @@ async def test_snow_oauth_falls_back_to_password_when_refresh_fails(
     _, problem = env.tokens.check(token, env.snow.audience)
     assert problem == ""
     assert any(r["event"] == "snow_oauth_refresh_failed" for r in records)
+    assert auth.token_requests == 3 and auth.token_failures == 1  # password, refused refresh, password
     assert [r["grant"] for r in records if r["event"] == "snow_oauth_token"] == ["password", "password"]
 
 
@@ -364,6 +367,7 @@ async def test_snow_oauth_bad_password(env: Env, records: list[dict[str, Any]]) 
     with pytest.raises(AuthError) as info:
         await auth.header()
     assert info.value.system == "servicenow" and info.value.code == "server_error"
+    assert auth.token_requests == 1 and auth.token_failures == 1
     assert "access_denied" in str(info.value)
     text = str(info.value) + repr(records)
     for secret in (wrong, SNOW_CLIENT_SECRET):

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.engine import CycleOptions, run_workspaces
-from agent.errors import ConfigError
+from agent.errors import AuthError, ConfigError
 from agent.health import Operations, Readiness, operations
 from agent.log import log
 from agent.metrics import METRICS, AgentMetrics
@@ -111,7 +111,8 @@ async def test_cycle_writes_links_and_http_counters(agent: Agent) -> None:
     sent = sum(1 for c in calls if c.system == "sentinel")
     assert total(s, f"{P}_http_requests_total", system="sentinel") == sent
     assert value(s, f"{P}_http_requests_total", system="servicenow", client="default", status="201") == 3
-    assert value(s, f"{P}_token_requests_total", client="default") == 1
+    assert value(s, f"{P}_token_requests_total", system="entra", client="default", result="ok") == 1
+    assert value(s, f"{P}_token_requests_total", system="entra", client="default", result="failed") == 0
     remaining = {dict(ls)["bucket"] for (n, ls) in s if n == f"{P}_arm_ratelimit_remaining"}
     assert {"subscription-reads", "subscription-writes"} <= remaining
     assert value(s, f"{P}_http_throttled_total", system="sentinel", client="default") == 0
@@ -136,6 +137,37 @@ async def test_throttling_conflicts_and_failures_are_counted(agent: Agent) -> No
     assert value(s, f"{P}_incident_failures_total", workspace="soc", kind="permanent") == 1
     assert value(s, f"{P}_failing_incidents", workspace="soc") == 1
     assert value(s, f"{P}_cycles_total", workspace="soc", result="ok") == 2
+
+
+async def test_token_requests_by_system_and_result(env: Env) -> None:
+    env.rewrite(
+        {
+            "agent": {"overlap": "0s", "metrics_listen": "127.0.0.1:0"},
+            "servicenow": {
+                "auth": "oauth",
+                "client_id": env.stack.snow_client_id,
+                "client_secret_file": f"{env.config_path.stem}.snow-client-secret",
+            },
+        }
+    )
+    env.ws().create_incident(title="t", labels=["snow"])
+    tokens = f"{P}_token_requests_total"
+    async with Runtime(env.config, retry=FAST) as rt, operations(env.config, rt) as ops:
+        assert ops is not None
+        results = await run_workspaces(rt.syncs(), CycleOptions())
+        assert not isinstance(results["soc"], BaseException), results
+        s = parse((await get(ops.url + "/metrics"))[1])
+    for system in ("entra", "servicenow"):
+        assert value(s, tokens, system=system, client="default", result="ok") == 1, system
+        assert value(s, tokens, system=system, client="default", result="failed") == 0, system
+    env.stack.entra.expire_secret(env.stack.client_id)
+    async with Runtime(env.config, retry=FAST) as rt, operations(env.config, rt) as ops:
+        assert ops is not None
+        results = await run_workspaces(rt.syncs(), CycleOptions())
+        assert isinstance(results["soc"], AuthError), results
+        s = parse((await get(ops.url + "/metrics"))[1])
+    assert value(s, tokens, system="entra", client="default", result="failed") == 1
+    assert value(s, tokens, system="entra", client="default", result="ok") == 0
 
 
 async def test_readiness_window_is_twice_the_poll_interval() -> None:

@@ -249,7 +249,10 @@ class ServiceNowInstance:
 
 @dataclass(frozen=True)
 class Workspace:
-    """``[workspace:NAME]``: one Sentinel workspace. ``enabled=False`` freezes it entirely."""
+    """``[workspace:NAME]``: one Sentinel workspace. ``enabled=False`` freezes it entirely.
+
+    ``incident_filter``: the label names an incident must carry one of (empty: every incident).
+    """
 
     name: str
     subscription_id: str
@@ -258,7 +261,7 @@ class Workspace:
     oauth: str
     servicenow: str
     enabled: bool
-    incident_filter: str
+    incident_filter: tuple[str, ...]
     max_age_days: int
     caller_id: str | None
     assignment_group: str | None
@@ -485,6 +488,11 @@ def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
 
 def _text(text: str) -> str:
     return text
+
+
+def _labels(text: str) -> tuple[str, ...]:
+    """Comma-separated Sentinel label names (case-sensitive), each once."""
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
 def _did_you_mean(word: str, candidates: Iterable[str], fmt: str = "{}") -> str:
@@ -825,7 +833,7 @@ def _read_workspace(sec: _Section, name: str, oauth: Iterable[str], servicenow: 
         oauth=sec.get("oauth", _text, "default"),
         servicenow=sec.get("servicenow", _text, "default"),
         enabled=sec.get("enabled", _boolean, True),
-        incident_filter=sec.get("incident_filter", _text, ""),
+        incident_filter=sec.get("incident_filter", _labels, ()),
         max_age_days=sec.get("max_age_days", _integer(1, 3650), 30),
         caller_id=sec.optional("caller_id", _text),
         assignment_group=sec.optional("assignment_group", _text),

@@ -263,7 +263,7 @@ class WorkspaceSync:
         incidents: dict[str, SentinelIncident] = {}
         async for inc in self.sentinel.list_incidents(
             modified_since=None if sweeping else s_since,
-            label=self.ws.incident_filter or None,
+            labels=self.ws.incident_filter,
             page_size=self.config.agent.page_size,
         ):
             incidents[inc.name] = inc
@@ -632,12 +632,17 @@ class WorkspaceSync:
         Only incidents changed since the last complete cycle qualify, so the ones re-listed in the
         overlap window cost no look-up on an idle cycle.
         """
-        if self.ws.incident_filter and self.ws.incident_filter not in inc.labels:
+        if not self._selected(inc):
             return False
         return watermark is None or inc.modified > watermark
 
+    def _selected(self, inc: SentinelIncident) -> bool:
+        """Whether the incident carries one of the workspace's ``incident_filter`` labels."""
+        wanted = self.ws.incident_filter
+        return not wanted or any(label in inc.labels for label in wanted)
+
     def _wants_create(self, inc: SentinelIncident, max_age: datetime, since: datetime | None) -> bool:
-        if self.ws.incident_filter and self.ws.incident_filter not in inc.labels:
+        if not self._selected(inc):
             return False
         if inc.status == "Closed":
             return False

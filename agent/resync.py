@@ -110,8 +110,8 @@ async def _resync(
         report = WorkspaceReport(sync.ws.name, sync.inst.name)
         reports.append(report)
         records = [r async for r in sync.snow.list_records(sync._scope(), sync.snow_fields)]
-        label = sync.ws.incident_filter or None
-        incidents = {i.name.lower(): i async for i in sync.sentinel.list_incidents(label=label)}
+        labels = sync.ws.incident_filter
+        incidents = {i.name.lower(): i async for i in sync.sentinel.list_incidents(labels=labels)}
         report.records, report.incidents = len(records), len(incidents)
         todo = [r for r in records if (sync.inst.name, r.sys_id) not in placed]
         matches, handled = await _match(sync, shadow, todo, incidents, report)

@@ -1,7 +1,8 @@
 """Typed client for the Microsoft Sentinel incidents API (ARM, REFERENCE A). No sync logic.
 
-* Listing uses a server-side ``$filter`` and follows ``nextLink`` verbatim (A.7), bounded in
-  pages; an incident seen twice in one listing (modified while it ran) is returned once.
+* Listing uses a server-side ``$filter`` (the label lambda first, E.1) and follows ``nextLink``
+  verbatim (A.7), bounded in pages; an incident seen twice in one listing (modified while it
+  ran) is returned once. Several labels are one listing each, merged here.
 * Updates are full-object PUTs built from the freshest copy of the incident plus the changes,
   with the etag in the body (A.5): nothing writable is ever dropped, and a stale etag comes
   back as :class:`~agent.errors.Conflict` for the caller to re-read and re-plan.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -124,39 +125,35 @@ class SentinelClient:
         *,
         modified_since: datetime | None = None,
         created_since: datetime | None = None,
-        label: str | None = None,
+        labels: Sequence[str] = (),
         page_size: int = 200,
     ) -> AsyncIterator[SentinelIncident]:
         """Incidents matching the filters, oldest modification first, each once.
 
-        ``modified_since``/``created_since`` are inclusive (``ge``); ``label`` matches a label
-        name exactly (case-sensitive, A.7).
+        ``modified_since``/``created_since`` are inclusive (``ge``). ``labels``: incidents that
+        carry any of these label names (exact, case-sensitive, A.7); one listing per label,
+        merged here, since Sentinel refuses an ``or`` inside the lambda (REFERENCE E.1).
         """
         if not 0 < page_size <= MAX_TOP:
             raise ValueError(f"page_size must be 1..{MAX_TOP}")
-        filters = []
-        if modified_since is not None:
-            filters.append(f"properties/lastModifiedTimeUtc ge {_odata_time(modified_since)}")
-        if created_since is not None:
-            filters.append(f"properties/createdTimeUtc ge {_odata_time(created_since)}")
-        if label:
-            filters.append(f"properties/labels/any(l: l/labelName eq {odata_string(label)})")
-        params = self._params()
-        params["$orderby"] = "properties/lastModifiedTimeUtc asc"
-        params["$top"] = page_size
-        if filters:
-            params["$filter"] = " and ".join(filters)
         seen: set[str] = set()
-        async for raw in self._pages(f"{self.base_url}/incidents", params):
-            try:
-                incident = parse_incident(raw)
-            except PermanentError as exc:
-                self.skipped += 1
-                log.warning("sentinel_incident_skipped", error=str(exc))
-                continue
-            if incident.name.lower() not in seen:
-                seen.add(incident.name.lower())
-                yield incident
+        for label in dict.fromkeys(labels) or (None,):
+            params = self._params()
+            params["$orderby"] = "properties/lastModifiedTimeUtc asc"
+            params["$top"] = page_size
+            flt = incident_filter(label=label, modified_since=modified_since, created_since=created_since)
+            if flt:
+                params["$filter"] = flt
+            async for raw in self._pages(f"{self.base_url}/incidents", params):
+                try:
+                    incident = parse_incident(raw)
+                except PermanentError as exc:
+                    self.skipped += 1
+                    log.warning("sentinel_incident_skipped", error=str(exc))
+                    continue
+                if incident.name.lower() not in seen:
+                    seen.add(incident.name.lower())
+                    yield incident
 
     async def get_incident(self, name: str) -> SentinelIncident:
         """One incident; :class:`~agent.errors.NotFound` if it does not exist."""
@@ -310,6 +307,30 @@ class SentinelClient:
 
 
 # --- request bodies -------------------------------------------------------------------------
+
+
+def incident_filter(
+    *,
+    label: str | None = None,
+    modified_since: datetime | None = None,
+    created_since: datetime | None = None,
+) -> str | None:
+    """The ``$filter`` of an incident listing; None when nothing is filtered.
+
+    Sentinel's filter engine only understands a lambda as the first operand of the top-level
+    ``and``: anywhere else it answers 400 "OData query syntax error", and older api-versions an
+    empty list (REFERENCE E.1; azure-rest-api-specs issues #26569 and #15391). So the label
+    lambda always comes first, every other clause after it.
+    """
+    clauses = []
+    if label:
+        clauses.append(f"properties/labels/any(l: l/labelName eq {odata_string(label)})")
+    if modified_since is not None:
+        clauses.append(f"properties/lastModifiedTimeUtc ge {_odata_time(modified_since)}")
+    if created_since is not None:
+        clauses.append(f"properties/createdTimeUtc ge {_odata_time(created_since)}")
+    return " and ".join(clauses) or None
+
 
 
 def build_put_body(current: SentinelIncident, changes: Mapping[str, Any]) -> dict[str, Any]:

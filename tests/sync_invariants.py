@@ -156,9 +156,8 @@ class Checker:
         for inc_name, inc in self.stack.workspaces[name].incidents.items():
             p = inc["properties"]
             labels = [lbl.get("labelName") for lbl in p.get("labels") or []]
-            wanted = (not ws_cfg.incident_filter or ws_cfg.incident_filter in labels) and p.get(
-                "status"
-            ) != "Closed"
+            selected = not ws_cfg.incident_filter or any(x in labels for x in ws_cfg.incident_filter)
+            wanted = selected and p.get("status") != "Closed"
             if wanted and parse_arm_time(p["createdTimeUtc"]) >= oldest and inc_name not in links:
                 found.add(f"[{name}] open labelled incident {inc_name} is not linked")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,13 @@ from agent.emulators.stack import EmulatorStack
 from agent.errors import Conflict, Forbidden, NotFound, PermanentError
 from agent.http import HttpClient
 from agent.log import log
-from agent.models import Owner, parse_arm_time
+from agent.models import Owner, format_arm_time, parse_arm_time
 from agent.retry import RetryPolicy
 from agent.sentinel import (
     WRITABLE,
     SentinelClient,
     build_put_body,
+    incident_filter,
     odata_string,
     parse_alert,
     parse_comment,
@@ -103,7 +104,7 @@ async def test_list_pages_follow_next_link_without_gaps(env: Env) -> None:
     for i in range(3):
         env.ws.create_incident(title=f"unlabelled {i}", labels=["other"])
     mark = env.stack.recorder.mark()
-    got = [i async for i in env.client.list_incidents(label="snow", page_size=5)]
+    got = [i async for i in env.client.list_incidents(labels=["snow"], page_size=5)]
     assert {i.name for i in got} == wanted and len(got) == 23
     assert [i.modified for i in got] == sorted(i.modified for i in got)
     lists = [c for c in env.calls(mark, "sentinel") if c[0] == "incidents.list"]
@@ -137,16 +138,64 @@ async def test_label_quotes_cannot_change_the_filter(env: Env) -> None:
     high = [
         env.ws.create_incident(title=f"high {i}", severity="High", labels=["snow"])["name"] for i in range(3)
     ]
-    assert [i.name async for i in env.client.list_incidents(label="it's")] == [quoted]
+    assert [i.name async for i in env.client.list_incidents(labels=["it's"])] == [quoted]
 
     evil = "nomatch') or properties/severity eq ('High"
-    assert [i async for i in env.client.list_incidents(label=evil)] == []
-    # Unescaped, the same label closes the literal early and matches every High incident.
+    assert [i async for i in env.client.list_incidents(labels=[evil])] == []
+    # Unescaped, the same label closes the literal early: on a lenient OData service it would
+    # match every High incident; Sentinel refuses the lambda that is no longer first (E.1).
     raw = f"properties/labels/any(l: l/labelName eq '{evil}')"
+    with pytest.raises(PermanentError, match="OData query syntax error"):
+        await env.http.request(
+            "GET", env.client.base_url + "/incidents", params={"api-version": API_VERSION, "$filter": raw}
+        )
+    env.stack.sentinel.strict = False
     resp = await env.http.request(
         "GET", env.client.base_url + "/incidents", params={"api-version": API_VERSION, "$filter": raw}
     )
     assert {i["name"] for i in resp.body["value"]} == set(high)
+
+
+async def test_e1_lambda_must_come_first(env: Env) -> None:
+    """REFERENCE E.1: the filter the agent used to send fails against Sentinel; the new one works."""
+    labelled = env.ws.create_incident(title="labelled", labels=["snow"])["name"]
+    env.ws.create_incident(title="other", labels=["other"])
+    since = at(env) - timedelta(minutes=5)
+    old = (
+        f"properties/lastModifiedTimeUtc ge {format_arm_time(since)}"
+        " and properties/labels/any(l: l/labelName eq 'snow')"
+    )
+    with pytest.raises(PermanentError, match=r"400.*OData query syntax error"):
+        await env.http.request(
+            "GET", env.client.base_url + "/incidents", params={"api-version": API_VERSION, "$filter": old}
+        )
+    new = incident_filter(label="snow", modified_since=since, created_since=since)
+    assert new == (
+        "properties/labels/any(l: l/labelName eq 'snow')"
+        f" and properties/lastModifiedTimeUtc ge {format_arm_time(since)}"
+        f" and properties/createdTimeUtc ge {format_arm_time(since)}"
+    )
+    mark = env.stack.recorder.mark()
+    got = [i.name async for i in env.client.list_incidents(labels=["snow"], modified_since=since)]
+    assert got == [labelled]
+    assert env.calls(mark, "sentinel") == [("incidents.list", 200)]
+
+
+async def test_e1_several_labels_are_one_listing_each_merged(env: Env) -> None:
+    """Never ``or`` inside the lambda (500 on Sentinel, E.1): one listing per label."""
+    snow = env.ws.create_incident(title="snow", labels=["snow"])["name"]
+    both = env.ws.create_incident(title="both", labels=["snow", "soc"])["name"]
+    soc = env.ws.create_incident(title="soc", labels=["soc"])["name"]
+    env.ws.create_incident(title="neither", labels=["other"])
+    mark = env.stack.recorder.mark()
+    got = [i.name async for i in env.client.list_incidents(labels=["snow", "soc", "snow"])]
+    assert sorted(got) == sorted([snow, both, soc])
+    assert env.calls(mark, "sentinel") == [("incidents.list", 200)] * 2
+    sent = [c.query.get("$filter") for c in env.stack.recorder.since(mark) if c.system == "sentinel"]
+    assert sent == [
+        "properties/labels/any(l: l/labelName eq 'snow')",
+        "properties/labels/any(l: l/labelName eq 'soc')",
+    ]
 
 
 def test_odata_string() -> None:

@@ -100,8 +100,8 @@ def test_example_ini_loads_and_documents_every_key(monkeypatch: pytest.MonkeyPat
     assert (snow.auth, snow.caller_id, snow.unique_key) == ("basic", "svc_sentinel_sync", "correlation_id")
     assert config.servicenow["us"].auth == "oauth"
     eu, us = config.workspaces["soc-eu"], config.workspaces["soc-us"]
-    assert (eu.incident_filter, eu.assignment_group, eu.enabled) == ("snow", "SOC Tier 1", True)
-    assert (us.servicenow, us.enabled, us.incident_filter) == ("us", False, "")
+    assert (eu.incident_filter, eu.assignment_group, eu.enabled) == (("snow",), "SOC Tier 1", True)
+    assert (us.servicenow, us.enabled, us.incident_filter) == ("us", False, ())
     assert config.servicenow_for("soc-us").instance_url == "https://example-us.service-now.com"
     # The example spells out the defaults; they must stay identical to the built-in ones.
     maps = config.mappings
@@ -188,7 +188,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
         "default",
         "default",
         True,
-        "",
+        (),
         30,
     )
     assert config.mappings.closure_to_sentinel == cfg.DEFAULT_CLOSURE_TO_SENTINEL
@@ -644,6 +644,11 @@ def test_determined_classification_without_reason(tmp_path: Path) -> None:
         "[closure_to_sentinel] Solution provided: FalsePositive needs a reason, e.g."
         " FalsePositive/InaccurateData or FalsePositive/IncorrectAlertLogic",
     ]
+
+
+def test_incident_filter_takes_several_labels(tmp_path: Path) -> None:
+    config = load(tmp_path, {"workspace:soc-eu": {"incident_filter": "snow, soc-escalate ,snow,, VIP"}})
+    assert config.workspaces["soc-eu"].incident_filter == ("snow", "soc-escalate", "VIP")
 
 
 def test_closure_to_sentinel_without_star_row_defaults_to_undetermined(tmp_path: Path) -> None:

@@ -497,6 +497,95 @@ async def test_invalid_filter_is_400_bad_request(h: SentinelHarness, flt: str) -
     assert reply.body["error"]["message"]
 
 
+# --- REFERENCE E.1: where a lambda may stand -------------------------------------------------
+
+SNOW_ANY = "properties/labels/any(l: l/labelName eq 'snow')"
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        f"{SNOW_ANY} and properties/severity eq 'High'",
+        f"{SNOW_ANY} and properties/severity eq 'High' and properties/status ne 'Closed'",
+        f"not {SNOW_ANY} and properties/severity eq 'High'",
+        f"{SNOW_ANY} and (properties/severity eq 'High' or properties/severity eq 'Low')",
+        SNOW_ANY,
+        "properties/labels/any()",
+    ],
+)
+async def test_e1_lambda_first_is_served(h: SentinelHarness, flt: str) -> None:
+    seed(h.ws, 8, h.clock)
+    reply = await h.call("GET", h.path("incidents"), params={"$filter": flt})
+    assert reply.status == 200, reply.body
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        # azure-rest-api-specs #26569 (api-version 2023-02-01), verbatim shapes
+        f"properties/severity eq 'High' and {SNOW_ANY}",
+        "(properties/labels/any(label: label/labelName eq 'test') or properties/severity eq 'High') and "
+        "(properties/labels/any(label: label/labelName eq 'test2') or properties/status eq 'Active')",
+        f"properties/lastModifiedTimeUtc ge 2026-12-01T10:00:00.0000000Z and {SNOW_ANY}",
+        f"{SNOW_ANY} or properties/severity eq 'High'",
+        f"{SNOW_ANY} and properties/labels/any(l: l/labelName eq 'soc')",
+        f"properties/status eq 'New' and not {SNOW_ANY}",
+    ],
+)
+async def test_e1_lambda_must_come_first(h: SentinelHarness, flt: str) -> None:
+    seed(h.ws, 8, h.clock)
+    reply = await h.call("GET", h.path("incidents"), params={"$filter": flt})
+    assert (reply.status, reply.body) == (
+        400,
+        {"error": {"code": "BadRequest", "message": "OData query syntax error"}},
+    )
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        "properties/labels/all(label: label/labelName eq 'test')",
+        "properties/labels/all(label: label/labelName ne 'test')",
+    ],
+)
+async def test_e1_all_is_refused(h: SentinelHarness, flt: str) -> None:
+    reply = await h.call("GET", h.path("incidents"), params={"$filter": flt})
+    assert (reply.status, reply.body["error"]["message"]) == (400, "OData query syntax error")
+
+
+async def test_e1_or_inside_the_lambda_is_a_server_error(h: SentinelHarness) -> None:
+    # azure-rest-api-specs #15391, filter 3: the lambda first, an ``or`` in its body
+    flt = (
+        "properties/additionalData/alertProductNames/any(i: i eq 'Azure Security Center' or i eq 'test2') "
+        "and properties/status eq 'New'"
+    )
+    reply = await h.call("GET", h.path("incidents"), params={"$filter": flt})
+    assert (reply.status, error_code(reply)) == (500, "InternalServerError")
+
+
+async def test_e1_lambda_last_on_an_older_api_version_lists_nothing(tls: TLSMaterial) -> None:
+    # azure-rest-api-specs #15391 (api-version 2020-01-01): 200 with an empty list, no error
+    async with SentinelHarness(tls) as h:
+        h.emu.api_versions.add("2020-01-01")
+        made = seed(h.ws, 8, h.clock)
+        flt = f"properties/status eq 'New' and {SNOW_ANY}"
+        reply = await h.call("GET", h.path("incidents"), params={"$filter": flt}, api_version="2020-01-01")
+        assert (reply.status, reply.body) == (200, {"value": []})
+        first = f"{SNOW_ANY} and properties/status eq 'New'"
+        reply = await h.call("GET", h.path("incidents"), params={"$filter": first}, api_version="2020-01-01")
+        expected = {m["name"] for k, m in enumerate(made) if k % 4 == 0 and k % 2 == 0}
+        assert {i["name"] for i in reply.body["value"]} == expected and expected
+
+
+async def test_e1_lenient_switch_is_for_experiments_only(tls: TLSMaterial) -> None:
+    async with SentinelHarness(tls, strict=False) as h:
+        seed(h.ws, 4, h.clock)
+        flt = f"properties/severity eq 'High' and {SNOW_ANY}"
+        reply = await h.call("GET", h.path("incidents"), params={"$filter": flt})
+        assert reply.status == 200
+    assert SentinelEmulator.__init__.__kwdefaults__["strict"] is True
+
+
 async def test_orderby_with_several_keys(h: SentinelHarness) -> None:
     made = seed(h.ws, 9, h.clock)
     items, _ = await h.list_all({"$orderby": "properties/severity asc, properties/createdTimeUtc desc"})

@@ -55,6 +55,23 @@ async def test_only_labelled_recent_open_incidents_are_created(env: Env) -> None
     assert [r["correlation_id"] for r in env.snow_records()] == [good["name"]]
 
 
+async def test_several_labels_select_incidents_with_any_of_them(env: Env) -> None:
+    env.rewrite({"workspace:soc": {"incident_filter": "snow, soc-escalate"}})
+    ws = env.ws()
+    picked = [
+        ws.create_incident(title="snow", labels=["snow"])["name"],
+        ws.create_incident(title="escalated", labels=["soc-escalate"])["name"],
+        ws.create_incident(title="both", labels=["soc-escalate", "snow"])["name"],
+    ]
+    ws.create_incident(title="neither", labels=["other"])
+    stats = await env.stats()
+    assert stats.created == 3 and stats.listed_sentinel == 3
+    assert sorted(r["correlation_id"] for r in env.snow_records()) == sorted(picked)
+    ws.analyst_update(picked[1], severity="High")
+    await env.stats()
+    assert env.snow_record(picked[1])["impact"] == "1"
+
+
 async def test_late_label_is_picked_up(env: Env) -> None:
     ws = env.ws()
     inc = ws.create_incident(title="unlabelled at first", labels=[])

@@ -102,7 +102,7 @@ class PollingSync(WorkspaceSync):
         new = [
             inc
             async for inc in self.sentinel.list_incidents(
-                created_since=since, label=self.ws.incident_filter or None
+                created_since=since, labels=self.ws.incident_filter
             )
         ]
         stats.listed_sentinel = len(new)

@@ -314,6 +314,7 @@ class Call:
     path: str
     status: int
     instance: str = ""  # which ServiceNow instance served it ("" for Entra and Sentinel)
+    query: dict[str, str] = field(default_factory=dict)  # decoded query (the last of a repeated key)
 
 
 @dataclass
@@ -371,9 +372,8 @@ def fault_and_record_middleware(
             await asyncio.sleep(latency)
         if status is not None:
             faults.count(status if body is None else -1)
-            recorder.add(
-                Call(system, request.method, route, request.path, status if status else 0, instance)
-            )
+            query = dict(request.query)
+            recorder.add(Call(system, request.method, route, request.path, status or 0, instance, query))
             if body is not None:
                 return web.Response(status=status, body=body, content_type="application/json")
             if status == 0:
@@ -385,9 +385,13 @@ def fault_and_record_middleware(
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            recorder.add(Call(system, request.method, route, request.path, exc.status, instance))
+            recorder.add(
+                Call(system, request.method, route, request.path, exc.status, instance, dict(request.query))
+            )
             raise
-        recorder.add(Call(system, request.method, route, request.path, response.status, instance))
+        recorder.add(
+            Call(system, request.method, route, request.path, response.status, instance, dict(request.query))
+        )
         return response
 
     return middleware

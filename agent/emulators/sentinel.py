@@ -19,7 +19,7 @@ import copy
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +45,7 @@ from agent.emulators.common import (
 from agent.emulators.odata import (
     Coll,
     Filter,
+    Node,
     Obj,
     ODataError,
     OrderKey,
@@ -141,6 +142,7 @@ _PROPERTY_ORDER = (
     "providerName", "providerIncidentId", "relatedAnalyticRuleIds", "additionalData",
 )  # fmt: skip
 _LIST_OPTIONS = ("$filter", "$orderby", "$top", "$skipToken")
+_INTERNAL_ERROR = "Encountered internal server error. Please try again."
 
 # The request being served, so the fault factory (which only gets status and Retry-After)
 # can name the subscription and actor in an injected 429, as ARM does (A.11).
@@ -593,6 +595,11 @@ class SentinelEmulator:
     as observed, A.5.4) or ``allow``. ``read_bucket``/``write_bucket``: ARM token buckets
     (capacity, refill per second) per subscription and principal; the per-subscription global
     bucket is 15 times larger (A.11). ``api_versions`` may be replaced to narrow the allow-list.
+
+    ``strict`` (the default, and the only mode tests and the demo use) reproduces the field
+    notes of REFERENCE E where the real service refuses what a naive client sends: a ``$filter``
+    lambda anywhere but first is 400 "OData query syntax error" (E.1). ``strict=False`` accepts
+    any valid OData filter, for experiments only.
     """
 
     def __init__(
@@ -609,6 +616,7 @@ class SentinelEmulator:
         max_top: int = 1000,
         read_bucket: tuple[int, float] = (250, 25.0),
         write_bucket: tuple[int, float] = (200, 10.0),
+        strict: bool = True,
     ) -> None:
         if missing_etag not in ("reject_409", "allow"):
             raise ValueError("missing_etag must be 'reject_409' or 'allow'")
@@ -626,6 +634,7 @@ class SentinelEmulator:
         self.max_top = max_top
         self.read_bucket = read_bucket
         self.write_bucket = write_bucket
+        self.strict = strict
         self.api_versions: set[str] = set(API_VERSIONS)
         self._workspaces: dict[tuple[str, str, str], SentinelWorkspace] = {}
         self._roles: dict[str, str] = {}
@@ -884,8 +893,7 @@ class SentinelEmulator:
             message = "The server is currently unable to handle the request. Please try again later."
             return json_response(_cloud_error("ServiceUnavailable", message), 503)
         if status == 500:
-            message = "Encountered internal server error. Please try again."
-            return json_response(_cloud_error("InternalServerError", message), 500)
+            return json_response(_cloud_error("InternalServerError", _INTERNAL_ERROR), 500)
         return json_response(_cloud_error("Error", f"Injected HTTP {status}."), status)
 
     # -- request helpers
@@ -1147,6 +1155,13 @@ class SentinelEmulator:
             raise _bad_request(f"Invalid OData query: {exc}.") from None
         top = _parse_top(query.get("$top"), self.default_top, max_top)
         offset = _decode_skip_token(query.get("$skipToken"))
+        problem = _lambda_problem(flt.expr) if flt is not None and self.strict else None
+        if problem == "misplaced" and ctx.api_version < _LAMBDA_ERROR_SINCE:
+            return json_response({"value": []})
+        if problem in ("all", "misplaced"):
+            raise _bad_request("OData query syntax error")
+        if problem == "or_in_lambda":
+            raise _ArmError(500, "InternalServerError", _INTERNAL_ERROR)
         if flt is not None:
             # A.2/A.7: the real service returns nothing when filtering on the name.
             items = [] if flt.references("name") else [i for i in items if flt(i)]
@@ -1194,6 +1209,44 @@ def _validate_labels(labels: Any) -> list[dict[str, str]]:
             raise _bad_request("Every label must be an object with a non-empty 'labelName'.")
         out.append(_label(name))
     return out
+
+
+# E.1: the first api-version the misplaced-lambda 400 was reported on (#26569); older ones (#15391,
+# 2020-01-01) answered 200 with an empty list instead.
+_LAMBDA_ERROR_SINCE = "2023-02-01"
+
+
+def _lambda_problem(expr: Node) -> str | None:
+    """What Sentinel's filter engine makes of the lambdas in ``expr`` (REFERENCE E.1).
+
+    ``"all"`` (400), ``"misplaced"`` (400: a lambda anywhere but the first operand of the
+    top-level ``and``, a ``not`` around it allowed), ``"or_in_lambda"`` (500), or None.
+    """
+    nodes = list(_walk(expr))
+    if any(n.op == "all" for n in nodes):
+        return "all"
+    head = _and_operands(expr)[0]
+    if head.op == "not":
+        head = head.args[0]
+    allowed = head if head.op == "any" else None
+    if any(n.op == "any" and n is not allowed for n in nodes):
+        return "misplaced"
+    for n in nodes:
+        if n.op == "any" and len(n.args) == 2 and any(b.op == "or" for b in _walk(n.args[1])):
+            return "or_in_lambda"
+    return None
+
+
+def _walk(node: Node) -> Iterator[Node]:
+    yield node
+    for arg in node.args:
+        yield from _walk(arg)
+
+
+def _and_operands(node: Node) -> list[Node]:
+    if node.op == "and":
+        return _and_operands(node.args[0]) + _and_operands(node.args[1])
+    return [node]
 
 
 def _parse_top(raw: str | None, default: int, maximum: int | None) -> int:

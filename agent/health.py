@@ -80,7 +80,11 @@ class Operations:
         }
         self.registry = CollectorRegistry()
         self.metrics = AgentMetrics(
-            self.registry, enabled, http=self._http_sources, tokens=self._token_sources
+            self.registry,
+            enabled,
+            poll_interval=config.agent.poll_interval,
+            http=self._http_sources,
+            tokens=self._token_sources,
         )
         self.readiness = Readiness(list(enabled), config.agent.poll_interval)
         self.started = time.monotonic()

@@ -30,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from agent import __version__
 from agent.http import HttpClient
 from agent.shadow import Shadow
+from agent.valves import CHECKS
 
 PREFIX = "sentinel_snow_sync"
 
@@ -51,6 +52,7 @@ COMMENT_EVENTS: Mapping[str, str] = {"comment_to_snow": "to_snow", "comment_to_s
 
 METRICS: Mapping[str, str] = {
     f"{PREFIX}_build_info": "gauge {version}: always 1",
+    f"{PREFIX}_poll_interval_seconds": "gauge: [agent] poll_interval (alert thresholds are multiples of it)",
     f"{PREFIX}_cycles_total": "counter {workspace, result=ok|failed}: workspace cycles",
     f"{PREFIX}_cycle_duration_seconds": "histogram {workspace}: duration of one workspace cycle",
     f"{PREFIX}_last_cycle_timestamp_seconds": "gauge {workspace}: when the last cycle ended (Unix time)",
@@ -106,7 +108,8 @@ class AgentMetrics:
     """The agent's metrics on ``registry``; feed it log records with :meth:`observe`.
 
     ``workspaces`` maps each enabled workspace to its ServiceNow instance; their series start
-    at zero so ``rate()`` and ``increase()`` work from the first scrape.
+    at zero so ``rate()`` and ``increase()`` work from the first scrape (a counter that first
+    appears at 1 hides that first increase from them).
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class AgentMetrics:
         registry: CollectorRegistry,
         workspaces: Mapping[str, str],
         *,
+        poll_interval: float,
         http: Callable[[], Iterable[HttpSource]] = tuple,
         tokens: Callable[[], Iterable[TokenSource]] = tuple,
         clock: Callable[[], float] = time.time,
@@ -123,6 +127,8 @@ class AgentMetrics:
         self._clock = clock
         build = Gauge(f"{PREFIX}_build_info", _help("build_info"), ["version"], registry=registry)
         build.labels(__version__).set(1)
+        interval = Gauge(f"{PREFIX}_poll_interval_seconds", _help("poll_interval_seconds"), registry=registry)
+        interval.set(poll_interval)
         ws = ["workspace"]
         self.cycles = Counter(f"{PREFIX}_cycles", _help("cycles_total"), [*ws, "result"], registry=registry)
         self.cycle_seconds = Histogram(
@@ -169,6 +175,8 @@ class AgentMetrics:
                 self.comments.labels(name, direction)
             for kind in ("transient", "permanent", "agent"):
                 self.failures.labels(name, kind)
+            for check in CHECKS:
+                self.valves.labels(name, check)
         self.shadow_view = _ShadowView()
         registry.register(self.shadow_view)
         registry.register(_HttpCollector(http, tokens))

@@ -35,6 +35,11 @@ EMPTY_LISTING_MIN_OPEN = 10
 CLOSE_MIN = 5
 """The close-ratio check ignores cycles that close fewer incidents than this."""
 
+EMPTY_LISTING = "empty_listing"
+MAX_CLOSE_RATIO = "max_close_ratio"
+CHECKS = (EMPTY_LISTING, MAX_CLOSE_RATIO)
+"""Every check's name, as a trip reports it (the metrics start a zero series for each)."""
+
 SENTINEL_CLOSED = "Closed"
 
 
@@ -51,7 +56,7 @@ def check_listing(
         return
     raise SafetyValveTripped(
         workspace,
-        "empty_listing",
+        EMPTY_LISTING,
         f"the full {side} listing returned 0 incidents while {open_links} linked incidents are open "
         f"(the check trips at {EMPTY_LISTING_MIN_OPEN} or more); check the incident filter, the "
         "account's permissions and the remote system before syncing",
@@ -76,7 +81,7 @@ def check_close_ratio(
     if ratio > max_ratio:
         raise SafetyValveTripped(
             workspace,
-            "max_close_ratio",
+            MAX_CLOSE_RATIO,
             f"this cycle would close {closing} of {open_links} open linked incidents "
             f"({ratio:.0%} > max_close_ratio {max_ratio:.0%})",
         )

@@ -9,6 +9,7 @@ from hypothesis import settings
 
 from agent.emulators.stack import EmulatorStack
 from tests.e2e import Env
+from tests.ops_run import OpsRun, capture
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", max_examples=200, deadline=None)
@@ -28,3 +29,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             extra={"agent": {"overlap": "0s", "max_concurrency": "4"}},
         )
         yield Env(stack, tmp_path, cfg, ["soc"])
+
+
+@pytest.fixture(scope="session")
+def ops_run(tmp_path_factory: pytest.TempPathFactory) -> OpsRun:
+    """One real ``run`` of the agent against the emulators, for the operations kit's tests."""
+    return capture(tmp_path_factory.mktemp("ops-run"))

@@ -94,6 +94,9 @@ async def test_cycle_writes_links_and_http_counters(agent: Agent) -> None:
     before = await agent.scrape()
     assert value(before, f"{P}_cycles_total", workspace="soc", result="ok") == 0
     assert value(before, f"{P}_writes_total", workspace="soc", system="servicenow", kind="create") == 0
+    assert value(before, f"{P}_poll_interval_seconds") == 60
+    for check in ("empty_listing", "max_close_ratio"):  # zero until a trip, so increase() sees the first
+        assert value(before, f"{P}_safety_valve_trips_total", workspace="soc", check=check) == 0
     await agent.cycle()
     s = await agent.scrape()
     assert value(s, f"{P}_build_info", version=__import__("agent").__version__) == 1
@@ -188,7 +191,7 @@ async def test_readiness_window_is_twice_the_poll_interval() -> None:
 
 async def test_every_exported_name_is_documented() -> None:
     registry = CollectorRegistry()
-    m = AgentMetrics(registry, {"soc": "default"}, process=False)
+    m = AgentMetrics(registry, {"soc": "default"}, poll_interval=60, process=False)
     m.observe({"event": "cycle_summary", "workspace": "soc", "ok": True, "duration_ms": 5})
     m.shadow_view.rows = [
         ("soc", "default", {"links": 1, "links_open": 1, "failing_incidents": 0, "lag:sentinel": 3})

@@ -1,13 +1,18 @@
-"""The systemd unit in contrib/: hardened, secrets by LoadCredential, and consistent with the CLI."""
+"""The systemd unit in contrib/: hardened, secrets by LoadCredential, consistent with the CLI,
+accepted by ``systemd-analyze verify`` and scored by ``systemd-analyze security``."""
 
 from __future__ import annotations
 
 import configparser
+import re
+import shutil
 from pathlib import Path
 
 from agent.cli import build_parser
+from tests.os_tools import run, tool
 
 UNIT = Path(__file__).parents[1] / "contrib" / "sentinel-snow-sync.service"
+SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
 
 def _unit() -> configparser.RawConfigParser:
@@ -45,3 +50,48 @@ def test_credentials_match_the_documented_ini_keys() -> None:
     assert names == ["client_secret", "snow_password"]
     for name in names:
         assert f"$CREDENTIALS_DIRECTORY/{name}" in text
+
+
+def _root_with_the_unit(root: Path) -> Path:
+    """A file system root as the unit's install steps leave it: the unit in /etc/systemd/system,
+    the agent's executable where ExecStart expects it, and the distribution's own units (the
+    targets the unit orders itself after)."""
+    shutil.copytree(SYSTEM_UNITS, root / SYSTEM_UNITS.relative_to("/"), symlinks=True)
+    installed = root / "etc" / "systemd" / "system" / UNIT.name
+    installed.parent.mkdir(parents=True)
+    shutil.copy(UNIT, installed)
+    executable = root / _unit()["Service"]["ExecStart"].split()[0].lstrip("/")
+    executable.parent.mkdir(parents=True)
+    executable.write_text("#!/bin/sh\n# stands in for the console script pip installs here\n")
+    executable.chmod(0o755)
+    return installed
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    installed = _root_with_the_unit(tmp_path)
+    result = run(
+        [tool("systemd-analyze"), "verify", f"--root={tmp_path}", "/" + str(installed.relative_to(tmp_path))]
+    )
+    # verify exits 0 on an unknown key or a value it cannot parse, but says so: any output fails
+    assert result.returncode == 0 and result.stdout == "", result.stdout
+
+
+def test_systemd_analyze_verify_reports_a_broken_unit(tmp_path: Path) -> None:
+    installed = _root_with_the_unit(tmp_path)
+    installed.write_text(installed.read_text().replace("ProtectHome=yes", "ProtectHom=yes"))
+    result = run(
+        [tool("systemd-analyze"), "verify", f"--root={tmp_path}", "/" + str(installed.relative_to(tmp_path))]
+    )
+    assert "Unknown key 'ProtectHom'" in result.stdout
+
+
+def test_systemd_analyze_security_score_is_the_one_in_the_readme() -> None:
+    # --offline reads the unit file itself, so no running systemd is needed
+    result = run([tool("systemd-analyze"), "security", "--offline=true", "--no-pager", UNIT])
+    assert result.returncode == 0, result.stdout
+    found = re.search(rf"Overall exposure level for {re.escape(UNIT.name)}: (\d+\.\d) (\w+)", result.stdout)
+    assert found, result.stdout
+    score, verdict = found.groups()
+    assert float(score) <= 2.0, result.stdout  # systemd's scale: 0 (locked down) to 10 (exposed)
+    readme = (UNIT.parents[1] / "README.md").read_text()
+    assert f"exposure level {score} ({verdict})" in readme, f"README.md should state {score} ({verdict})"

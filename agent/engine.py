@@ -36,7 +36,7 @@ from agent.conversation import Conversation, PairWork, journal_seen
 from agent.defender import Merges
 from agent.errors import (
     AgentError,
-    Conflict,
+    EditConflict,
     NotFound,
     PermanentError,
     RemoteError,
@@ -741,7 +741,7 @@ class WorkspaceSync:
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
                 updated = await self.sentinel.update_incident(current, {"labels": [*current.labels, number]})
-            except Conflict:
+            except EditConflict:
                 current = await self.sentinel.get_incident(inc.name)
                 if number in current.labels:
                     return None
@@ -845,7 +845,7 @@ class WorkspaceSync:
             was_closed = inc.status == "Closed"
             try:
                 inc = await self.sentinel.update_incident(inc, changes)
-            except Conflict:
+            except EditConflict:
                 if attempt == MAX_CONFLICT_RETRIES:
                     raise
                 log.info("sentinel_conflict_replan", attempt=attempt + 1)

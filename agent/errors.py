@@ -1,20 +1,28 @@
-"""One error hierarchy for the whole agent.
+"""One error hierarchy for the whole agent, and the process exit codes.
 
 ::
 
-    AgentError
-    ├── ConfigError            user-facing; carries every problem as "[section] key: message"
+    AgentError                 exit 1 unless a subclass says otherwise
+    ├── ConfigError            user-facing; carries every problem as "[section] key: message"; exit 2
     ├── AuthError              a token could not be obtained (bad secret, unknown tenant, ...)
     ├── RemoteError            a remote system answered with an error, or could not be reached
     │   ├── TransientError     worth retrying later: 429, 5xx, connection reset, timeout
+    │   │   ├── NotSent        the request provably never left (refused, connect timeout, no token)
     │   │   └── RateLimited    429; carries the server's Retry-After
     │   └── PermanentError     retrying the same request will not help: 400, 403, 404, 405, 422
     │       ├── NotFound       404
     │       ├── Forbidden      403 (ACL, missing RBAC role, ServiceNow data policy)
-    │       └── Conflict       409 on an etag-guarded write: re-read and re-plan
+    │       ├── EditConflict   409 on an etag-guarded write: re-read and re-plan
+    │       └── InvalidResponse  a success status with a body the agent cannot read
+    ├── DataError              a value from a remote record that no request can carry (also a ValueError)
+    │   └── HookFailed         the custom mapping hook raised or returned something unusable
     ├── SyncError              the engine refused to go on for one workspace
-    │   └── SafetyValveTripped a safety check failed before any write; needs --force
+    │   └── SafetyValveTripped a safety check failed before any write; needs --force; exit 7
     └── LockHeld               another agent holds the state database
+
+Remote and data errors are about one incident: the engine records them as that incident's
+failure and retries it with backoff. Anything else raised while syncing an incident is a bug
+and stops the workspace's cycle with a traceback in the log.
 
 Every exception text is safe to log: no ``Authorization`` header, token or secret is ever
 put into a message (the HTTP layer builds messages from method, redacted URL, status and the
@@ -24,18 +32,29 @@ remote error code/message only).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What the command line returns (``--help`` lists them)."""
+
+    OK = 0
+    TRANSIENT = 1  # a transient or remote failure: try again later
+    CONFIG = 2  # configuration or usage error
+    RESYNC = 7  # a safety valve tripped, or the state needs attention (--force / resync)
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
 
 
 class AgentError(Exception):
     """Base class of every error the agent raises on purpose."""
 
-    exit_code: int = 1
+    exit_code: int = ExitCode.TRANSIENT
 
 
 class ConfigError(AgentError):
     """The configuration is invalid. ``problems`` lists every problem found, not just the first."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
     def __init__(self, problems: Iterable[str]) -> None:
         self.problems: list[str] = list(problems)
@@ -84,6 +103,13 @@ class TransientError(RemoteError):
     """Retrying later may succeed (429, 5xx, timeouts, dropped connections)."""
 
 
+class NotSent(TransientError):
+    """The request provably never reached the server (refused, connect timeout, no token).
+
+    Safe to send again even when the request is not idempotent.
+    """
+
+
 class RateLimited(TransientError):
     """HTTP 429. ``retry_after`` is the server's ``Retry-After`` in seconds, if it sent one."""
 
@@ -104,8 +130,25 @@ class Forbidden(PermanentError):
     """HTTP 403: ACL, missing role, or a ServiceNow data policy."""
 
 
-class Conflict(PermanentError):
+class EditConflict(PermanentError):
     """HTTP 409 on an etag-guarded write: someone else changed the record first."""
+
+
+class InvalidResponse(PermanentError):
+    """A success status whose body the agent cannot read: no JSON, or a record or list without
+    what every such record has (``code`` says which: ``InvalidJson``, ``InvalidIncident``, ...)."""
+
+
+class DataError(AgentError, ValueError):
+    """A value taken from a remote record that no request can carry: an id that is no valid URL
+    path segment, a line break or ``javascript:`` in a ServiceNow query value.
+
+    Also a :class:`ValueError`, which is what it is; it fails only the incident it came from.
+    """
+
+
+class HookFailed(DataError):
+    """The custom mapping hook raised or returned something unusable for one incident."""
 
 
 class SyncError(AgentError):
@@ -115,7 +158,7 @@ class SyncError(AgentError):
 class SafetyValveTripped(SyncError):
     """A safety check over the plan failed before any write. Override with ``--force``."""
 
-    exit_code = 7
+    exit_code = ExitCode.RESYNC
 
     def __init__(self, workspace: str, check: str, message: str) -> None:
         self.workspace = workspace
@@ -125,5 +168,3 @@ class SafetyValveTripped(SyncError):
 
 class LockHeld(AgentError):
     """Another agent process holds the state database lock."""
-
-    exit_code = 1

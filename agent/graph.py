@@ -37,9 +37,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from yarl import URL
 
-from agent import crashpoint
 from agent.auth import EntraAuth
-from agent.errors import ConfigError, Forbidden, PermanentError
+from agent.errors import ConfigError, DataError, Forbidden, InvalidResponse, PermanentError
 from agent.http import HttpClient, RequestPacer, redact_url
 from agent.log import log
 
@@ -379,7 +378,6 @@ class GraphClient:
             expected=(200,),
             idempotent=True,  # plain values: sending them twice leaves the same incident
         )
-        crashpoint.after_write("graph_patch")
         return parse_incident(resp.body)
 
     async def add_comment(self, incident_id: str, text: str) -> tuple[GraphComment, ...]:
@@ -400,7 +398,6 @@ class GraphClient:
             expected=(200,),
             idempotent=False,
         )
-        crashpoint.after_write("graph_comment")
         return tuple(parse_comments(_items(resp.body)))
 
     # -- helpers
@@ -670,14 +667,14 @@ def _time(value: Any) -> datetime | None:
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def _unparsable(incident: str, why: str) -> PermanentError:
-    return PermanentError(SYSTEM, "GET", f"incident {incident}", 200, "InvalidIncident", why)
+def _unparsable(incident: str, why: str) -> InvalidResponse:
+    return InvalidResponse(SYSTEM, "GET", f"incident {incident}", 200, "InvalidIncident", why)
 
 
 def _items(body: Any) -> list[Any]:
     items = body.get("value") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise PermanentError(SYSTEM, "GET", "list", 200, "InvalidResponse", "no 'value' array")
+        raise InvalidResponse(SYSTEM, "GET", "list", 200, "InvalidResponse", "no 'value' array")
     return items
 
 
@@ -699,7 +696,7 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 def _segment(value: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
-        raise ValueError(f"invalid Graph incident id: {value!r}")
+        raise DataError(f"invalid Graph incident id: {value!r}")
     return value
 
 

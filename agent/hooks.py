@@ -36,7 +36,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
-from agent.errors import ConfigError, SyncError
+from agent.errors import ConfigError, HookFailed
 from agent.log import log
 from agent.models import SentinelIncident, SnowRecord
 from agent.reconcile import Plan
@@ -49,10 +49,6 @@ TO_SNOW = "to_snow"
 TO_SENTINEL = "to_sentinel"
 
 _loaded: dict[str, Hook] = {}
-
-
-class HookFailed(SyncError):
-    """The custom mapping hook raised or returned something unusable for one incident."""
 
 
 def load(spec: str | None) -> Hook | None:

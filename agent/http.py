@@ -42,16 +42,18 @@ from yarl import URL
 from agent import __version__
 from agent.errors import (
     ConfigError,
-    Conflict,
+    EditConflict,
     Forbidden,
+    InvalidResponse,
     NotFound,
+    NotSent,
     PermanentError,
     RateLimited,
     RemoteError,
     TransientError,
 )
 from agent.log import log, redact, register_secret
-from agent.retry import NotSent, RetryPolicy, parse_retry_after, retrying
+from agent.retry import RetryPolicy, parse_retry_after, retrying
 
 SleepFn = Callable[[float], Awaitable[None]]
 _Proxy = tuple[URL | None, aiohttp.BasicAuth | None]  # proxy URL and its credentials
@@ -184,7 +186,7 @@ def error_for_status(
     if status >= 500 or status == 408:
         return TransientError(system, method, url, status, code, detail)
     if status == 409:
-        return Conflict(system, method, url, status, code, detail)
+        return EditConflict(system, method, url, status, code, detail)
     if status == 404:
         return NotFound(system, method, url, status, code, detail)
     if status == 403:
@@ -545,7 +547,7 @@ class HttpClient:
             )
         if status in ok:
             if not parsed:
-                raise PermanentError(
+                raise InvalidResponse(
                     self.system,
                     method,
                     safe_url,

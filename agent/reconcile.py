@@ -28,7 +28,7 @@ snow_changed_equivalent        n != bn, s == bs, n already equals s     no write
 both_changed_agree             both changed, equal by meaning           no write; base := (s, n)
 both_changed_conflict          both changed, different meaning          the policy's winner is copied to
                                                                         the loser; base := that pair;
-                                                                        a Conflict is reported
+                                                                        a FieldConflict is reported
 no_base_agree                  no base, equal by meaning                no write; base := (s, n)
 no_base_conflict               no base, different meaning               as both_changed_conflict
 unmapped                       the value that would be copied has no    field skipped: no write, base for
@@ -97,7 +97,7 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Conflict:
+class FieldConflict:
     """Both sides changed a field to values of different meaning; ``winner`` is the side kept."""
 
     field: str
@@ -118,7 +118,7 @@ class Plan:
     to_sentinel: Mapping[str, str]
     to_snow: Mapping[str, str]
     base: Mapping[str, tuple[str, str]]
-    conflicts: tuple[Conflict, ...]
+    conflicts: tuple[FieldConflict, ...]
     unmapped: tuple[tuple[str, str, str], ...]
     cases: Mapping[str, str]
     previous_base: Mapping[str, tuple[str, str]] = field(default_factory=dict, repr=False)
@@ -140,7 +140,7 @@ class _Decision:
     to_sentinel: str | None = None
     to_snow: str | None = None
     base: tuple[str, str] | None = None
-    conflict: Conflict | None = None
+    conflict: FieldConflict | None = None
     unmapped: tuple[str, str, str] | None = None
 
 
@@ -156,7 +156,7 @@ def plan(
     new_base = dict(previous)
     to_sentinel: dict[str, str] = {}
     to_snow: dict[str, str] = {}
-    conflicts: list[Conflict] = []
+    conflicts: list[FieldConflict] = []
     unmapped: list[tuple[str, str, str]] = []
     cases: dict[str, str] = {}
     for f in fields:
@@ -228,7 +228,7 @@ def _resolve(
         to_sentinel=d.to_sentinel,
         to_snow=d.to_snow,
         base=d.base,
-        conflict=Conflict(field=f, sentinel=s, servicenow=n, winner=winner),
+        conflict=FieldConflict(field=f, sentinel=s, servicenow=n, winner=winner),
     )
 
 

@@ -6,7 +6,7 @@ sent again also depends on what the failure proves:
 * an **idempotent** request (GET, an etag-guarded PUT, a PUT to a caller-chosen id, a PATCH of
   plain values) is retried after any transient failure;
 * a **non-idempotent** request (a POST that creates, a PATCH that appends a journal entry) is
-  retried only when the failure proves the server never acted on it: :class:`NotSent`
+  retried only when the failure proves the server never acted on it: :class:`~agent.errors.NotSent`
   (connection refused, connect timeout, proxy refused the tunnel, no token) or
   :class:`~agent.errors.RateLimited` (a 429 is rejected before processing, RFC 6585 section 4).
   After a timeout, a 5xx or a connection dropped mid-request the outcome is unknown, so the error
@@ -24,20 +24,13 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from agent.errors import RateLimited, TransientError
+from agent.errors import NotSent, RateLimited, TransientError
 
 T = TypeVar("T")
 
 SleepFn = Callable[[float], Awaitable[None]]
 RetryCallback = Callable[[int, TransientError, float], None]
 """(attempt number that failed, starting at 1; the error; the delay before the next attempt)."""
-
-
-class NotSent(TransientError):
-    """The request provably never reached the server (refused, connect timeout, no token).
-
-    Safe to send again even when the request is not idempotent.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@
   ran) is returned once. Several labels are one listing each, merged here.
 * Updates are full-object PUTs built from the freshest copy of the incident plus the changes,
   with the etag in the body (A.5): nothing writable is ever dropped, and a stale etag comes
-  back as :class:`~agent.errors.Conflict` for the caller to re-read and re-plan.
+  back as :class:`~agent.errors.EditConflict` for the caller to re-read and re-plan.
 * Parsing is tolerant (A.4: every enum is open): unknown values pass through as strings,
   missing optional properties become ``None``/``""``/``0``. An incident that cannot be parsed
   at all is a :class:`~agent.errors.PermanentError` naming it; listings skip it with a warning.
@@ -22,8 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from yarl import URL
 
-from agent import crashpoint
-from agent.errors import PermanentError
+from agent.errors import DataError, InvalidResponse, PermanentError
 from agent.http import HttpClient, redact_url
 from agent.log import log
 from agent.models import (
@@ -71,7 +70,7 @@ _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
 def odata_string(value: str) -> str:
     """An OData string literal: single quotes, with ``'`` doubled (the only escape OData has)."""
     if any(ord(ch) < 0x20 for ch in value):
-        raise ValueError("control characters are not allowed in an OData string literal")
+        raise DataError("control characters are not allowed in an OData string literal")
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -169,7 +168,7 @@ class SentinelClient:
         ``{"userPrincipalName": upn, "objectId": None}`` (a bare UPN string is accepted too),
         or ``None`` to unassign. ``labels``: label names; ``AutoAssigned`` labels keep their
         type and are never removed. Setting ``status`` to New/Active clears the
-        classification. A stale etag raises :class:`~agent.errors.Conflict` (not retried here).
+        classification. A stale etag raises :class:`~agent.errors.EditConflict` (not retried here).
         """
         body = build_put_body(current, changes)
         resp = await self.http.request(
@@ -181,7 +180,6 @@ class SentinelClient:
             # Safe to resend: a replay after a lost success carries the old etag and gets 409.
             idempotent=True,
         )
-        crashpoint.after_write("sentinel_put")
         if resp.status == 201:
             log.warning("sentinel_incident_recreated", incident=current.name)
         return parse_incident(resp.body)
@@ -217,7 +215,6 @@ class SentinelClient:
             expected=(200, 201),
             idempotent=True,
         )
-        crashpoint.after_write("sentinel_comment")
         return parse_comment(resp.body)
 
     async def list_alerts(self, name: str) -> list[SentinelAlert]:
@@ -458,12 +455,12 @@ def parse_comment(raw: Any) -> SentinelComment:
     name = raw.get("name") if isinstance(raw, dict) else None
     props = raw.get("properties") if isinstance(raw, dict) else None
     if not isinstance(name, str) or not isinstance(props, dict):
-        raise PermanentError("sentinel", "GET", "comment", 200, "InvalidComment", "no name or properties")
+        raise InvalidResponse("sentinel", "GET", "comment", 200, "InvalidComment", "no name or properties")
     try:
         created = parse_arm_time(str(props["createdTimeUtc"]))
         modified = parse_arm_time(str(props.get("lastModifiedTimeUtc") or props["createdTimeUtc"]))
     except (KeyError, ValueError):
-        raise PermanentError(
+        raise InvalidResponse(
             "sentinel", "GET", "comment", 200, "InvalidComment", f"comment {name}: bad time"
         ) from None
     author = props.get("author") if isinstance(props.get("author"), dict) else {}
@@ -523,14 +520,14 @@ def _parse_owner(owner: Any) -> Owner:
     )
 
 
-def _unparsable(name: str, why: str) -> PermanentError:
-    return PermanentError("sentinel", "GET", f"incident {name}", 200, "InvalidIncident", why)
+def _unparsable(name: str, why: str) -> InvalidResponse:
+    return InvalidResponse("sentinel", "GET", f"incident {name}", 200, "InvalidIncident", why)
 
 
 def _items(body: Any, key: str) -> list[Any]:
     items = body.get(key) if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise PermanentError("sentinel", "GET", "list", 200, "InvalidResponse", f"no '{key}' array")
+        raise InvalidResponse("sentinel", "GET", "list", 200, "InvalidResponse", f"no '{key}' array")
     return items
 
 
@@ -558,5 +555,5 @@ def _odata_time(value: datetime) -> str:
 def _segment(value: str) -> str:
     """A path segment from data (incident or comment name, workspace parts), checked."""
     if not isinstance(value, str) or not _SEGMENT.match(value):
-        raise ValueError(f"invalid ARM path segment: {value!r}")
+        raise DataError(f"invalid ARM path segment: {value!r}")
     return value

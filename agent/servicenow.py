@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from agent import crashpoint
-from agent.errors import PermanentError
+from agent.errors import DataError, InvalidResponse, PermanentError
 from agent.http import HttpClient, redact_url
 from agent.log import log
 from agent.models import JournalEntry, SnowRecord, SnowUser, parse_snow_time
@@ -69,7 +68,7 @@ class ServiceNowClient:
         url = f"{self.instance_url}/api/now/table/{field_name(table or self.table)}"
         if sys_id is not None:
             if not sys_id or not sys_id.isalnum():
-                raise ValueError(f"invalid sys_id: {sys_id!r}")
+                raise DataError(f"invalid sys_id: {sys_id!r}")
             url += "/" + sys_id
         return url
 
@@ -125,7 +124,6 @@ class ServiceNowClient:
             expected=(200, 201),
             idempotent=False,
         )
-        crashpoint.after_write("snow_create")
         return _record(_result_object(resp.body, self.table))
 
     async def patch(self, sys_id: str, values: Mapping[str, str], fields: Sequence[str]) -> SnowRecord:
@@ -144,7 +142,6 @@ class ServiceNowClient:
             json=body,
             idempotent=not appends,
         )
-        crashpoint.after_write("snow_patch")
         return _record(_result_object(resp.body, self.table))
 
     # -- journal --
@@ -341,7 +338,7 @@ def _time(row: Mapping[str, Any], name: str, table: str) -> datetime:
     try:
         return parse_snow_time(raw)
     except ValueError:
-        raise PermanentError(
+        raise InvalidResponse(
             "servicenow", "GET", table, 200, "InvalidRecord", f"{name} is not a date-time: {raw[:40]!r}"
         ) from None
 
@@ -349,14 +346,14 @@ def _time(row: Mapping[str, Any], name: str, table: str) -> datetime:
 def _result_object(body: Any, table: str) -> dict[str, Any]:
     result = body.get("result") if isinstance(body, dict) else None
     if not isinstance(result, dict):
-        raise PermanentError("servicenow", "GET", table, 200, "InvalidResponse", "no result object")
+        raise InvalidResponse("servicenow", "GET", table, 200, "InvalidResponse", "no result object")
     return result
 
 
 def _result_list(body: Any, table: str) -> list[dict[str, Any]]:
     result = body.get("result") if isinstance(body, dict) else None
     if not isinstance(result, list) or not all(isinstance(r, dict) for r in result):
-        raise PermanentError("servicenow", "GET", table, 200, "InvalidResponse", "no result list")
+        raise InvalidResponse("servicenow", "GET", table, 200, "InvalidResponse", "no result list")
     return result
 
 
@@ -364,12 +361,12 @@ def _record(row: Mapping[str, Any]) -> SnowRecord:
     fields = {str(k): _text(v) for k, v in row.items()}
     sys_id = fields.get("sys_id", "")
     if not sys_id:
-        raise PermanentError("servicenow", "GET", "record", 200, "InvalidRecord", "a record without sys_id")
+        raise InvalidResponse("servicenow", "GET", "record", 200, "InvalidRecord", "a record without sys_id")
     try:
         mod_count = int(fields.get("sys_mod_count") or 0)
         updated_on = parse_snow_time(fields.get("sys_updated_on", ""))
     except ValueError:
-        raise PermanentError(
+        raise InvalidResponse(
             "servicenow",
             "GET",
             "record",

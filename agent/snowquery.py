@@ -14,6 +14,9 @@ the string would rewrite the query's meaning. :class:`Q` escapes and checks ever
 * field names must match ``^[a-z0-9_.]+$`` (dot-walking allowed);
 * datetimes are written ``YYYY-MM-DD HH:MM:SS`` in UTC, which the Table API compares in UTC.
 
+A rejected value raises :class:`~agent.errors.DataError`: values come from records, so that
+fails one incident; a bad field name or a naive datetime is a bug and raises ``ValueError``.
+
 Example::
 
     q = (Q.eq("correlation_id", guid) & Q.eq("active", True)).order_by("sys_updated_on", desc=True)
@@ -27,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.errors import DataError
 from agent.models import format_snow_time
 
 Value = str | int | bool | datetime
@@ -55,11 +59,11 @@ def encode_value(value: Value) -> str:
     if not isinstance(value, str):
         raise TypeError(f"unsupported ServiceNow query value type: {type(value).__name__}")
     if "\n" in value or "\r" in value:
-        raise ValueError("a ServiceNow query value must not contain a line break")
+        raise DataError("a ServiceNow query value must not contain a line break")
     if value == "":
-        raise ValueError("empty value in a ServiceNow query comparison (use Q.is_empty / Q.is_not_empty)")
+        raise DataError("empty value in a ServiceNow query comparison (use Q.is_empty / Q.is_not_empty)")
     if _SCRIPT.match(value):
-        raise ValueError("a ServiceNow query value must not start with 'javascript:'")
+        raise DataError("a ServiceNow query value must not start with 'javascript:'")
     return value.replace("^", "^^")
 
 
@@ -130,7 +134,7 @@ class Q:
         for value in values:
             text = encode_value(value)
             if "," in text:
-                raise ValueError(f"a value in a ServiceNow IN list must not contain ',': {value!r}")
+                raise DataError(f"a value in a ServiceNow IN list must not contain ',': {value!r}")
             encoded.append(text)
         if not encoded:
             raise ValueError("empty IN list in a ServiceNow query")

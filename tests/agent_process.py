@@ -1,5 +1,8 @@
 """The agent as a child process (``python -m agent -c CFG ...``), for process-level tests.
 
+``crash_after="snow_patch:3"`` runs it under :mod:`agent.testing.crashpoint` instead, which
+ends the process right after that many successful writes of that kind.
+
 The emulators run in the test's event loop, so the test must wait with ``await`` (never block)
 while the child talks to them. The child's JSON log lines are parsed as they arrive.
 """
@@ -30,11 +33,11 @@ class AgentProcess:
         *args: str,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        crash_after: str | None = None,
     ) -> None:
-        self.argv = [sys.executable, "-m", "agent", "-c", str(config), *args]
-        # The crash hook only ever comes from the test that asks for it.
-        self.env = {k: v for k, v in os.environ.items() if k != "SNOW_SYNC_CRASH_AFTER"}
-        self.env.update(env or {})
+        runner = ["agent.testing.crashpoint", crash_after] if crash_after else ["agent"]
+        self.argv = [sys.executable, "-m", *runner, "-c", str(config), *args]
+        self.env = {**os.environ, **(env or {})}
         self.cwd = cwd or config.parent
         self.events: list[dict[str, Any]] = []
         self.stdout_text: list[str] = []

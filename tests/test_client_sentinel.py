@@ -14,7 +14,7 @@ import pytest
 from agent.auth import EntraAuth
 from agent.emulators.sentinel import SentinelWorkspace
 from agent.emulators.stack import EmulatorStack
-from agent.errors import Conflict, Forbidden, NotFound, PermanentError
+from agent.errors import EditConflict, Forbidden, NotFound, PermanentError
 from agent.http import HttpClient
 from agent.log import log
 from agent.models import Owner, format_arm_time, parse_arm_time
@@ -373,7 +373,7 @@ async def test_stale_etag_surfaces_as_conflict_without_retry(env: Env) -> None:
     current = await env.client.get_incident(name)
     env.ws.race_next_put(name)
     mark = env.stack.recorder.mark()
-    with pytest.raises(Conflict) as info:
+    with pytest.raises(EditConflict) as info:
         await env.client.update_incident(current, {"severity": "High"})
     assert info.value.status == 409 and "Newer version" in (info.value.detail or "")
     assert [c for c in env.calls(mark) if c[0] == "incidents.put"] == [("incidents.put", 409)]

@@ -8,8 +8,7 @@ Three kinds of trial, on one emulator stack whose data keeps growing and changin
 * **steady edits**: the activity simulator edits both sides while the agent runs; the agent
   is killed at a random moment;
 * **write/commit window**: the agent kills itself right after its Nth successful remote write
-  of one kind, before the shadow commit that follows (``SNOW_SYNC_CRASH_AFTER``, see
-  :mod:`agent.crashpoint`).
+  of one kind, before the shadow commit that follows (run under :mod:`agent.testing.crashpoint`).
 
 After each kill the simulator is stopped, the agent restarted, and once a cycle leaves every
 invariant of :mod:`tests.sync_invariants` true it is stopped with SIGTERM; the invariants are
@@ -53,9 +52,9 @@ class Rig:
     tally: dict[str, int] = field(default_factory=dict)
     agents: list[AgentProcess] = field(default_factory=list)
 
-    async def start(self, **env: str) -> AgentProcess:
+    async def start(self, crash_after: str | None = None) -> AgentProcess:
         """A ``run`` process; whatever is still running is killed when the test ends."""
-        agent = await AgentProcess(self.config_path, "run", env=env).start()
+        agent = await AgentProcess(self.config_path, "run", crash_after=crash_after).start()
         self.agents.append(agent)
         return agent
 
@@ -258,7 +257,7 @@ async def crash_between_remote_write_and_shadow_commit(rig: Rig, trials: int) ->
         kind = kinds[trial % len(kinds)]
         linked = [r for r in rig.stack.snow["default"].tables["incident"].values() if r.get("correlation_id")]
         nth = rig.rng.randint(1, _edit_for(rig, kind, linked))
-        agent = await rig.start(SNOW_SYNC_CRASH_AFTER=f"{kind}:{nth}")
+        agent = await rig.start(crash_after=f"{kind}:{nth}")
         assert await agent.wait() == 137, f"the crash point {kind}:{nth} was not reached\n{agent.output()}"
         rig.count(f"crash_{kind}")
         rig.count("trials")
@@ -273,7 +272,7 @@ async def test_ticket_of_a_crashed_create_is_adopted_after_the_incident_closed(r
     the one that exists instead of leaving it open and unlinked."""
     ws = rig.stack.workspaces["soc"]
     inc = ws.create_incident(title="crash before link", severity="High", labels=["snow"])
-    agent = await rig.start(SNOW_SYNC_CRASH_AFTER="snow_create:1")
+    agent = await rig.start(crash_after="snow_create:1")
     assert await agent.wait() == 137, agent.output()
     records = [r for r in rig.stack.snow["default"].tables["incident"].values() if r["correlation_id"]]
     assert [r["correlation_id"] for r in records] == [inc["name"]]

@@ -15,16 +15,17 @@ from aiohttp import web
 from agent.emulators.common import EmulatorServer, TLSMaterial, json_response
 from agent.errors import (
     ConfigError,
-    Conflict,
+    EditConflict,
     Forbidden,
     NotFound,
+    NotSent,
     PermanentError,
     RateLimited,
     TransientError,
 )
 from agent.http import HttpClient, error_details, redact_url
 from agent.log import log, register_secret
-from agent.retry import NotSent, RetryPolicy, parse_retry_after
+from agent.retry import RetryPolicy, parse_retry_after
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -348,7 +349,7 @@ async def test_unauthenticated_request_skips_the_provider(tls: TLSMaterial, serv
         (
             409,
             {"error": {"code": "Conflict", "message": "Newer version exists"}},
-            Conflict,
+            EditConflict,
             "Conflict",
             "Newer",
         ),

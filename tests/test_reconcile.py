@@ -17,7 +17,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import agent.reconcile as reconcile
-from agent.reconcile import FIELDS, Conflict, Plan, Policy, SideState, plan
+from agent.reconcile import FIELDS, FieldConflict, Plan, Policy, SideState, plan
 
 _PROFILES = {
     "dev": settings(max_examples=200, deadline=None),
@@ -125,7 +125,7 @@ def test_both_changed_agree() -> None:
 def test_both_changed_conflict() -> None:
     p = plan(BASE, side(severity="Low", modified=T0), snow_side(severity="2", modified=T1), NEWEST)
     assert p.cases["severity"] == "both_changed_conflict"
-    assert p.conflicts == (Conflict("severity", "Low", "2", "servicenow"),)
+    assert p.conflicts == (FieldConflict("severity", "Low", "2", "servicenow"),)
     assert p.to_sentinel == {"severity": "Medium"}
     assert p.to_snow == {}
     assert p.base["severity"] == ("Medium", "2")
@@ -142,7 +142,7 @@ def test_no_base_agree() -> None:
 def test_no_base_conflict() -> None:
     p = plan(None, side(owner=ALICE, modified=T1), snow_side(owner=BOB_ID, modified=T0), NEWEST)
     assert p.cases["owner"] == "no_base_conflict"
-    assert p.conflicts == (Conflict("owner", ALICE, BOB_ID, "sentinel"),)
+    assert p.conflicts == (FieldConflict("owner", ALICE, BOB_ID, "sentinel"),)
     assert p.to_snow == {"owner": ALICE_ID}
     assert p.base["owner"] == (ALICE, ALICE_ID)
 
@@ -193,7 +193,7 @@ def test_every_table_row_has_a_test() -> None:
 def test_conflict_policy_picks_winner(policy: str, s_time: datetime, n_time: datetime, winner: str) -> None:
     pol = Policy(TO_SNOW, TO_SENTINEL, policy)
     p = plan(BASE, side(status="Closed", modified=s_time), snow_side(status="1", modified=n_time), pol)
-    assert p.conflicts == (Conflict("status", "Closed", "1", winner),)
+    assert p.conflicts == (FieldConflict("status", "Closed", "1", winner),)
     if winner == "sentinel":
         assert (p.to_snow, p.to_sentinel, p.base["status"]) == ({"status": "6"}, {}, ("Closed", "6"))
     else:

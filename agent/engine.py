@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,9 @@ from agent.conversation import Conversation, PairWork, journal_seen
 from agent.defender import Merges
 from agent.errors import (
     AgentError,
+    DataError,
     EditConflict,
+    HookFailed,
     NotFound,
     PermanentError,
     RemoteError,
@@ -528,7 +531,7 @@ class WorkspaceSync:
         for lookup in lookups:
             try:
                 user = await self.snow.find_user(**lookup)
-            except ValueError:
+            except DataError:
                 continue  # a value no query can carry (a line break): no user has it
             if user is not None:
                 return user.sys_id
@@ -592,7 +595,8 @@ class WorkspaceSync:
     # --- applying -------------------------------------------------------------------------
 
     async def _guard(self, incident: str, stats: CycleStats, work: Coroutine[Any, Any, None]) -> None:
-        """Run one incident's work; a failure is recorded for that incident only."""
+        """Run one incident's work. A remote or data error fails that incident only (recorded and
+        retried with backoff); anything else is a bug: it propagates and stops the cycle."""
         async with self.sem:
             if self.stopping is not None and self.stopping.is_set():
                 work.close()  # shutting down: start no new work (the watermark stays put)
@@ -603,27 +607,22 @@ class WorkspaceSync:
                     await work
                     if incident in self._retrying:
                         await self.shadow.clear_failure(self.inst.name, self.ws.name, incident)
-                except (RemoteError, ValueError, KeyError) as exc:
+                except (RemoteError, DataError) as exc:
                     stats.failures += 1
-                    if self._dry:
-                        log.warning("incident_failed", kind="dry_run", error=_safe_error(exc))
-                        return
-                    kind = "transient" if isinstance(exc, TransientError) else "permanent"
-                    nxt = await self.shadow.record_failure(
-                        self.inst.name, self.ws.name, incident, _safe_error(exc), now=utcnow()
-                    )
-                    log.warning(
-                        "incident_failed", kind=kind, error=_safe_error(exc), next_try=nxt.isoformat()
-                    )
-                except AgentError as exc:
-                    stats.failures += 1
-                    if self._dry:
-                        log.warning("incident_failed", kind="dry_run", error=_safe_error(exc))
-                        return
-                    await self.shadow.record_failure(
-                        self.inst.name, self.ws.name, incident, _safe_error(exc), now=utcnow()
-                    )
-                    log.error("incident_failed", kind="agent", error=_safe_error(exc))
+                    await self._incident_failed(incident, exc)
+
+    async def _incident_failed(self, incident: str, exc: RemoteError | DataError) -> None:
+        """Record one incident's failure for a retry with backoff, and say so (a dry run only says)."""
+        error = _safe_error(exc)
+        if self._dry:
+            log.warning("incident_failed", kind="dry_run", error=error)
+            return
+        nxt = await self.shadow.record_failure(self.inst.name, self.ws.name, incident, error, now=utcnow())
+        if isinstance(exc, HookFailed):
+            log.error("incident_failed", kind="agent", error=error)
+            return
+        kind = "transient" if isinstance(exc, TransientError) else "permanent"
+        log.warning("incident_failed", kind=kind, error=error, next_try=nxt.isoformat())
 
     def _may_own_ticket(self, inc: SentinelIncident, watermark: datetime | None) -> bool:
         """An unlinked incident we would not create now (closed, or too old) that may still own a
@@ -1073,7 +1072,14 @@ async def run_workspaces(
 
     async def one(s: WorkspaceSync) -> CycleStats:
         await s.prepare()
-        return await s.cycle(options)
+        try:
+            return await s.cycle(options)
+        except ExceptionGroup as group:
+            # An auth failure in every task of the cycle is one failure of the cycle, no bug.
+            leaves = _leaves(group)
+            if not all(isinstance(e, AgentError) for e in leaves):
+                raise
+            raise leaves[0] from None
 
     results = await asyncio.gather(*(one(s) for s in syncs), return_exceptions=True)
     out: dict[str, BaseException | CycleStats] = {}
@@ -1086,5 +1092,18 @@ async def run_workspaces(
         elif isinstance(r, PermanentError | TransientError | AgentError):
             log.error("cycle_failed", workspace=s.ws.name, error=_safe_error(r))
         elif isinstance(r, Exception):
-            log.error("cycle_crashed", workspace=s.ws.name, error=f"{type(r).__name__}: {_safe_error(r)}")
+            bug = next((e for e in _leaves(r) if not isinstance(e, AgentError)), r)
+            log.error(
+                "cycle_crashed",
+                workspace=s.ws.name,
+                error=f"{type(bug).__name__}: {_safe_error(bug)}",
+                traceback="".join(traceback.format_exception(r)),
+            )
     return out
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order; ``[exc]`` for a plain one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

@@ -1,7 +1,8 @@
 """Command line: ``sentinel-snow-sync [-c CONFIG] COMMAND``.
 
-Exit codes: 0 ok, 1 a transient or remote failure (try again later), 2 configuration or
-usage error, 7 a safety valve tripped or the state needs attention (``--force`` / resync).
+Exit codes (:class:`agent.errors.ExitCode`): 0 ok, 1 a transient or remote failure (try again
+later), 2 configuration or usage error, 7 a safety valve tripped or the state needs attention
+(``--force`` / resync), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import orjson
 
 from agent import __version__
 from agent.config import Config, load_config
-from agent.errors import AgentError, ConfigError, LockHeld, SafetyValveTripped
+from agent.errors import AgentError, ConfigError, ExitCode, LockHeld, SafetyValveTripped
 from agent.log import log
 
-EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG, EXIT_RESYNC = 0, 1, 2, 7
 DEFAULT_CONFIG = "agent.ini"
 REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark", "resync", "unlink"})
 
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_glue_relative_dates(sys.argv[1:] if argv is None else argv))
     if not args.command:
         parser.print_help()
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     if args.command == "demo":
         from agent.demo import run_demo
 
@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: configuration is invalid:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     log.configure(
         level=args.log_level or config.agent.log_level,
         fmt=args.log_format or config.agent.log_format,
@@ -212,18 +212,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     except LockHeld as exc:
         log.error("lock_held", message=str(exc))
-        return EXIT_TRANSIENT
+        return ExitCode.TRANSIENT
     except SafetyValveTripped as exc:
         log.error("safety_valve", check=exc.check, message=str(exc))
-        return EXIT_RESYNC
+        return ExitCode.RESYNC
     except AgentError as exc:
         log.error("command_failed", command=args.command, error=str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def _run(coro: Any) -> int:

@@ -11,25 +11,23 @@ from typing import Any
 
 from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.errors import ConfigError, SafetyValveTripped
+from agent.errors import ConfigError, ExitCode, SafetyValveTripped
 from agent.health import operations
 from agent.lock import StateLock
 from agent.log import log
 from agent.runtime import Runtime
 
-EXIT_OK, EXIT_TRANSIENT, EXIT_CONFIG, EXIT_RESYNC = 0, 1, 2, 7
-
 
 def _exit_code(results: Mapping[str, BaseException | CycleStats]) -> int:
     if any(isinstance(r, SafetyValveTripped) for r in results.values()):
-        return EXIT_RESYNC
+        return ExitCode.RESYNC
     if any(isinstance(r, ConfigError) for r in results.values()):
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     if any(isinstance(r, BaseException) for r in results.values()):
-        return EXIT_TRANSIENT
+        return ExitCode.TRANSIENT
     if any(isinstance(r, CycleStats) and r.failures for r in results.values()):
-        return EXIT_TRANSIENT
-    return EXIT_OK
+        return ExitCode.TRANSIENT
+    return ExitCode.OK
 
 
 async def once(
@@ -106,7 +104,7 @@ async def run(
         loop.add_signal_handler(sig, on_signal, sig)
     lock = StateLock(config.agent.state_db, ttl=max(600.0, 3 * config.agent.poll_interval))
     lock.acquire()
-    code = EXIT_OK
+    code: int = ExitCode.OK
     cycles = 0
     try:
         async with Runtime(config) as rt, operations(config, rt, workspaces):
@@ -152,9 +150,9 @@ async def run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("agent_stopped", cycles=cycles)
-    if code == EXIT_RESYNC:
+    if code == ExitCode.RESYNC:
         return code  # a safety valve held a workspace back in the last cycle: say so, even on SIGTERM
-    return EXIT_OK if stop.is_set() else code
+    return ExitCode.OK if stop.is_set() else code
 
 
 async def status(config: Config, *, as_json: bool = False) -> int:
@@ -167,7 +165,7 @@ async def status(config: Config, *, as_json: bool = False) -> int:
         print_json(data)
     else:
         report.render(data, sys.stdout)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def watermark_show(config: Config, workspace: str | None, *, as_json: bool = False) -> int:
@@ -233,7 +231,7 @@ async def check(config: Config) -> int:
     finally:
         log.level = level
     failed, _total = render(items, sys.stdout)
-    return EXIT_TRANSIENT if failed else EXIT_OK
+    return ExitCode.TRANSIENT if failed else ExitCode.OK
 
 
 def _known(config: Config, names: Sequence[str]) -> None:

@@ -18,7 +18,7 @@ from agent import commands, valves
 from agent.config import Config, load_config
 from agent.emulators.stack import EmulatorStack
 from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.errors import SafetyValveTripped
+from agent.errors import ExitCode, SafetyValveTripped
 from agent.log import log
 from agent.runtime import Runtime
 from tests.agent_process import AgentProcess
@@ -136,11 +136,11 @@ async def test_mass_close_in_servicenow_trips_before_any_write(
     # the same cycle again trips again (nothing moved: watermarks and shadow are as they were)
     assert isinstance((await two.cycle())["soc"], SafetyValveTripped)
     # the CLI command: exit 7; then --force closes all six
-    assert await commands.once(two.config) == commands.EXIT_RESYNC
-    assert await commands.once(two.config, force=True) == commands.EXIT_OK
+    assert await commands.once(two.config) == ExitCode.RESYNC
+    assert await commands.once(two.config, force=True) == ExitCode.OK
     closed = [n for n in soc_ws.incidents if props(soc_ws, n)["status"] == "Closed"]
     assert len(closed) == 6
-    assert await commands.once(two.config) == commands.EXIT_OK
+    assert await commands.once(two.config) == ExitCode.OK
 
 
 async def test_closing_a_few_never_trips(two: Two) -> None:

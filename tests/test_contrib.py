@@ -95,3 +95,28 @@ def test_systemd_analyze_security_score_is_the_one_in_the_readme() -> None:
     assert float(score) <= 2.0, result.stdout  # systemd's scale: 0 (locked down) to 10 (exposed)
     readme = (UNIT.parents[1] / "README.md").read_text()
     assert f"exposure level {score} ({verdict})" in readme, f"README.md should state {score} ({verdict})"
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)")
+
+
+def test_the_readme_s_operations_kit_links_every_piece_and_every_link_resolves() -> None:
+    root = UNIT.parents[1]
+    readme = (root / "README.md").read_text()
+    kit = readme.split("\n## Operations kit\n", 1)[1].split("\n## ", 1)[0]
+    linked = set(LINK.findall(kit))
+    for piece in (
+        "contrib/sentinel-snow-sync.service",
+        "contrib/grafana/sentinel-snow-sync.json",
+        "contrib/prometheus/alerts.yml",
+        "contrib/rsyslog/",
+        "contrib/splunk/",
+        "contrib/sentinel/",
+        "docs/siem.md",
+    ):
+        assert piece in linked, piece
+    for target in linked:
+        assert (root / target).exists(), target
+    siem = root / "docs" / "siem.md"
+    for target in LINK.findall(siem.read_text()):
+        assert (siem.parent / target).exists(), target

@@ -1,6 +1,7 @@
 """The rsyslog recipe in contrib/: the real ``rsyslogd`` accepts it (``-N1``) and, run in the
-foreground with a work directory of its own, forwards the agent's log lines to a local TCP and a
-local TLS listener byte for byte.
+foreground without privileges (as ``nobody`` when the tests run as root) with a work directory
+and pid file of its own, forwards the agent's log lines to a local TCP and a local TLS listener
+byte for byte.
 
 Only the values the recipe marks EDIT (and the log file's path) are changed for the run; the
 listener's certificate names the recipe's own permitted peer, so the TLS run checks the peer
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import pwd
 import signal
 import ssl
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +116,40 @@ async def listener(tls: ssl.SSLContext | None) -> AsyncIterator[Listener]:
         await server.wait_closed()
 
 
+def unprivileged() -> list[str]:
+    """The command prefix that runs a program as ``nobody`` when the tests run as root (CI)."""
+    if os.geteuid() != 0:
+        return []
+    user = pwd.getpwnam("nobody")
+    return [tool("setpriv"), f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+
+
+@pytest.fixture
+def rundir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for one rsyslogd run that ``nobody`` may use when the tests run as root."""
+    if os.geteuid() != 0:
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix="rsyslog-test-") as name:
+        yield Path(name)
+
+
+def hand_over(directory: Path) -> None:
+    """Give everything in ``directory`` to the user rsyslogd runs as."""
+    if os.geteuid() != 0:
+        return
+    user = pwd.getpwnam("nobody")
+    for path in [directory, *directory.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
 @contextlib.asynccontextmanager
 async def rsyslogd(tmp: Path, config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """rsyslogd in the foreground (-n) with its own pid file; stopped with SIGTERM."""
+    """rsyslogd in the foreground (-n) without privileges, with its own work directory and pid
+    file in ``tmp``; stopped with SIGTERM."""
+    hand_over(tmp)
     proc = await asyncio.create_subprocess_exec(
+        *unprivileged(),
         tool("rsyslogd"),
         "-n",
         "-f",
@@ -135,6 +169,14 @@ async def rsyslogd(tmp: Path, config: Path) -> AsyncIterator[asyncio.subprocess.
             await proc.communicate()
 
 
+def _uid(pid: int) -> int:
+    """The effective user id of a running process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
 def long_lines() -> bytes:
     """Lines the agent's own logger renders that the 8k default would cut or a charset would
     change: an incident with 400 alerts, and a non-ASCII value."""
@@ -152,9 +194,8 @@ def long_lines() -> bytes:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
-async def test_rsyslogd_forwards_every_line_unchanged(
-    transport: str, tmp_path: Path, ops_run: OpsRun
-) -> None:
+async def test_rsyslogd_forwards_every_line_unchanged(transport: str, rundir: Path, ops_run: OpsRun) -> None:
+    tmp_path = rundir
     tls: ssl.SSLContext | None = None
     ca_file: Path | None = None
     if transport == "tls":
@@ -181,4 +222,6 @@ async def test_rsyslogd_forwards_every_line_unchanged(
                 pytest.fail(
                     f"rsyslogd delivered {len(collector.received)} of {len(expected)} bytes:\n{output}"
                 )
+            if unprivileged():  # it delivered, so it runs: as nobody, not as root
+                assert _uid(proc.pid) == pwd.getpwnam("nobody").pw_uid
     assert got == expected

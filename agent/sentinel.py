@@ -1,8 +1,9 @@
 """Typed client for the Microsoft Sentinel incidents API (ARM, REFERENCE A). No sync logic.
 
-* Listing uses a server-side ``$filter`` (the label lambda first, E.1) and follows ``nextLink``
-  verbatim (A.7), bounded in pages; an incident seen twice in one listing (modified while it
-  ran) is returned once. Several labels are one listing each, merged here.
+* Listing uses a server-side ``$filter`` (the label lambda first, E.1), pages by modification
+  time (an incident edited while the listing runs is listed again, never skipped) and follows
+  ``nextLink`` verbatim (A.7) only through a run of equal times; bounded in requests. Several
+  labels are one listing each, merged here.
 * Updates are full-object PUTs built from the freshest copy of the incident plus the changes,
   with the etag in the body (A.5): nothing writable is ever dropped, and a stale etag comes
   back as :class:`~agent.errors.EditConflict` for the caller to re-read and re-plan.
@@ -127,32 +128,72 @@ class SentinelClient:
         labels: Sequence[str] = (),
         page_size: int = 200,
     ) -> AsyncIterator[SentinelIncident]:
-        """Incidents matching the filters, oldest modification first, each once.
+        """Incidents matching the filters, oldest modification first; each version once.
 
         ``modified_since``/``created_since`` are inclusive (``ge``). ``labels``: incidents that
         carry any of these label names (exact, case-sensitive, A.7); one listing per label,
         merged here, since Sentinel refuses an ``or`` inside the lambda (REFERENCE E.1).
+
+        Paged by time, not by ``$skipToken``: the next page is the same query from the newest
+        modification time seen (``ge``, so equal times come back and are dropped by name and
+        etag). An incident edited while the listing runs moves behind that time and is listed
+        again, so nothing slides between two pages; an offset-like token (A.7: opaque, its
+        semantics unpublished) would skip one. ``nextLink`` is followed only through a page
+        whose items all share one modification time, which no time filter can get past.
         """
         if not 0 < page_size <= MAX_TOP:
             raise ValueError(f"page_size must be 1..{MAX_TOP}")
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # lower-cased name -> etag already yielded
         for label in dict.fromkeys(labels) or (None,):
+            async for incident in self._time_paged(label, modified_since, created_since, page_size):
+                key = incident.name.lower()
+                if seen.get(key) != incident.etag:
+                    seen[key] = incident.etag
+                    yield incident
+
+    async def _time_paged(
+        self, label: str | None, lower: datetime | None, created_since: datetime | None, page_size: int
+    ) -> AsyncIterator[SentinelIncident]:
+        url = f"{self.base_url}/incidents"
+        requests = 0
+        while True:
             params = self._params()
             params["$orderby"] = "properties/lastModifiedTimeUtc asc"
             params["$top"] = page_size
-            flt = incident_filter(label=label, modified_since=modified_since, created_since=created_since)
+            flt = incident_filter(label=label, modified_since=lower, created_since=created_since)
             if flt:
                 params["$filter"] = flt
-            async for raw in self._pages(f"{self.base_url}/incidents", params):
-                try:
-                    incident = parse_incident(raw)
-                except PermanentError as exc:
-                    self.skipped += 1
-                    log.warning("sentinel_incident_skipped", error=str(exc))
-                    continue
-                if incident.name.lower() not in seen:
-                    seen.add(incident.name.lower())
+            resp = await self.http.request("GET", url, params=params)
+            links: set[str] = set()
+            while True:
+                requests += 1
+                if requests > self.max_pages:
+                    raise _paging_error(url, "TooManyPages", f"more than {self.max_pages} pages")
+                newest = lower
+                for raw in _items(resp.body, "value"):
+                    incident = self._parse_listed(raw)
+                    if incident is None:
+                        continue
                     yield incident
+                    newest = incident.modified if newest is None else max(newest, incident.modified)
+                link = resp.body.get("nextLink") if isinstance(resp.body, dict) else None
+                if not link:
+                    return
+                if newest is not None and (lower is None or newest > lower):
+                    break  # the next page: the same query from the newest time seen
+                if not isinstance(link, str) or link in links:
+                    raise _paging_error(url, "PagingLoop", "nextLink repeats")
+                links.add(link)
+                resp = await self.http.request("GET", self._next_link(link, url))
+            lower = newest
+
+    def _parse_listed(self, raw: Any) -> SentinelIncident | None:
+        try:
+            return parse_incident(raw)
+        except InvalidResponse as exc:
+            self.skipped += 1
+            log.warning("sentinel_incident_skipped", error=str(exc))
+            return None
 
     async def get_incident(self, name: str) -> SentinelIncident:
         """One incident; :class:`~agent.errors.NotFound` if it does not exist."""
@@ -276,14 +317,10 @@ class SentinelClient:
             if not link:
                 return
             if not isinstance(link, str) or link in links:
-                raise PermanentError(
-                    "sentinel", "GET", redact_url(url), 200, "PagingLoop", "nextLink repeats"
-                )
+                raise _paging_error(url, "PagingLoop", "nextLink repeats")
             links.add(link)
             resp = await self.http.request("GET", self._next_link(link, url))
-        raise PermanentError(
-            "sentinel", "GET", redact_url(url), 200, "TooManyPages", f"more than {self.max_pages} pages"
-        )
+        raise _paging_error(url, "TooManyPages", f"more than {self.max_pages} pages")
 
     def _next_link(self, link: str, url: str) -> URL:
         """The nextLink as a URL to send unchanged; it must point at our ARM endpoint.
@@ -518,6 +555,10 @@ def _parse_owner(owner: Any) -> Owner:
         upn=_opt(owner.get("userPrincipalName")),
         owner_type=_opt(owner.get("ownerType")),
     )
+
+
+def _paging_error(url: str, code: str, detail: str) -> PermanentError:
+    return PermanentError("sentinel", "GET", redact_url(url), 200, code, detail)
 
 
 def _unparsable(name: str, why: str) -> InvalidResponse:

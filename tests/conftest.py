@@ -26,7 +26,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             tmp_path / "agent.ini",
             state_db=tmp_path / "state.db",
             workspaces=["soc"],
-            extra={"agent": {"overlap": "0s", "max_concurrency": "4"}},
+            extra={"agent": {"max_concurrency": "4"}},
         )
         yield Env(stack, tmp_path, cfg, ["soc"])
 

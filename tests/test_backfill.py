@@ -106,7 +106,7 @@ async def test_backfill_after_a_lost_shadow_adopts_instead_of_duplicating(env: E
 
 
 async def test_backfill_of_a_disabled_or_unknown_workspace_is_refused(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s"}, "workspace:soc": {"enabled": "false"}})
+    env.rewrite({"workspace:soc": {"enabled": "false"}})
     env.ws().create_incident(title="t", labels=["snow"], created=days_ago(40))
     with pytest.raises(ConfigError, match="disabled"):
         await commands.once(env.config, workspaces=["soc"], since=days_ago(60), backfill=True)

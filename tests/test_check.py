@@ -139,7 +139,6 @@ async def test_mapping_rows_and_choices_checked_against_the_instance(
 ) -> None:
     env.rewrite(
         {
-            "agent": {"overlap": "0s"},
             "servicenow": {"caller_id": "nobody.here"},
             "status_to_sentinel": {"1": "New", "2": "Active", "6": "Closed"},
             "closure_to_servicenow": {
@@ -186,7 +185,7 @@ async def test_close_codes_without_a_row_warn_and_do_not_fail(
         _close_code_choice(env, code)
     _close_code_choice(env, "Retired", inactive=True)
     listed = {"Solution provided": "TruePositive/SuspiciousActivity"}
-    env.rewrite({"agent": {"overlap": "0s"}, "closure_to_sentinel": listed})
+    env.rewrite({"closure_to_sentinel": listed})
     await _synced_with_note(env)
     code, lines = await _check(env, capsys)
     assert code == 0, "\n".join(lines)
@@ -202,7 +201,7 @@ async def test_close_codes_all_placed_by_a_written_star_row(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _close_code_choice(env, "Solved (Permanently)")
-    env.rewrite({"agent": {"overlap": "0s"}, "closure_to_sentinel": {"*": "Undetermined"}})
+    env.rewrite({"closure_to_sentinel": {"*": "Undetermined"}})
     code, lines = await _check(env, capsys)
     assert code == 0, "\n".join(lines)
     assert not _lines(lines, WARN, "close code")

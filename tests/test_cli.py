@@ -85,7 +85,7 @@ async def test_once_then_status(env: Env) -> None:
 
 
 async def test_run_stops_cleanly_on_sigterm(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "poll_interval": "1s"}})
+    env.rewrite({"agent": {"poll_interval": "1s"}})
     env.ws().create_incident(title="t", labels=["snow"])
     proc = await asyncio.create_subprocess_exec(
         *AGENT,
@@ -110,7 +110,7 @@ async def test_run_stops_cleanly_on_sigterm(env: Env) -> None:
 
 
 async def test_second_agent_on_same_state_is_refused(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "poll_interval": "30s"}})
+    env.rewrite({"agent": {"poll_interval": "30s"}})
     first = await asyncio.create_subprocess_exec(
         *AGENT,
         "-c",

@@ -99,7 +99,7 @@ def at(env: Env) -> datetime:
 # --- listing --------------------------------------------------------------------------------
 
 
-async def test_list_pages_follow_next_link_without_gaps(env: Env) -> None:
+async def test_list_pages_by_time_without_gaps(env: Env) -> None:
     wanted = {env.ws.create_incident(title=f"inc {i}", labels=["snow"])["name"] for i in range(23)}
     for i in range(3):
         env.ws.create_incident(title=f"unlabelled {i}", labels=["other"])
@@ -107,8 +107,42 @@ async def test_list_pages_follow_next_link_without_gaps(env: Env) -> None:
     got = [i async for i in env.client.list_incidents(labels=["snow"], page_size=5)]
     assert {i.name for i in got} == wanted and len(got) == 23
     assert [i.modified for i in got] == sorted(i.modified for i in got)
-    lists = [c for c in env.calls(mark, "sentinel") if c[0] == "incidents.list"]
-    assert lists == [("incidents.list", 200)] * 5
+    lists = [c for c in env.stack.recorder.since(mark) if c.route == "incidents.list"]
+    # 5 + 4 + 4 + 4 + 4 + 2 new per page: each next page repeats the newest time seen
+    assert [c.status for c in lists] == [200] * 6
+    assert not any("$skipToken" in c.query for c in lists)
+    filters = [c.query["$filter"] for c in lists]
+    assert filters[0] == "properties/labels/any(l: l/labelName eq 'snow')"
+    assert all(f.startswith(filters[0] + " and properties/lastModifiedTimeUtc ge ") for f in filters[1:])
+
+
+async def test_incident_edited_between_pages_is_listed(env: Env) -> None:
+    """Issue #13 item 6: 12 incidents, one edited while the listing pages: all 12 come back,
+    the edited one in its new version too."""
+    made = [env.ws.create_incident(title=f"inc {i}", labels=["snow"])["name"] for i in range(12)]
+    for name in made:  # distinct modification times, in order
+        env.stack.clock.advance(1)
+        env.ws.analyst_update(name, description="touched")
+    env.ws.race_listing(1, lambda: env.ws.analyst_update(made[1], severity="High"))
+    got = [i async for i in env.client.list_incidents(page_size=5)]
+    assert {i.name for i in got} == set(made)
+    assert [i.severity for i in got if i.name == made[1]] == ["Medium", "High"]
+
+
+async def test_equal_times_beyond_a_page_follow_the_next_link(env: Env) -> None:
+    """A page whose items all share one modification time cannot be passed by time: only there
+    is the nextLink followed (verbatim)."""
+    made = [env.ws.create_incident(title=f"inc {i}")["name"] for i in range(7)]
+    stamp = "2026-12-01T10:00:00.0000000Z"
+    for name in made:
+        env.ws.incidents[name]["properties"]["lastModifiedTimeUtc"] = stamp
+    later = env.ws.create_incident(title="later")["name"]
+    mark = env.stack.recorder.mark()
+    got = [i.name async for i in env.client.list_incidents(page_size=3)]
+    assert sorted(got) == sorted([*made, later])
+    lists = [c for c in env.stack.recorder.since(mark) if c.route == "incidents.list"]
+    # from the start, then from that time (a full page of it), then on by nextLink
+    assert ["$skipToken" in c.query for c in lists] == [False, False, True, True]
 
 
 async def test_list_filters_by_modification_and_creation(env: Env) -> None:

@@ -115,7 +115,6 @@ async def test_benign_positive_without_reason_is_refused(env: Env, tmp_path: Any
 async def test_unknown_close_code_falls_back_to_the_star_row(env: Env) -> None:
     env.rewrite(
         {
-            "agent": {"overlap": "0s"},
             "closure_to_sentinel": {
                 "Solution provided": "TruePositive/SuspiciousActivity",
                 "*": "FalsePositive/InaccurateData",

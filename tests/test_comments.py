@@ -152,7 +152,7 @@ async def test_html_and_unicode_round_trip_readably(env: Env) -> None:
 
 
 async def test_comment_field_and_code_format(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "comment_field": "comments", "comment_format": "code"}})
+    env.rewrite({"agent": {"comment_field": "comments", "comment_format": "code"}})
     name, sys_id = await linked(env)
     env.ws().analyst_comment(name, "<b>bold</b> [/code] <i>x</i>")
     await env.stats()
@@ -334,7 +334,7 @@ async def test_missing_journal_read_acl_warns_once_and_never_reposts(
     env: Env, events: list[dict[str, Any]]
 ) -> None:
     env.snow.add_api_user("svc_blind", env.stack.snow_password, journal_read=False)
-    env.rewrite({"agent": {"overlap": "0s"}, "servicenow": {"username": "svc_blind"}})
+    env.rewrite({"servicenow": {"username": "svc_blind"}})
     name, sys_id = await linked(env)
     env.ws().analyst_comment(name, "one")
     await env.stats()

@@ -87,7 +87,6 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
             extra={
                 "agent": {
                     "poll_interval": "0.1s",
-                    "overlap": "0s",
                     "max_concurrency": "4",
                     "max_close_ratio": "1",
                 }

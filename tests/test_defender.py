@@ -104,7 +104,7 @@ async def test_merge_into_an_incident_without_a_ticket(env: Env) -> None:
 
 async def test_merge_with_the_survivor_unknown_links_the_redirecting_page(env: Env) -> None:
     env.rewrite(
-        {"agent": {"overlap": "0s", "writeback_label": "false"}, "workspace:soc": {"incident_filter": ""}}
+        {"agent": {"writeback_label": "false"}, "workspace:soc": {"incident_filter": ""}}
     )
     source = xdr(env, "Lone incident", "500", labels=[])
     await env.stats()

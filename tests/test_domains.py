@@ -54,7 +54,6 @@ async def doms(tmp_path: Path) -> AsyncIterator[Domains]:
             state_db=tmp_path / "state.db",
             workspaces=["acme", "initech"],
             extra={
-                "agent": {"overlap": "0s"},
                 "workspace:acme": {"sys_domain": ACME, "company": "ACME", "assignment_group": "Service Desk"},
                 "workspace:initech": {"sys_domain": INITECH, "company": "Initech"},
                 "assignment_groups": {"severity:High": "SOC Tier 2", "*": "Service Desk"},

@@ -232,7 +232,7 @@ async def test_lossy_severity_map_never_flip_flops(env: Env) -> None:
 
 
 async def test_conflict_policy_sentinel_wins(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "conflict_policy": "sentinel"}})
+    env.rewrite({"agent": {"conflict_policy": "sentinel"}})
     ws = env.ws()
     inc = ws.create_incident(title="t", severity="Low", labels=["snow"])
     await env.stats()

@@ -137,7 +137,7 @@ async def test_long_lists_are_capped_with_n_more(env: Env) -> None:
 
 
 async def test_no_recheck_when_enrichment_delay_is_zero(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "enrichment_delay": "0"}})
+    env.rewrite({"agent": {"enrichment_delay": "0"}})
     inc = env.ws().create_incident(title="t", labels=["snow"])
     await env.stats()
     assert (await link_of(env, inc["name"])).enrich_after is None

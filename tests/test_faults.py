@@ -83,7 +83,7 @@ async def _scenario(tmp: Path, seed: int, faulty: bool, travel: TimeTravel) -> O
             state_db=tmp / "state.db",
             workspaces=["soc"],
             extra={
-                "agent": {"overlap": "0s", "max_concurrency": "4", "max_close_ratio": "1"},
+                "agent": {"max_concurrency": "4", "max_close_ratio": "1"},
                 "servicenow": {
                     "auth": "oauth",
                     "client_id": stack.snow_client_id,

@@ -27,7 +27,7 @@ def events() -> Iterator[list[dict[str, Any]]]:
 
 
 def use(env: Env, function: str) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "custom_mapping": f"tests.fixtures_hooks:{function}"}})
+    env.rewrite({"agent": {"custom_mapping": f"tests.fixtures_hooks:{function}"}})
 
 
 async def test_import_errors_are_config_errors_naming_the_key(env: Env) -> None:

@@ -264,7 +264,6 @@ async def test_query_metacharacters_and_quotes_in_every_queried_value(
     group = snow.add_group("SOC ^OR name=Service Desk")
     env.rewrite(
         {
-            "agent": {"overlap": "0s"},
             "workspace:soc": {
                 "incident_filter": HOSTILE_LABEL,
                 "caller_id": "caller^NQactive=true",

@@ -24,7 +24,7 @@ async def _status(config: Path) -> dict[str, object]:
 
 
 async def test_second_agent_is_refused_and_a_killed_one_frees_the_lock(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "poll_interval": "0.2s"}})
+    env.rewrite({"agent": {"poll_interval": "0.2s"}})
     env.ws().create_incident(title="one", labels=["snow"])
     async with AgentProcess(env.config_path, "run") as first:
         await first.wait_for(lambda e: e.get("event") == "cycle_summary")

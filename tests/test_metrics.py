@@ -68,7 +68,7 @@ class Agent:
 
 @pytest.fixture
 async def agent(env: Env) -> AsyncIterator[Agent]:
-    env.rewrite({"agent": {"overlap": "0s", "metrics_listen": "127.0.0.1:0", "poll_interval": "60s"}})
+    env.rewrite({"agent": {"metrics_listen": "127.0.0.1:0", "poll_interval": "60s"}})
     config = env.config
     async with Runtime(config, retry=FAST) as rt, operations(config, rt) as ops:
         assert ops is not None
@@ -145,7 +145,7 @@ async def test_throttling_conflicts_and_failures_are_counted(agent: Agent) -> No
 async def test_token_requests_by_system_and_result(env: Env) -> None:
     env.rewrite(
         {
-            "agent": {"overlap": "0s", "metrics_listen": "127.0.0.1:0"},
+            "agent": {"metrics_listen": "127.0.0.1:0"},
             "servicenow": {
                 "auth": "oauth",
                 "client_id": env.stack.snow_client_id,
@@ -219,7 +219,7 @@ async def test_busy_port_is_a_config_error(env: Env) -> None:
 
 
 async def test_run_serves_metrics_until_sigterm(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "poll_interval": "1s", "metrics_listen": "127.0.0.1:0"}})
+    env.rewrite({"agent": {"poll_interval": "1s", "metrics_listen": "127.0.0.1:0"}})
     env.ws().create_incident(title="t", labels=["snow"])
     proc = await asyncio.create_subprocess_exec(
         *AGENT,

@@ -36,7 +36,6 @@ async def two(tmp_path: Path) -> AsyncIterator[Env]:
             state_db=tmp_path / "state.db",
             workspaces=["eu", "us"],
             extra={
-                "agent": {"overlap": "0s"},
                 "oauth:tenant2": {
                     "tenant_id": TENANT2,
                     "client_id": CLIENT2,

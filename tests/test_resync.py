@@ -44,7 +44,7 @@ async def resync_json(env: Env, capsys: pytest.CaptureFixture[str], dry_run: boo
 async def test_resync_rebuilds_a_lost_shadow_without_writing(
     env: Env, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "conflict_policy": "servicenow"}})
+    env.rewrite({"agent": {"conflict_policy": "servicenow"}})
     ws = env.ws()
     incs = [ws.create_incident(title=f"t{i}", labels=["snow"], severity="Low") for i in range(3)]
     await env.stats()

@@ -104,7 +104,7 @@ async def test_no_secret_or_token_in_any_log_line_or_error(tmp_path: Path, captu
         path = stack.write_config(
             tmp_path / "agent.ini",
             state_db=tmp_path / "state.db",
-            extra={"agent": {"overlap": "0s", "log_level": "debug"}, "servicenow": oauth},
+            extra={"agent": {"log_level": "debug"}, "servicenow": oauth},
         )
         config = load_config(path)
         snow = stack.snow["default"]

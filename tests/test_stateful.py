@@ -69,7 +69,7 @@ class SyncMachine(RuleBasedStateMachine):
         path = self.stack.write_config(
             self.tmp / "agent.ini",
             state_db=self.tmp / "state.db",
-            extra={"agent": {"overlap": "0s", "max_concurrency": "4", "max_close_ratio": "1"}},
+            extra={"agent": {"max_concurrency": "4", "max_close_ratio": "1"}},
         )
         self.config = load_config(path)
         self.checker = Checker(self.stack, self.config)

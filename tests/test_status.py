@@ -57,7 +57,7 @@ async def test_links_cycle_lag_and_failure_reasons(env: Env, capsys: pytest.Capt
 
 
 async def test_disabled_workspace_and_cli_json(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s"}, "workspace:soc": {"enabled": "false"}})
+    env.rewrite({"workspace:soc": {"enabled": "false"}})
     code, out, _ = await run_cli("-c", str(env.config_path), "status")
     assert code == 0
     assert "[soc] DISABLED (frozen)" in out

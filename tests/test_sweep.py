@@ -105,7 +105,7 @@ async def test_sweep_without_drift_writes_nothing_and_costs_a_few_reads(env: Env
 
 
 async def test_sweep_runs_every_interval_and_remembers_when(env: Env) -> None:
-    env.rewrite({"agent": {"overlap": "0s", "sweep_interval": "1h"}})
+    env.rewrite({"agent": {"sweep_interval": "1h"}})
     env.ws().create_incident(title="t", labels=["snow"])
     assert not (await env.stats()).sweep  # the first cycle starts the clock
     assert not (await env.stats()).sweep

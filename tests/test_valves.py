@@ -61,7 +61,7 @@ async def two(tmp_path: Path) -> AsyncIterator[Two]:
         cfg = stack.write_config(
             tmp_path / "agent.ini",
             state_db=tmp_path / "state.db",
-            extra={"agent": {"overlap": "0s", "poll_interval": "0.2s"}},
+            extra={"agent": {"poll_interval": "0.2s"}},
         )
         rig = Two(stack, tmp_path, cfg)
         await rig.cycle()

@@ -13,12 +13,13 @@ with ``nextLink`` paging (A.7, parser in :mod:`agent.emulators.odata`). Error bo
 
 from __future__ import annotations
 
-import base64
 import contextvars
 import copy
 import math
 import re
+import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -143,6 +144,7 @@ _PROPERTY_ORDER = (
 )  # fmt: skip
 _LIST_OPTIONS = ("$filter", "$orderby", "$top", "$skipToken")
 _INTERNAL_ERROR = "Encountered internal server error. Please try again."
+_MAX_SKIP_TOKENS = 10_000
 
 # The request being served, so the fault factory (which only gets status and Retry-After)
 # can name the subscription and actor in an injected 429, as ARM does (A.11).
@@ -270,6 +272,12 @@ class SentinelWorkspace:
         self._alerts: dict[str, list[dict[str, Any]]] = {}
         self._entities: dict[str, list[dict[str, Any]]] = {}
         self._races: dict[str, dict[str, Any]] = {}
+        # Listing visibility (indexing lag): name -> versions in write order (visible from,
+        # snapshot); only for incidents with a delayed change pending.
+        self._index: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._delay_next: dict[str, float] = {}
+        self._list_races: list[tuple[int, Callable[[], object]]] = []
+        self._lists_served = 0
         self._last_number = 0
         # Lower-cased name -> stored name: a miss (every new incident) must not scan the workspace.
         self._names: dict[str, str] = {}
@@ -291,10 +299,42 @@ class SentinelWorkspace:
             raise KeyError(f"no incident {name!r} in workspace {self.workspace_name!r}")
         return key
 
-    def _touch(self, incident: dict[str, Any]) -> None:
-        # A.5.5/A.5.7: every write to the incident or its children gets a new etag and time.
+    def _touch(self, incident: dict[str, Any], *, modified: bool = True) -> None:
+        # A.5.5/A.5.7: every write to the incident or its children gets a new etag and time
+        # (``modified=False``: the etag only, for a comment when E.2's switch is off).
         incident["etag"] = f'"{uuid.uuid4()}"'
-        incident["properties"]["lastModifiedTimeUtc"] = self._now()
+        if modified:
+            incident["properties"]["lastModifiedTimeUtc"] = self._now()
+        self._indexed(incident)
+
+    def _indexed(self, incident: dict[str, Any]) -> None:
+        """Record the new version for listings when a delayed change is pending (see
+        :meth:`delay_listing`)."""
+        name = incident["name"]
+        if name in self._index:
+            delay = self._delay_next.pop(name, 0.0)
+            self._index[name].append((self._emu.clock.time() + delay, copy.deepcopy(incident)))
+
+    def _listed(self) -> list[dict[str, Any]]:
+        """The incidents as listings show them now: a delayed change only once it is visible."""
+        if not self._index:
+            return list(self.incidents.values())
+        now = self._emu.clock.time()
+        out: list[dict[str, Any]] = []
+        for name, incident in self.incidents.items():
+            versions = self._index.get(name)
+            if versions is None:
+                out.append(incident)
+                continue
+            # The newest write that is visible wins; older ones are superseded.
+            shown = max((i for i, v in enumerate(versions) if v[0] <= now), default=None)
+            if shown == len(versions) - 1:
+                del self._index[name]  # caught up: the live incident is what listings show
+                out.append(incident)
+            elif shown is not None:
+                self._index[name] = versions[shown:]
+                out.append(versions[shown][1])
+        return out
 
     def _comment_store(self, key: str) -> dict[str, dict[str, Any]]:
         return self._comments.setdefault(key, {})
@@ -337,6 +377,8 @@ class SentinelWorkspace:
             "properties": _ordered(props),
         }
         self.incidents[name] = incident
+        if self._emu.listing_delay:
+            self._index[name] = [(self._emu.clock.time() + self._emu.listing_delay, copy.deepcopy(incident))]
         self._names[name.lower()] = name
         self._comments[name] = {}
         self._alerts[name] = []
@@ -439,7 +481,7 @@ class SentinelWorkspace:
             store[comment_name] = comment
             created = True
         self._sync_comment_count(key)
-        self._touch(self.incidents[key])
+        self._touch(self.incidents[key], modified=self._emu.comment_moves_modified)
         return comment, created
 
     def _delete_comment(self, key: str, comment_name: str) -> bool:
@@ -449,7 +491,7 @@ class SentinelWorkspace:
             return False
         del store[existing]
         self._sync_comment_count(key)
-        self._touch(self.incidents[key])
+        self._touch(self.incidents[key], modified=self._emu.comment_moves_modified)
         return True
 
     def add_alert(
@@ -538,8 +580,28 @@ class SentinelWorkspace:
         key = self._require_key(name)
         del self.incidents[key]
         self._names.pop(key.lower(), None)
-        for store in (self._comments, self._alerts, self._entities, self._races):
+        for store in (self._comments, self._alerts, self._entities, self._races, self._index):
             store.pop(key, None)
+
+    def delay_listing(self, name: str, seconds: float) -> None:
+        """The next change to this incident reaches listings ``seconds`` after it is made: until
+        then ``GET /incidents`` shows the incident as it is now (a GET by id shows the change at
+        once). The clock skew and search-index lag the agent's ``overlap`` exists for."""
+        key = self._require_key(name)
+        self._index.setdefault(key, [(float("-inf"), copy.deepcopy(self.incidents[key]))])
+        self._delay_next[key] = seconds
+
+    def race_listing(self, after: int, action: Callable[[], object]) -> None:
+        """One-shot: run ``action`` (e.g. an analyst edit) just before the incident listing
+        request number ``after + 1`` from now is served, i.e. between two pages of a listing."""
+        self._list_races.append((self._lists_served + after, action))
+
+    def _run_list_races(self) -> None:
+        served = self._lists_served
+        self._lists_served += 1
+        for race in [r for r in self._list_races if r[0] == served]:
+            self._list_races.remove(race)
+            race[1]()
 
     def race_next_put(self, name: str, **props: Any) -> None:
         """One-shot: just before the next PUT to this incident is handled, apply
@@ -600,6 +662,14 @@ class SentinelEmulator:
     notes of REFERENCE E where the real service refuses what a naive client sends: a ``$filter``
     lambda anywhere but first is 400 "OData query syntax error" (E.1). ``strict=False`` accepts
     any valid OData filter, for experiments only.
+
+    ``comment_moves_modified``: whether writing a comment moves the incident's
+    ``lastModifiedTimeUtc`` (it always changes the etag, E.2). The default is the likely real
+    behaviour (Microsoft's own app and XSOAR find new comments only through that listing); off,
+    the agent must still find new comments some other way. ``listing_delay``: seconds before a
+    new incident shows up in listings (indexing lag); :meth:`SentinelWorkspace.delay_listing`
+    delays one change of one incident. ``$skipToken`` values are opaque (A.7): random, valid
+    only on this server, never an offset a client could compute.
     """
 
     def __init__(
@@ -617,6 +687,8 @@ class SentinelEmulator:
         read_bucket: tuple[int, float] = (250, 25.0),
         write_bucket: tuple[int, float] = (200, 10.0),
         strict: bool = True,
+        comment_moves_modified: bool = True,
+        listing_delay: float = 0.0,
     ) -> None:
         if missing_etag not in ("reject_409", "allow"):
             raise ValueError("missing_etag must be 'reject_409' or 'allow'")
@@ -635,6 +707,9 @@ class SentinelEmulator:
         self.read_bucket = read_bucket
         self.write_bucket = write_bucket
         self.strict = strict
+        self.comment_moves_modified = comment_moves_modified
+        self.listing_delay = listing_delay
+        self._skip_tokens: OrderedDict[str, int] = OrderedDict()
         self.api_versions: set[str] = set(API_VERSIONS)
         self._workspaces: dict[tuple[str, str, str], SentinelWorkspace] = {}
         self._roles: dict[str, str] = {}
@@ -925,8 +1000,9 @@ class SentinelEmulator:
     # -- incidents
     async def _incidents_list(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
         ws = ctx.workspace
+        ws._run_list_races()
         default = [OrderKey(("properties", "createdTimeUtc"), True, "datetime")]
-        return self._page(request, ctx, list(ws.incidents.values()), INCIDENT_SCHEMA, default, self.max_top)
+        return self._page(request, ctx, ws._listed(), INCIDENT_SCHEMA, default, self.max_top)
 
     async def _incidents_get(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:
         return json_response(self._find_incident(ctx, request.match_info["incident"]))
@@ -1154,7 +1230,7 @@ class SentinelEmulator:
         except ODataError as exc:
             raise _bad_request(f"Invalid OData query: {exc}.") from None
         top = _parse_top(query.get("$top"), self.default_top, max_top)
-        offset = _decode_skip_token(query.get("$skipToken"))
+        offset = self._skip_offset(query.get("$skipToken"))
         problem = _lambda_problem(flt.expr) if flt is not None and self.strict else None
         if problem == "misplaced" and ctx.api_version < _LAMBDA_ERROR_SINCE:
             return json_response({"value": []})
@@ -1168,8 +1244,23 @@ class SentinelEmulator:
         ordered = sort_items(items, order, tiebreak=lambda i: i["name"].lower())
         body: dict[str, Any] = {"value": ordered[offset : offset + top]}
         if offset + top < len(ordered):
-            body["nextLink"] = _next_link(request, ctx.api_version, top, offset + top)
+            body["nextLink"] = _next_link(request, ctx.api_version, top, self._skip_token(offset + top))
         return json_response(body)
+
+    def _skip_token(self, offset: int) -> str:
+        token = secrets.token_urlsafe(24)
+        self._skip_tokens[token] = offset
+        while len(self._skip_tokens) > _MAX_SKIP_TOKENS:
+            self._skip_tokens.popitem(last=False)
+        return token
+
+    def _skip_offset(self, raw: str | None) -> int:
+        if raw is None:
+            return 0
+        offset = self._skip_tokens.get(raw)
+        if offset is None:
+            raise _bad_request("The $skipToken is invalid.")
+        return offset
 
 
 # --- module helpers ---------------------------------------------------------------------------
@@ -1263,33 +1354,16 @@ def _parse_top(raw: str | None, default: int, maximum: int | None) -> int:
     return top
 
 
-def _encode_skip_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"offset": offset})).rstrip(b"=").decode()
-
-
-def _decode_skip_token(raw: str | None) -> int:
-    if raw is None:
-        return 0
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        offset = data["offset"]
-    except (ValueError, TypeError, KeyError):
-        raise _bad_request("The $skipToken is invalid.") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise _bad_request("The $skipToken is invalid.")
-    return offset
-
-
 # Characters left as they are inside nextLink values. Spaces stay unencoded: real nextLinks
 # carry raw spaces in $filter (A.7), so a client must not pass the link through as pre-encoded.
 _NEXT_LINK_SAFE = "/:',()@!*$ "
 
 
-def _next_link(request: web.Request, api_version: str, top: int, offset: int) -> str:
+def _next_link(request: web.Request, api_version: str, top: int, token: str) -> str:
     """Absolute link on the caller's host with ``$skipToken`` as the last parameter (A.7)."""
     params = [("api-version", api_version)]
     params += [(k, request.query[k]) for k in ("$filter", "$orderby") if k in request.query]
-    params += [("$top", str(top)), ("$skipToken", _encode_skip_token(offset))]
+    params += [("$top", str(top)), ("$skipToken", token)]
     query = "&".join(f"{k}={quote(v, safe=_NEXT_LINK_SAFE)}" for k, v in params)
     return f"{request.scheme}://{request.host}{request.url.raw_path}?{query}"
 

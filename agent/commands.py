@@ -25,9 +25,25 @@ def _exit_code(results: Mapping[str, BaseException | CycleStats]) -> int:
         return ExitCode.CONFIG
     if any(isinstance(r, BaseException) for r in results.values()):
         return ExitCode.TRANSIENT
-    if any(isinstance(r, CycleStats) and r.failures for r in results.values()):
+    if any(isinstance(r, CycleStats) and (r.failures or r.backoff) for r in results.values()):
         return ExitCode.TRANSIENT
     return ExitCode.OK
+
+
+def _report_left_behind(results: Mapping[str, BaseException | CycleStats]) -> None:
+    """One line when a ``once`` left incidents failed or waiting for their backoff (exit 1)."""
+    failed = {w: r.failures for w, r in results.items() if isinstance(r, CycleStats) and r.failures}
+    waiting = {w: r.backoff for w, r in results.items() if isinstance(r, CycleStats) and r.backoff}
+    if failed or waiting:
+        log.warning(
+            "once_incomplete",
+            failed=sum(failed.values()),
+            backoff=sum(waiting.values()),
+            workspaces=sorted({*failed, *waiting}),
+            message=f"{sum(failed.values())} incident(s) failed in this run and "
+            f"{sum(waiting.values())} wait for a retry after an earlier failure; run again later "
+            "(`status` lists them and why)",
+        )
 
 
 async def once(
@@ -50,6 +66,7 @@ async def once(
                 )
             options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since, sweep=sweep)
             results = await run_workspaces(syncs, options)
+    _report_left_behind(results)
     if since is not None:
         from agent.watermarks import report_backfill
 

@@ -41,11 +41,14 @@ from agent.errors import (
     EditConflict,
     HookFailed,
     NotFound,
+    NotSent,
     PermanentError,
+    RateLimited,
     RemoteError,
     SafetyValveTripped,
     TransientError,
 )
+from agent.http import counting_retries
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
 from agent.progress import Progress
@@ -71,6 +74,8 @@ SNOW_FIELDS_BASE = (
 )
 MAX_CONFLICT_RETRIES = 3
 ID_CHUNK = 100
+CREATE_ATTEMPTS = 3  # POSTs of one ticket per cycle when each answer left its outcome open
+PERMANENT_BACKOFF = 60.0  # seconds before a pair that failed permanently is tried again (doubling)
 
 
 def utcnow() -> datetime:
@@ -90,6 +95,7 @@ class CycleStats:
     conflicts: int = 0
     failures: int = 0
     skipped: int = 0
+    backoff: int = 0
     unmapped: int = 0
     deferred: int = 0
     comments_to_snow: int = 0
@@ -212,7 +218,7 @@ class WorkspaceSync:
         started = utcnow()
         t0 = time.monotonic()
         calls0 = self._calls()
-        with bind(workspace=self.ws.name, instance=self.inst.name):
+        with bind(workspace=self.ws.name, instance=self.inst.name), counting_retries() as retried:
             ok = False
             tripped: SafetyValveTripped | None = None
             try:
@@ -224,6 +230,7 @@ class WorkspaceSync:
             finally:
                 summary = stats.as_dict() | {
                     "calls": self._calls() - calls0,
+                    "http_retries": retried.retried,
                     "duration_ms": round((time.monotonic() - t0) * 1000, 1),
                     "ok": ok,
                     "dry_run": options.dry_run,
@@ -288,6 +295,7 @@ class WorkspaceSync:
         # 2. pair through the shadow; fetch missing halves
         pairs = await self._pair(incidents, records, now)
         blocked = await self.shadow.blocked(inst, wsname, now)
+        stats.backoff = len(blocked)
         unlinked = await self.shadow.unlinked(inst, wsname, pairs)  # never re-created or re-adopted
         creates: list[SentinelIncident] = []
         strays: list[SentinelIncident] = []
@@ -612,17 +620,36 @@ class WorkspaceSync:
                     await self._incident_failed(incident, exc)
 
     async def _incident_failed(self, incident: str, exc: RemoteError | DataError) -> None:
-        """Record one incident's failure for a retry with backoff, and say so (a dry run only says)."""
+        """Record one incident's failure for a retry, and say so (a dry run only says).
+
+        A transient failure is retried by the next cycle, then with a backoff starting at
+        ``poll_interval`` (at most a minute); a permanent one waits a minute, doubling. Only a
+        failure that repeats is a warning: one the next cycle heals needs nobody."""
         error = _safe_error(exc)
         if self._dry:
             log.warning("incident_failed", kind="dry_run", error=error)
             return
-        nxt = await self.shadow.record_failure(self.inst.name, self.ws.name, incident, error, now=utcnow())
+        now = utcnow()
+        transient = isinstance(exc, TransientError)
+        nxt = await self.shadow.record_failure(
+            self.inst.name,
+            self.ws.name,
+            incident,
+            error,
+            now=now,
+            base_delay=min(PERMANENT_BACKOFF, self.config.agent.poll_interval)
+            if transient
+            else PERMANENT_BACKOFF,
+            grace=1 if transient else 0,
+        )
         if isinstance(exc, HookFailed):
             log.error("incident_failed", kind="agent", error=error)
             return
-        kind = "transient" if isinstance(exc, TransientError) else "permanent"
-        log.warning("incident_failed", kind=kind, error=error, next_try=nxt.isoformat())
+        fields = {"kind": "transient" if transient else "permanent", "error": error}
+        if not transient or nxt > now:
+            log.warning("incident_failed", **fields, next_try=nxt.isoformat())
+        else:
+            log.info("incident_failed", **fields, next_try=nxt.isoformat())
 
     def _may_own_ticket(self, inc: SentinelIncident, watermark: datetime | None) -> bool:
         """An unlinked incident we would not create now (closed, or too old) that may still own a
@@ -686,14 +713,7 @@ class WorkspaceSync:
             stats.planned.append({"action": "create_snow", "incident": inc.name, "values": values})
             stats.created += 1
             return
-        try:
-            rec = await self.snow.create(values, self.snow_fields)
-        except TransientError:
-            # The POST may have landed: look before anyone retries (never duplicate a ticket).
-            again = (await self._lookup_unique([inc.name])).get(inc.name)
-            if again is None:
-                raise
-            rec = again
+        rec = await self._create_settled(inc.name, values)
         log.info("snow_created", snow_number=rec.number, sys_id=rec.sys_id, direction="to_snow")
         etag = inc.etag
         if self.config.agent.writeback_label and rec.number not in inc.labels:
@@ -728,6 +748,26 @@ class WorkspaceSync:
         link, _rec = await self._converse(link, None, inc, rec, stats, created=True)
         await self.shadow.save_link(link)
         stats.created += 1
+
+    async def _create_settled(self, incident: str, values: Mapping[str, str]) -> SnowRecord:
+        """POST the ticket; when the answer leaves open whether it was created (a 5xx, a timeout, a
+        connection dropped after sending), settle that now by its unique key and POST again only
+        when it is absent. A 429 or a request that never left (``NotSent``) created nothing: the
+        HTTP layer retried it already and the next cycle tries again."""
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return await self.snow.create(values, self.snow_fields)
+            except (NotSent, RateLimited):
+                raise
+            except TransientError as exc:
+                found = (await self._lookup_unique([incident])).get(incident)
+                if found is not None:
+                    log.info("snow_create_settled", snow_number=found.number, outcome="created")
+                    return found
+                if attempt == CREATE_ATTEMPTS:
+                    raise
+                log.info("snow_create_settled", outcome="absent", error=_safe_error(exc))
+        raise AssertionError("unreachable")
 
     async def _writeback_label(self, inc: SentinelIncident, number: str) -> str | None:
         """Add the ServiceNow number to the incident's labels.
@@ -974,9 +1014,12 @@ class WorkspaceSync:
             tries = int(link.extra.get(TALK_RETRIES, "0")) + 1
             retry = now + timedelta(seconds=min(TALK_RETRY_MAX, TALK_RETRY_BASE * 2 ** min(tries - 1, 16)))
             stats.comments_deferred += 1
-            log.warning(
-                "conversation_deferred", error=_safe_error(exc), attempt=tries, next_try=retry.isoformat()
-            )
+            # A first transient failure heals by itself at the retry; only a repeat needs a person.
+            fields = {"error": _safe_error(exc), "attempt": tries, "next_try": retry.isoformat()}
+            if tries == 1 and isinstance(exc, TransientError):
+                log.info("conversation_deferred", **fields)
+            else:
+                log.warning("conversation_deferred", **fields)
             deferred = replace(
                 link,
                 sentinel_etag=previous.sentinel_etag if previous else None,

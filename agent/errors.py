@@ -135,8 +135,9 @@ class EditConflict(PermanentError):
 
 
 class InvalidResponse(PermanentError):
-    """A success status whose body the agent cannot read: no JSON, or a record or list without
-    what every such record has (``code`` says which: ``InvalidJson``, ``InvalidIncident``, ...)."""
+    """A success status whose body the agent cannot read: a record or list without what every
+    such record has (``code`` says which: ``InvalidIncident``, ...). A body that is no JSON at
+    all is transient instead (a hibernating instance, a login page or a proxy, REFERENCE E.7)."""
 
 
 class DataError(AgentError, ValueError):

@@ -22,11 +22,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +46,6 @@ from agent.errors import (
     ConfigError,
     EditConflict,
     Forbidden,
-    InvalidResponse,
     NotFound,
     NotSent,
     PermanentError,
@@ -70,6 +71,14 @@ _URL_CREDENTIALS = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
 _NOT_SECRET_QUERY_KEYS = frozenset({"$skiptoken", "skiptoken"})
 # Keep OData and ServiceNow queries readable in URLs; everything else is percent-encoded.
 _QUERY_SAFE = "$'(),:/@!*"
+_SYSTEM_NAMES = {
+    "servicenow": "ServiceNow",
+    "sentinel": "Azure Resource Manager",
+    "graph": "Microsoft Graph",
+    "entra": "Entra ID",
+}
+# REFERENCE E.7: what a non-JSON answer from each remote usually is.
+_NOT_JSON_CAUSES = {"servicenow": "hibernating instance, login page or proxy?"}
 
 
 class AuthProvider(Protocol):
@@ -209,6 +218,74 @@ def _connection_error(system: str, method: str, url: str, exc: BaseException) ->
     if isinstance(exc, aiohttp.InvalidURL):
         return PermanentError(system, method, url, None, name, text)
     return TransientError(system, method, url, None, name, text)
+
+
+def not_json_error(
+    system: str, method: str, url: str, status: int, headers: Mapping[str, str], raw: bytes
+) -> TransientError:
+    """A body that is not JSON from a JSON API (REFERENCE E.7): transient, in words a person reads.
+
+    A hibernating ServiceNow developer instance, an SSO login page or a proxy's block page all
+    answer HTML, often with status 200. None of it says anything about the request itself, so
+    it is never a permanent failure of the record it was about.
+    """
+    kind = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    html = kind in ("text/html", "application/xhtml+xml") or raw.lstrip()[:1] == b"<"
+    if not html and kind.endswith("json"):
+        # Declared JSON but cut off or garbled: a connection that broke mid-answer, most likely.
+        return TransientError(
+            system, method, url, status, "InvalidJson", "the response body is not valid JSON (cut off?)"
+        )
+    what = "HTML" if html else (kind or "a body that is not JSON")
+    cause = _NOT_JSON_CAUSES.get(system, "login page or proxy?")
+    name = _SYSTEM_NAMES.get(system, system)
+    return TransientError(
+        system, method, url, status, "NotJson", f"{name} answered {what}, not JSON ({cause})"
+    )
+
+
+def redirect_error(
+    system: str, method: str, url: str, status: int, headers: Mapping[str, str]
+) -> TransientError:
+    """A 3xx answer: reported, never followed (REFERENCE E.7: an SSO login or a proxy redirects too)."""
+    location = headers.get("Location", "")
+    target = redact_url(location) if location else "an unnamed location"
+    name = _SYSTEM_NAMES.get(system, system)
+    return TransientError(
+        system,
+        method,
+        url,
+        status,
+        "Redirected",
+        f"{name} redirected the request to {target} (not followed: a login page, a proxy or a moved "
+        "instance? check the configured URL)",
+    )
+
+
+# --- retries counted per unit of work ---------------------------------------------------------
+
+
+@dataclass
+class RetryCount:
+    """Requests retried (and their final outcome left to the caller) while a :func:`counting_retries`
+    block ran, in this task and the tasks it started."""
+
+    retried: int = 0
+
+
+_RETRY_COUNT: ContextVar[RetryCount | None] = ContextVar("retry_count", default=None)
+
+
+@contextlib.contextmanager
+def counting_retries() -> Iterator[RetryCount]:
+    """Count the HTTP retries made inside the block (a workspace cycle reports them in its
+    summary; one retry that recovered is not worth a warning of its own)."""
+    count = RetryCount()
+    token = _RETRY_COUNT.set(count)
+    try:
+        yield count
+    finally:
+        _RETRY_COUNT.reset(token)
 
 
 # --- pacing ---------------------------------------------------------------------------------
@@ -426,7 +503,12 @@ class HttpClient:
 
         def on_retry(failed: int, error: TransientError, delay: float) -> None:
             self.retries += 1
-            log.warning(
+            count = _RETRY_COUNT.get()
+            if count is not None:
+                count.retried += 1
+            # Info, not warning: a retry that recovers needs nobody; one that does not ends in an
+            # error the caller reports (and the cycle summary counts the retries).
+            log.info(
                 "http_retry",
                 system=self.system,
                 method=method,
@@ -545,18 +627,13 @@ class HttpClient:
                 request=_preview(sent),
                 response=_preview(body),
             )
+        if 300 <= status < 400:
+            raise redirect_error(self.system, method, safe_url, status, headers)
+        if not parsed and status < 500:  # a 5xx is transient whatever its body says
+            raise not_json_error(self.system, method, safe_url, status, headers, raw)
         if status in ok:
-            if not parsed:
-                raise InvalidResponse(
-                    self.system,
-                    method,
-                    safe_url,
-                    status,
-                    "InvalidJson",
-                    "the response body is not valid JSON",
-                )
             return HttpResponse(status, headers, body)
-        if status < 400:  # a success we did not expect, or a redirect (never followed)
+        if status < 400:  # a success we did not expect
             raise PermanentError(self.system, method, safe_url, status, "UnexpectedStatus", None)
         raise error_for_status(self.system, method, safe_url, status, headers, body)
 

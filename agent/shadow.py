@@ -466,9 +466,7 @@ class Shadow:
             for table in ("links", "comment_links", "failures"):
                 await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
 
-    async def links_by_number(
-        self, instance: str, workspace: str, numbers: Iterable[str]
-    ) -> dict[str, Link]:
+    async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         """The links of a workspace whose ServiceNow number is one of ``numbers``, keyed by number."""
         out: dict[str, Link] = {}
         for chunk in _chunks(numbers):
@@ -693,8 +691,11 @@ class Shadow:
         now: datetime,
         base_delay: float = 60.0,
         max_delay: float = 6 * 3600,
+        grace: int = 0,
     ) -> datetime:
-        """Count one more failure; the next try is ``now + min(max_delay, base_delay * 2**(attempts-1))``.
+        """Count one more failure; the next try is ``now + min(max_delay, base_delay * 2**(attempts-1))``,
+        or ``now`` for the first ``grace`` failures in a row (retried by the very next cycle; then
+        the exponent counts from the first failure after the grace).
 
         Returns that next-try time.
         """
@@ -703,7 +704,8 @@ class Shadow:
             rows = await db.execute_fetchall(f"SELECT attempts FROM failures WHERE {_BY_INCIDENT}", key)
             attempts = (int(next(iter(rows))["attempts"]) if rows else 0) + 1
             # The exponent is capped so a long-failing incident cannot overflow the float.
-            delay = min(max_delay, base_delay * 2.0 ** min(attempts - 1, 64))
+            over = attempts - grace
+            delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
             next_try = now + timedelta(seconds=delay)
             await db.execute(
                 f"INSERT OR REPLACE INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -882,7 +884,6 @@ def _run_batch(db: sqlite3.Connection, statements: Sequence[tuple[str, Any, bool
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path) -> None:

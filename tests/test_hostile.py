@@ -15,6 +15,7 @@ import pytest
 
 from agent.config import load_config
 from agent.emulators.sentinel import SentinelWorkspace
+from agent.errors import TransientError
 from tests.e2e import Env, props
 from tests.sync_invariants import Checker, TimeTravel
 
@@ -79,13 +80,16 @@ async def test_malformed_json_from_either_api(env: Env, events: list[dict[str, A
     await env.stats()
     await env.stats()
     # a listing page cut off mid-document: the whole cycle stops before any write, cleanly
-    env.stack.sentinel.faults.once("incidents.list", 200, body=b'{"value": [{"name": "x", "prop')
+    # (three times: a garbled answer is transient, and a read is retried twice within the cycle)
+    for _ in range(3):
+        env.stack.sentinel.faults.once("incidents.list", 200, body=b'{"value": [{"name": "x", "prop')
     await _bystander_changes(env, bystander)
     failed = (await env.cycle())["soc"]
-    assert isinstance(failed, Exception) and "not valid JSON" in str(failed)
+    assert isinstance(failed, TransientError) and "not valid JSON" in str(failed)
     assert named(events, "cycle_failed")[-1]["error"].count("InvalidJson") == 1
     assert env.snow_record(bystander)["impact"] == "3"  # nothing was half-done
-    env.snow.faults.once("table.list", 200, body=b"<html><body>Instance is hibernating</body></html>")
+    for _ in range(3):
+        env.snow.faults.once("table.list", 200, body=b"<html><body>Instance is hibernating</body></html>")
     assert isinstance((await env.cycle())["soc"], Exception)
     # a garbled answer to one incident's write: that incident fails alone and is retried later
     ws.analyst_update(other, severity="High")

@@ -401,14 +401,37 @@ async def test_html_502_is_transient_without_detail(tls: TLSMaterial, serve: Any
     assert info.value.status == 502 and info.value.detail is None
 
 
-async def test_malformed_json_in_2xx_is_a_permanent_error(tls: TLSMaterial, serve: Any) -> None:
+async def test_e7_malformed_json_in_2xx_is_transient(tls: TLSMaterial, serve: Any) -> None:
     srv = await serve(
         sequence(lambda: web.Response(status=200, text='{"value": [', content_type="application/json"))
     )
-    async with client(tls) as http:
-        with pytest.raises(PermanentError) as info:
+    async with client(tls, retry=RetryPolicy.disabled()) as http:
+        with pytest.raises(TransientError) as info:
             await http.request("GET", srv.url)
+    assert not isinstance(info.value, PermanentError)
     assert info.value.code == "InvalidJson" and info.value.status == 200
+
+
+async def test_e7_html_answer_is_transient_and_says_what_it_likely_is(tls: TLSMaterial, serve: Any) -> None:
+    page = "<html><body>Your instance is hibernating</body></html>"
+    srv = await serve(sequence(lambda: web.Response(status=200, text=page, content_type="text/html")))
+    async with HttpClient("servicenow", ca_bundle=tls.ca_file, retry=RetryPolicy.disabled()) as http:
+        with pytest.raises(TransientError) as info:
+            await http.request("POST", srv.url, json={}, idempotent=False)
+    err = info.value
+    assert err.code == "NotJson" and err.status == 200
+    assert err.detail == "ServiceNow answered HTML, not JSON (hibernating instance, login page or proxy?)"
+    assert "hibernating</body>" not in str(err)  # the page itself stays out of the message
+
+
+async def test_e7_html_on_an_error_status_is_transient_too(tls: TLSMaterial, serve: Any) -> None:
+    # A proxy's block page comes with 403: still not an answer of the API about the request.
+    srv = await serve(
+        sequence(lambda: web.Response(status=403, text="<h1>Blocked</h1>", content_type="text/html"))
+    )
+    async with client(tls, retry=RetryPolicy.disabled()) as http:
+        with pytest.raises(TransientError, match="answered HTML, not JSON"):
+            await http.request("GET", srv.url)
 
 
 async def test_unexpected_success_status_is_an_error(tls: TLSMaterial, serve: Any) -> None:
@@ -418,14 +441,20 @@ async def test_unexpected_success_status_is_an_error(tls: TLSMaterial, serve: An
             await http.request("PUT", srv.url, json={}, expected=(201,))
 
 
-async def test_redirects_are_not_followed(tls: TLSMaterial, serve: Any) -> None:
+async def test_e7_redirects_are_reported_not_followed(tls: TLSMaterial, serve: Any) -> None:
     srv = await serve(
-        sequence(lambda: web.Response(status=302, headers={"Location": "https://elsewhere.invalid/"}))
+        sequence(
+            lambda: web.Response(
+                status=302, headers={"Location": "https://login.elsewhere.invalid/sso?token=abc123"}
+            )
+        )
     )
-    async with client(tls, auth=FakeAuth()) as http:
-        with pytest.raises(PermanentError) as info:
+    async with client(tls, auth=FakeAuth(), retry=RetryPolicy.disabled()) as http:
+        with pytest.raises(TransientError) as info:
             await http.request("GET", srv.url)
     assert info.value.status == 302 and len(srv.requests) == 1
+    assert info.value.code == "Redirected"
+    assert "https://login.elsewhere.invalid/sso" in str(info.value) and "abc123" not in str(info.value)
 
 
 def test_error_details_shapes() -> None:

@@ -16,6 +16,7 @@ path except auth and the data policy.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -366,6 +367,7 @@ class ServiceNowEmulator:
         self._access_tokens: dict[str, str] = {}  # access token -> user_name
         self._refresh_tokens: dict[str, _Refresh] = {}
         self._rate_rules: dict[str, RateRule] = {}
+        self._lost_answers: dict[str, list[int]] = {}
         self._next_number = 10001
         self._seed()
         self.app = web.Application(
@@ -446,6 +448,12 @@ class ServiceNowEmulator:
         rule = RateRule(uuid.uuid4().hex, per_hour)
         self._rate_rules[user_name] = rule
         return rule.sys_id
+
+    def lose_answer(self, route: str, status: int = 0) -> None:
+        """The next request to ``route`` (e.g. ``table.post``) is carried out, but its answer never
+        reaches the client: the connection drops (``status`` 0), or a gateway in front of the
+        instance answers ``status`` (e.g. 503) after the instance committed the write."""
+        self._lost_answers.setdefault(route, []).append(status)
 
     # --- direct access (no HTTP, no auth, no data policy) ------------------------------------
 
@@ -730,12 +738,22 @@ class ServiceNowEmulator:
                 response = await handler(ctx)
             except Rejected as exc:
                 response = exc.response()
+            lost = self._lost_answers.get(request.match_info.route.name or "")
+            if lost:
+                return self._lose(request, lost.pop(0))
             if ctx is not None:
                 for key, value in ctx.headers.items():
                     response.headers.setdefault(key, value)
             return response
 
         return route
+
+    def _lose(self, request: web.Request, status: int) -> web.Response:
+        if status:
+            return self._fault_response(status, 1)
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError
 
     def _authenticate(self, request: web.Request) -> ApiUser:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")

@@ -4,8 +4,9 @@
   refreshed ahead of expiry; msal is synchronous, so it runs in a worker thread behind one
   lock (one token request in flight, however many requests wait for it).
 * :class:`ServiceNowBasicAuth`: HTTP Basic for the integration account.
-* :class:`ServiceNowOAuth`: the password grant at ``<instance>/oauth_token.do``, refreshed with
-  the refresh token ahead of expiry and falling back to the password grant (REFERENCE C.7).
+* :class:`ServiceNowOAuth`: ``<instance>/oauth_token.do`` with the password grant (refreshed
+  with the refresh token ahead of expiry, falling back to the password grant), or with the
+  client-credentials grant when no user is configured (REFERENCE C.7, E.11).
 
 Every secret and every issued token is registered with :func:`agent.log.register_secret`, and
 error texts carry only the remote's error code and the first line of its description.
@@ -366,12 +367,15 @@ class ServiceNowBasicAuth:
 
 
 class ServiceNowOAuth(_CachedBearer):
-    """OAuth password grant at ``<instance>/oauth_token.do`` (REFERENCE C.7).
+    """OAuth at ``<instance>/oauth_token.do`` (REFERENCE C.7, E.11).
 
-    The access token is refreshed ``refresh_margin`` seconds before it expires with
-    ``grant_type=refresh_token``; if that fails (refresh token expired or revoked) the password
-    grant is used again. Token requests use ``http`` when given, else a short-lived client of
-    their own (tokens are fetched about twice an hour, so no session is kept open).
+    With ``username`` and ``password`` it is the password grant: the access token is refreshed
+    ``refresh_margin`` seconds before it expires with ``grant_type=refresh_token``, and if that
+    fails (refresh token expired or revoked) the password grant is used again. Without them it is
+    the client-credentials grant (only ``client_id``/``client_secret``; the instance issues the
+    token as the OAuth Application User of its registry entry), asked for again near expiry.
+    Token requests use ``http`` when given, else a short-lived client of their own (tokens are
+    fetched about twice an hour, so no session is kept open).
     """
 
     def __init__(
@@ -380,16 +384,19 @@ class ServiceNowOAuth(_CachedBearer):
         instance_url: str,
         client_id: str,
         client_secret: str,
-        username: str,
-        password: str,
+        username: str | None = None,
+        password: str | None = None,
         ca_bundle: str | Path | None = None,
         http: HttpClient | None = None,
         refresh_margin: float = 120.0,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if (username is None) != (password is None):
+            raise ValueError("the password grant needs both username and password")
         for value in (client_secret, password):
-            register_secret(value)
+            if value:
+                register_secret(value)
         self.token_url = instance_url.rstrip("/") + "/oauth_token.do"
         self.client_id = client_id
         self.username = username
@@ -407,6 +414,11 @@ class ServiceNowOAuth(_CachedBearer):
         self._refresh: str | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def grant(self) -> str:
+        """``password`` or ``client_credentials``: the grant that gets a fresh token."""
+        return "client_credentials" if self.username is None else "password"
+
     async def _obtain(self) -> _Token:
         if self._refresh is not None:
             try:
@@ -414,6 +426,8 @@ class ServiceNowOAuth(_CachedBearer):
             except AuthError as exc:
                 log.info("snow_oauth_refresh_failed", error=str(exc))
                 self._refresh = None
+        if self.username is None or self._password is None:
+            return await self._grant({"grant_type": "client_credentials"})
         return await self._grant(
             {"grant_type": "password", "username": self.username, "password": self._password}
         )

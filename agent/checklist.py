@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from agent import snowfields
 from agent.config import Config, ServiceNowInstance
 from agent.errors import AgentError, AuthError, Forbidden, NotFound, RemoteError, TransientError
 from agent.models import SnowRecord
@@ -210,14 +211,46 @@ class Checklist:
             self.add(FAIL, subject, f"table {inst.incident_table} not readable: {exc}", _snow_hint(exc, inst))
             self.add(SKIP, subject, "the other ServiceNow checks need a readable table")
             return
-        self.add(OK, subject, f"table {inst.incident_table} readable as {inst.username or inst.client_id}")
-        for probe in (self._writable, self._journal, self._references, self._choices, self._owners):
+        who = inst.username or f"the OAuth application {inst.client_id} (client-credentials grant)"
+        self.add(OK, subject, f"table {inst.incident_table} readable as {who}")
+        for probe in (
+            self._fields,
+            self._writable,
+            self._journal,
+            self._references,
+            self._choices,
+            self._owners,
+        ):
             try:
                 await probe(subject, name, inst, snow)
             except (RemoteError, AuthError) as exc:
                 self.add(
                     FAIL, subject, f"{probe.__name__.strip('_')} probe failed: {exc}", _snow_hint(exc, inst)
                 )
+
+    async def _fields(
+        self, subject: str, name: str, inst: ServiceNowInstance, snow: ServiceNowClient
+    ) -> None:
+        """Every configured field exists on the table (a query on a missing one matches all)."""
+        fields = snowfields.configured_fields(self.config, inst)
+        proof = await snowfields.look(snow, fields)
+        if not proof.proven:
+            self.add(
+                SKIP,
+                subject,
+                f"fields of {inst.incident_table} not verified: the table has no record to look at",
+                "run check again once a record exists (the first create also checks the unique key)",
+            )
+        elif proof.missing:
+            for problem in snowfields.missing_problems(inst, proof.missing):
+                self.add(
+                    FAIL,
+                    subject,
+                    problem,
+                    "fix the field name in the ini (ServiceNow names are case-sensitive)",
+                )
+        else:
+            self.add(OK, subject, f"all {len(fields)} configured fields exist on {inst.incident_table}")
 
     async def _our_record(self, name: str, snow: ServiceNowClient) -> SnowRecord | None:
         """One record the agent created (marked ``Sentinel/<workspace_name>``), newest first."""
@@ -488,7 +521,22 @@ def _sentinel_hint(exc: RemoteError) -> str:
     return "a transient failure: try again" if isinstance(exc, TransientError) else ""
 
 
+_CLIENT_CREDENTIALS_HINTS: Mapping[str, str] = {
+    # REFERENCE C.7, E.11; the two answers as measured on a live instance
+    # (refractionPOINT/documentation#283).
+    "server_error": "the instance refused the client-credentials grant (access_denied): it is off until "
+    "the system property glide.oauth.inbound.client.credential.grant_type.enabled is true; otherwise "
+    "client_id or the client secret is wrong",
+    "unauthorized_client": "the OAuth application has no OAuth Application User: set one on its "
+    "Application Registry entry (the tokens are issued as that user, who needs the itil role)",
+}
+
+
 def _snow_hint(exc: AgentError, inst: ServiceNowInstance) -> str:
+    if isinstance(exc, AuthError) and inst.auth == "oauth" and inst.username is None:
+        return _CLIENT_CREDENTIALS_HINTS.get(
+            exc.code or "", "check client_id and the client secret of the OAuth application"
+        )
     if isinstance(exc, AuthError) or (isinstance(exc, RemoteError) and exc.status == 401):
         return (
             "the instance refused the sign-in: check username and password (or the OAuth client); "

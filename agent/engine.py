@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent import hooks, mapping, sweep, valves
+from agent import hooks, mapping, snowfields, sweep, valves
 from agent.config import Config, ServiceNowInstance, Workspace
 from agent.conversation import Conversation, PairWork, journal_seen
 from agent.defender import Merges
@@ -596,7 +596,10 @@ class WorkspaceSync:
     _retrying: set[str] = set()  # noqa: RUF012 - replaced per cycle
 
     async def prepare(self) -> None:
-        """Cheap per-cycle facts the safety valves need (open links in the shadow)."""
+        """Cheap per-cycle facts the safety valves need (open links in the shadow), and the proof
+        that the configured fields exist on the table (:mod:`agent.snowfields`, at most daily)."""
+        async with self.snow.proof_lock:
+            await snowfields.ensure(self.config, self.inst, self.snow, self.shadow, utcnow())
         _total, open_ = await self.shadow.count_links(self.inst.name, self.ws.name)
         self._open_links_hint = open_
 
@@ -756,7 +759,9 @@ class WorkspaceSync:
         HTTP layer retried it already and the next cycle tries again."""
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                return await self.snow.create(values, self.snow_fields)
+                created = await self.snow.create(values, self.snow_fields)
+                snowfields.require_unique_key(self.inst, created)
+                return created
             except (NotSent, RateLimited):
                 raise
             except TransientError as exc:

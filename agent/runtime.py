@@ -65,8 +65,9 @@ class Runtime:
                     instance_url=inst.instance_url,
                     client_id=inst.client_id or "",
                     client_secret=inst.client_secret.reveal() if inst.client_secret else "",
-                    username=inst.username or "",
-                    password=inst.password.reveal() if inst.password else "",
+                    # Without a user the client-credentials grant is used (REFERENCE E.11).
+                    username=inst.username if inst.password else None,
+                    password=inst.password.reveal() if inst.password else None,
                     ca_bundle=ca,
                 )
             else:

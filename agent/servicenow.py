@@ -15,6 +15,7 @@ has a later ``sys_updated_on`` and appears in the next listing).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -60,6 +61,7 @@ class ServiceNowClient:
         self._users: dict[tuple[str, str], tuple[float, SnowUser | None]] = {}
         self._groups: dict[str, tuple[float, str | None]] = {}
         self._scoped: dict[tuple[str, str, tuple[str, ...]], tuple[float, str | None]] = {}
+        self.proof_lock = asyncio.Lock()  # one proof of the configured fields at a time
 
     # -- URLs and parameters --
 

@@ -29,6 +29,16 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             extra={"agent": {"max_concurrency": "4"}},
         )
         yield Env(stack, tmp_path, cfg, ["soc"])
+        assert_no_silent_drops(stack)
+
+
+def assert_no_silent_drops(stack: EmulatorStack) -> None:
+    """No query term on a missing field (it widens the query) and no write to a missing field (it
+    is dropped) reached an emulated instance (REFERENCE C.2, C.3). A test that provokes one on
+    purpose asserts on it and clears the list."""
+    for name, snow in stack.snow.items():
+        assert not snow.dropped_terms, f"[{name}] the instance ignored query terms: {snow.dropped_terms}"
+        assert not snow.ignored_fields, f"[{name}] the instance ignored written fields: {snow.ignored_fields}"
 
 
 @pytest.fixture(scope="session")

@@ -341,7 +341,8 @@ async def test_oauth_bad_credentials(env: Env) -> None:
         {"username": "nobody"},
         {"client_secret": "wrong"},
         {"client_id": "other"},
-        {"grant_type": "client_credentials"},
+        {"grant_type": "client_credentials"},  # off by default (C.7)
+        {"grant_type": "authorization_code"},
     ):
         reply = await _password_grant(env, **overrides)
         assert (reply.status, reply.body) == (401, denied), overrides
@@ -353,6 +354,27 @@ async def test_oauth_bad_credentials(env: Env) -> None:
         auth=None,
     )  # fmt: skip
     assert (bad_refresh.status, bad_refresh.body) == (401, denied)
+
+
+async def test_e11_client_credentials_grant_needs_the_property_and_an_application_user(env: Env) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "sync-client", "client_secret": "client-secret"}
+    env.emu.add_oauth_client("sync-client", "client-secret")
+    off = await env.call("POST", "/oauth_token.do", data=form, auth=None)
+    assert (off.status, off.body) == (401, {"error_description": "access_denied", "error": "server_error"})
+    env.emu.client_credentials_enabled = True
+    no_user = await env.call("POST", "/oauth_token.do", data=form, auth=None)
+    assert no_user.status == 401 and no_user.body["error"] == "unauthorized_client"
+    env.emu.add_oauth_client("sync-client", "client-secret", application_user=USER)
+    wrong = await env.call("POST", "/oauth_token.do", data={**form, "client_secret": "x"}, auth=None)
+    assert wrong.status == 401 and wrong.body["error_description"] == "access_denied"
+    granted = await env.call("POST", "/oauth_token.do", data=form, auth=None)
+    assert granted.status == 200
+    assert set(granted.body) == {"scope", "token_type", "expires_in", "access_token"}  # no refresh token
+    bearer = {"Authorization": f"Bearer {granted.body['access_token']}"}
+    created = await env.call(
+        "POST", "/api/now/table/incident", json={"short_description": "x"}, headers=bearer, auth=None
+    )
+    assert created.status == 201 and created.body["result"]["sys_created_by"] == USER
 
 
 async def test_bearer_of_another_audience_or_unknown_is_rejected(env: Env) -> None:
@@ -813,6 +835,27 @@ async def test_unknown_and_read_only_fields_are_ignored(env: Env) -> None:
         "POST", "/api/now/table/incident", json={"number": "INC0000001", "sys_id": "f" * 32}
     )
     assert posted.body["result"]["number"] != "INC0000001" and posted.body["result"]["sys_id"] != "f" * 32
+    # every field the instance dropped is on record, for tests to assert on (C.2)
+    assert env.emu.ignored_fields == [f"incident.{name}" for name in sent] + [
+        "incident.number",
+        "incident.sys_id",
+    ]
+
+
+async def test_c3_conditions_on_missing_fields_widen_the_query_and_are_recorded(env: Env) -> None:
+    mine = env.incident(correlation_id="abc")
+    other = env.incident()
+    reply = await env.call(
+        "GET", "/api/now/table/incident", params={"sysparm_query": "u_sentinel_ref=abc^ORDERBYu_made_up"}
+    )
+    # the condition is dropped: every incident matches (C.3: invalid parts are ignored)
+    assert {r["sys_id"] for r in reply.body["result"]} == {mine["sys_id"], other["sys_id"]}
+    assert env.emu.dropped_terms == ["incident: u_sentinel_ref=abc", "incident: ORDERBYu_made_up"]
+    narrowed = await env.call(
+        "GET", "/api/now/table/incident", params={"sysparm_query": "correlation_id=abc"}
+    )
+    assert [r["sys_id"] for r in narrowed.body["result"]] == [mine["sys_id"]]
+    assert len(env.emu.dropped_terms) == 2  # nothing more was dropped
 
 
 async def test_input_display_value(env: Env) -> None:

@@ -335,13 +335,29 @@ class BoundQuery:
         return result
 
 
-def bind(query: EncodedQuery, schema: Schema) -> BoundQuery:
-    """Drop conditions and orderings the table cannot evaluate (REFERENCE C.2: ignored)."""
+def bind(query: EncodedQuery, schema: Schema, dropped: list[str] | None = None) -> BoundQuery:
+    """Drop conditions and orderings the table cannot evaluate (REFERENCE C.2: ignored).
+
+    ``dropped`` (when given) receives each dropped term as written, so a test can see that a
+    query silently matched more than it said."""
     groups: list[Group] = []
     for group in query.groups:
         clauses = tuple(kept for clause in group if (kept := tuple(c for c in clause if _usable(c, schema))))
         groups.append(clauses)
+        if dropped is not None:
+            dropped.extend(
+                f"{c.field}{c.operator}{c.value}"
+                for clause in group
+                for c in clause
+                if not _usable(c, schema)
+            )
     order = tuple(k for k in query.order if schema.kind(k.field) is not None)
+    if dropped is not None:
+        dropped.extend(
+            f"ORDERBY{'DESC' if k.descending else ''}{k.field}"
+            for k in query.order
+            if schema.kind(k.field) is None
+        )
     return BoundQuery(tuple(groups), order, schema)
 
 

@@ -364,10 +364,18 @@ class ServiceNowEmulator:
         self.tables: dict[str, dict[str, dict[str, str]]] = {t: {} for t in SCHEMAS}
         self._api_users: dict[str, ApiUser] = {}
         self._oauth_clients: dict[str, str] = {}
+        self._oauth_app_users: dict[str, str] = {}  # client_id -> its OAuth Application User
+        # glide.oauth.inbound.client.credential.grant_type.enabled: off on a new instance (C.7).
+        self.client_credentials_enabled = False
         self._access_tokens: dict[str, str] = {}  # access token -> user_name
         self._refresh_tokens: dict[str, _Refresh] = {}
         self._rate_rules: dict[str, RateRule] = {}
         self._lost_answers: dict[str, list[int]] = {}
+        # What the instance silently ignored in requests (REFERENCE C.2, C.3): a condition on a
+        # field the table lacks widens a query, a written field it lacks is dropped. Tests assert
+        # that both stay empty unless they expect otherwise.
+        self.dropped_terms: list[str] = []  # "<table>: <term>"
+        self.ignored_fields: list[str] = []  # "<table>.<field>"
         self._next_number = 10001
         self._seed()
         self.app = web.Application(
@@ -425,9 +433,15 @@ class ServiceNowEmulator:
         self._api_users[user_name] = ApiUser(user_name, password, sys_id, roles, journal_read, write)
         return sys_id
 
-    def add_oauth_client(self, client_id: str, client_secret: str) -> None:
-        """Register an OAuth application (``oauth_entity``) for the password/refresh grants."""
+    def add_oauth_client(
+        self, client_id: str, client_secret: str, *, application_user: str | None = None
+    ) -> None:
+        """Register an OAuth application (``oauth_entity``). The password and refresh grants work
+        at once; the client-credentials grant also needs :attr:`client_credentials_enabled` and
+        an ``application_user`` (an integration account the tokens are issued as)."""
         self._oauth_clients[client_id] = client_secret
+        if application_user is not None:
+            self._oauth_app_users[client_id] = application_user
 
     def add_user(self, user_name: str, email: str, name: str) -> str:
         """A ``sys_user`` row; returns its sys_id."""
@@ -855,7 +869,9 @@ class ServiceNowEmulator:
         q = ctx.request.query
         rows = [r for r in self.tables[ctx.table].values() if self._visible(ctx, r)]
         if "sysparm_query" in q:
-            matched = bind(parse(q["sysparm_query"]), _TableSchema(self, ctx.table)).select(rows)
+            dropped: list[str] = []
+            matched = bind(parse(q["sysparm_query"]), _TableSchema(self, ctx.table), dropped).select(rows)
+            self.dropped_terms.extend(f"{ctx.table}: {term}" for term in dropped)
         else:
             matched = self._filter_pairs(ctx.table, rows, q.items())
         total = len(matched)
@@ -903,8 +919,13 @@ class ServiceNowEmulator:
             raise _not_found()
         return self._record_response(ctx, record, 200)
 
+    def _note_ignored(self, table: str, values: Mapping[str, str]) -> None:
+        schema = SCHEMAS[table]
+        self.ignored_fields.extend(f"{table}.{name}" for name in values if not self._writable(schema, name))
+
     async def _post(self, ctx: _Ctx) -> web.Response:
         values = await self._body(ctx)
+        self._note_ignored(ctx.table, values)
         record = self._write(ctx.table, None, values, ctx.user.user_name, policy=True)
         return self._record_response(ctx, record, 201)
 
@@ -913,6 +934,7 @@ class ServiceNowEmulator:
         if current is None or not self._visible(ctx, current):
             raise _not_found()
         values = await self._body(ctx)
+        self._note_ignored(ctx.table, values)
         record = self._write(ctx.table, current, values, ctx.user.user_name, policy=True)
         return self._record_response(ctx, record, 200)
 
@@ -939,6 +961,7 @@ class ServiceNowEmulator:
             return denied
         grant = get("grant_type")
         now = self.clock.time()
+        refresh: str | None
         if grant == "password":
             user = self._api_users.get(get("username"))
             if user is None or not hmac.compare_digest(user.password, get("password")):
@@ -951,8 +974,21 @@ class ServiceNowEmulator:
             if stored is None or stored.client_id != client_id or stored.expires_at <= now:
                 return denied
             user = self._api_users[stored.user_name]
+        elif grant == "client_credentials":
+            # Off unless the instance enables it (REFERENCE C.7, E.11). Measured on a live
+            # instance: without the property the answer is access_denied/server_error, without
+            # an OAuth Application User unauthorized_client (refractionPOINT/documentation#283).
+            if not self.client_credentials_enabled:
+                return denied
+            app_user = self._api_users.get(self._oauth_app_users.get(client_id, ""))
+            if app_user is None:
+                body = {
+                    "error_description": "integration user is not configured",
+                    "error": "unauthorized_client",
+                }
+                return json_response(body, 401)
+            user, refresh = app_user, None  # no refresh token for this grant (RFC 6749 4.4.3)
         else:
-            # client_credentials is off unless an instance enables it (REFERENCE C.7).
             return denied
         issued = self.tokens.issue(
             audience=self.audience,
@@ -962,15 +998,15 @@ class ServiceNowEmulator:
             object_id=user.sys_id,
         )
         self._access_tokens[issued.token] = user.user_name
-        return json_response(
-            {
-                "scope": "useraccount",
-                "token_type": "Bearer",
-                "expires_in": ACCESS_TOKEN_LIFETIME,
-                "refresh_token": refresh,
-                "access_token": issued.token,
-            }
-        )
+        answer: dict[str, Any] = {
+            "scope": "useraccount",
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TOKEN_LIFETIME,
+            "access_token": issued.token,
+        }
+        if refresh is not None:
+            answer["refresh_token"] = refresh
+        return json_response(answer)
 
 
 # --- module helpers -------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from agent.errors import ConfigError, ExitCode, SafetyValveTripped
 from agent.health import operations
 from agent.lock import StateLock
 from agent.log import log
+from agent.pause import InstancePaused
+from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
 
 
@@ -31,7 +33,20 @@ def _exit_code(results: Mapping[str, BaseException | CycleStats]) -> int:
 
 
 def _report_left_behind(results: Mapping[str, BaseException | CycleStats]) -> None:
-    """One line when a ``once`` left incidents failed or waiting for their backoff (exit 1)."""
+    """One line when a ``once`` left incidents failed or waiting for their backoff (exit 1), and
+    one per ServiceNow instance whose rate-limit pause kept its workspaces from syncing."""
+    paused = {r.instance: r for r in results.values() if isinstance(r, InstancePaused)}
+    for instance, exc in sorted(paused.items()):
+        log.warning(
+            "once_paused",
+            instance=instance,
+            until=pause_iso(exc.until),
+            workspaces=sorted(
+                w for w, r in results.items() if isinstance(r, InstancePaused) and r.instance == instance
+            ),
+            message=f"nothing was synced with ServiceNow instance {instance}: its hourly rate limit is "
+            f"used up and calls to it are paused until {pause_iso(exc.until)}",
+        )
     failed = {w: r.failures for w, r in results.items() if isinstance(r, CycleStats) and r.failures}
     waiting = {w: r.backoff for w, r in results.items() if isinstance(r, CycleStats) and r.backoff}
     if failed or waiting:

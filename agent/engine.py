@@ -51,6 +51,8 @@ from agent.errors import (
 from agent.http import counting_retries
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
+from agent.pause import InstancePaused
+from agent.pause import iso as pause_iso
 from agent.progress import Progress
 from agent.reconcile import Plan, Policy, plan
 from agent.routing import Routing
@@ -221,13 +223,22 @@ class WorkspaceSync:
         with bind(workspace=self.ws.name, instance=self.inst.name), counting_retries() as retried:
             ok = False
             tripped: SafetyValveTripped | None = None
+            paused: InstancePaused | None = None
+            gate = self.snow.http.gate
             try:
+                if gate is not None:
+                    gate.check("CYCLE", self.inst.instance_url)  # REFERENCE E.8: wait out the window
                 await self._cycle(stats, options, started)
                 ok = True
             except SafetyValveTripped as exc:
                 tripped = exc
                 raise
+            except InstancePaused as exc:
+                paused = exc
+                raise
             finally:
+                if gate is not None:
+                    await gate.save(self.shadow)
                 summary = stats.as_dict() | {
                     "calls": self._calls() - calls0,
                     "http_retries": retried.retried,
@@ -237,6 +248,8 @@ class WorkspaceSync:
                 }
                 if tripped is not None:  # kept in the cycle history, so `status` can tell why
                     summary["safety_valve"] = {"check": tripped.check, "message": str(tripped)}
+                if paused is not None:
+                    summary["paused_until"] = pause_iso(paused.until)
                 log.info("cycle_summary", **summary)
                 if not options.dry_run:
                     await self.shadow.record_cycle(
@@ -598,8 +611,10 @@ class WorkspaceSync:
     async def prepare(self) -> None:
         """Cheap per-cycle facts the safety valves need (open links in the shadow), and the proof
         that the configured fields exist on the table (:mod:`agent.snowfields`, at most daily)."""
-        async with self.snow.proof_lock:
-            await snowfields.ensure(self.config, self.inst, self.snow, self.shadow, utcnow())
+        gate = self.snow.http.gate
+        if gate is None or not gate.active():  # a paused instance is not asked (the cycle says so)
+            async with self.snow.proof_lock:
+                await snowfields.ensure(self.config, self.inst, self.snow, self.shadow, utcnow())
         _total, open_ = await self.shadow.count_links(self.inst.name, self.ws.name)
         self._open_links_hint = open_
 
@@ -618,6 +633,10 @@ class WorkspaceSync:
                     await work
                     if incident in self._retrying:
                         await self.shadow.clear_failure(self.inst.name, self.ws.name, incident)
+                except InstancePaused:
+                    # The instance's rate-limit window is used up (REFERENCE E.8): the work is
+                    # deferred whole, the watermarks stay, and it all runs after the pause.
+                    stats.deferred += 1
                 except (RemoteError, DataError) as exc:
                     stats.failures += 1
                     await self._incident_failed(incident, exc)
@@ -1137,6 +1156,8 @@ async def run_workspaces(
         out[s.ws.name] = r
         if isinstance(r, SafetyValveTripped):
             log.error("safety_valve", workspace=s.ws.name, check=r.check, message=str(r))
+        elif isinstance(r, InstancePaused):  # announced once when the pause began
+            log.info("cycle_paused", workspace=s.ws.name, until=pause_iso(r.until), message=str(r.detail))
         elif isinstance(r, PermanentError | TransientError | AgentError):
             log.error("cycle_failed", workspace=s.ws.name, error=_safe_error(r))
         elif isinstance(r, Exception):

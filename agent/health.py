@@ -5,7 +5,8 @@
 * ``GET /healthz``: 200 while the event loop answers (a blocked loop answers nothing, and the
   probe's timeout says so).
 * ``GET /readyz``: 200 when every enabled workspace had a successful cycle within
-  2 x ``poll_interval``; otherwise 503 with a JSON body naming the lagging workspaces.
+  2 x ``poll_interval`` and its ServiceNow instance is not paused by a rate limit (REFERENCE
+  E.8); otherwise 503 with a JSON body naming the lagging workspaces and the paused instances.
 
 Plain HTTP: bind it to 127.0.0.1 (or a management interface) and let the local Prometheus
 agent or a reverse proxy carry it further. It serves numbers, never incident data or secrets.
@@ -28,6 +29,7 @@ from agent.config import Config
 from agent.errors import ConfigError
 from agent.log import log
 from agent.metrics import AgentMetrics, HttpSource, TokenSource
+from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
 
 
@@ -35,12 +37,20 @@ class Readiness:
     """When each workspace last finished a successful cycle, from the ``cycle_summary`` events."""
 
     def __init__(
-        self, workspaces: Sequence[str], poll_interval: float, clock: Callable[[], float] = time.monotonic
+        self,
+        workspaces: Sequence[str],
+        poll_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        instance_of: Mapping[str, str] | None = None,
+        pauses: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self.workspaces = list(workspaces)
         self.window = 2 * poll_interval
         self._clock = clock
         self._last_ok: dict[str, float] = {}
+        self._instance_of = dict(instance_of or {})
+        self._pauses = pauses
 
     def observe(self, record: Mapping[str, Any]) -> None:
         """A :attr:`agent.log.Logger.observers` callback."""
@@ -61,7 +71,19 @@ class Readiness:
                 lagging[name] = "no successful cycle yet"
             elif now - last > self.window:
                 lagging[name] = f"last successful cycle {now - last:.0f} s ago (limit {self.window:.0f} s)"
-        body = {"ready": not lagging, "lagging": lagging, "seconds_since_success": ages}
+        paused = {instance: pause_iso(until) for instance, until in self._pauses().items() if until}
+        for name in self.workspaces:
+            instance = self._instance_of.get(name, "")
+            if instance in paused:  # REFERENCE E.8
+                lagging[name] = (
+                    f"ServiceNow instance {instance} rate-limits us: paused until {paused[instance]}"
+                )
+        body = {
+            "ready": not lagging,
+            "lagging": lagging,
+            "seconds_since_success": ages,
+            "servicenow_paused": paused,
+        }
         return not lagging, body
 
 
@@ -85,8 +107,11 @@ class Operations:
             poll_interval=config.agent.poll_interval,
             http=self._http_sources,
             tokens=self._token_sources,
+            pauses=self._pauses,
         )
-        self.readiness = Readiness(list(enabled), config.agent.poll_interval)
+        self.readiness = Readiness(
+            list(enabled), config.agent.poll_interval, instance_of=enabled, pauses=self._pauses
+        )
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -103,6 +128,10 @@ class Operations:
         for name, http in self.rt.snow_http.items():
             if isinstance(http.auth, ServiceNowOAuth):
                 yield TokenSource("servicenow", name, http.auth.token_requests, http.auth.token_failures)
+
+    def _pauses(self) -> dict[str, float]:
+        """ServiceNow instance -> end of its rate-limit pause (Unix time), 0 when none."""
+        return {name: gate.until if gate.active() else 0.0 for name, gate in self.rt.snow_gates.items()}
 
     def app(self) -> web.Application:
         """The aiohttp application (``/metrics``, ``/healthz``, ``/readyz``)."""

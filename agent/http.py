@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
@@ -55,6 +55,9 @@ from agent.errors import (
 )
 from agent.log import log, redact, register_secret
 from agent.retry import RetryPolicy, parse_retry_after, retrying
+
+if TYPE_CHECKING:
+    from agent.pause import PauseGate
 
 SleepFn = Callable[[float], Awaitable[None]]
 _Proxy = tuple[URL | None, aiohttp.BasicAuth | None]  # proxy URL and its credentials
@@ -190,7 +193,7 @@ def error_for_status(
             status,
             code,
             detail,
-            retry_after=parse_retry_after(headers.get("Retry-After")),
+            retry_after=_rate_limit_wait(headers),
         )
     if status >= 500 or status == 408:
         return TransientError(system, method, url, status, code, detail)
@@ -201,6 +204,18 @@ def error_for_status(
     if status == 403:
         return Forbidden(system, method, url, status, code, detail)
     return PermanentError(system, method, url, status, code, detail)
+
+
+def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds a 429 asks to wait: ``Retry-After``, else ServiceNow's ``X-RateLimit-Reset`` (the
+    epoch when the hourly window resets, REFERENCE C.6)."""
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if wait is None:
+        try:
+            wait = max(0.0, float(headers.get("X-RateLimit-Reset", "")) - time.time())
+        except ValueError:
+            return None
+    return wait
 
 
 def _connection_error(system: str, method: str, url: str, exc: BaseException) -> RemoteError:
@@ -386,9 +401,11 @@ class HttpClient:
         ratelimit_pause: float = 1.0,
         user_agent: str = f"sentinel-snow-sync/{__version__}",
         pacer: RequestPacer | None = None,
+        gate: PauseGate | None = None,
     ) -> None:
         self.system = system
         self.pacer = pacer
+        self.gate = gate
         self.auth = auth
         self.retry = retry if retry is not None else RetryPolicy()
         self.ratelimit_floor = ratelimit_floor
@@ -484,6 +501,8 @@ class HttpClient:
 
         async def attempt() -> HttpResponse:
             nonlocal refreshed
+            if self.gate is not None:
+                self.gate.check(method, safe_url)  # an hourly limit used up: nothing is sent
             await self._pace(method)
             force = False
             while True:
@@ -519,9 +538,21 @@ class HttpClient:
                 error=str(error),
             )
 
-        return await retrying(
-            self.retry, attempt, idempotent=idempotent, on_retry=on_retry, sleep=self._sleep
-        )
+        try:
+            return await retrying(
+                self.retry, attempt, idempotent=idempotent, on_retry=on_retry, sleep=self._sleep
+            )
+        except RateLimited as exc:
+            # A wait longer than the whole retry budget is an hourly window (REFERENCE E.8): every
+            # call to this remote waits it out instead of spending a budget per cycle on it.
+            wait = exc.retry_after or 0.0
+            if (
+                self.gate is not None
+                and wait > self.retry.total
+                and self.gate.hold(wait, exc.detail or "HTTP 429")
+            ):
+                self.gate.check(method, safe_url)  # raises InstancePaused: this call waits too
+            raise
 
     async def _auth_header(self, method: str, safe_url: str, force: bool) -> dict[str, str]:
         assert self.auth is not None

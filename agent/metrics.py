@@ -6,8 +6,9 @@ The engine knows nothing of Prometheus. The numbers come from three places:
   and the log line an operator reads can never disagree): cycles and their duration, writes,
   comments, conflicts, incident failures, unmapped values, safety valves;
 * the HTTP clients' counters, read at scrape time: requests by status, retries, 429s, token
-  refreshes, and the ARM ``x-ms-ratelimit-remaining-*`` headers (REFERENCE A.11); and the token
-  providers' requests and failures (Entra ID, ServiceNow OAuth);
+  refreshes, and the ARM ``x-ms-ratelimit-remaining-*`` headers (REFERENCE A.11); the token
+  providers' requests and failures (Entra ID, ServiceNow OAuth); and whether a ServiceNow
+  instance is paused by its hourly rate limit and until when (E.8);
 * the shadow, read at scrape time (:meth:`AgentMetrics.refresh`): links, open links, failing
   incidents and the watermark lag per workspace.
 
@@ -78,6 +79,12 @@ METRICS: Mapping[str, str] = {
         "token requests (Entra ID, ServiceNow OAuth)"
     ),
     f"{PREFIX}_arm_ratelimit_remaining": "gauge {client, bucket}: last x-ms-ratelimit-remaining-* from ARM",
+    f"{PREFIX}_rate_limit_paused": (
+        "gauge {instance}: 1 while calls to that ServiceNow instance are paused (hourly rate limit), else 0"
+    ),
+    f"{PREFIX}_rate_limit_pause_until_timestamp_seconds": (
+        "gauge {instance}: Unix time the rate-limit pause of that ServiceNow instance ends, 0 when none"
+    ),
 }
 """Every metric the agent exports (besides the standard ``process_*``/``python_*``), with its help."""
 
@@ -120,6 +127,7 @@ class AgentMetrics:
         poll_interval: float,
         http: Callable[[], Iterable[HttpSource]] = tuple,
         tokens: Callable[[], Iterable[TokenSource]] = tuple,
+        pauses: Callable[[], Mapping[str, float]] = dict,
         clock: Callable[[], float] = time.time,
         process: bool = True,
     ) -> None:
@@ -180,6 +188,7 @@ class AgentMetrics:
         self.shadow_view = _ShadowView()
         registry.register(self.shadow_view)
         registry.register(_HttpCollector(http, tokens))
+        registry.register(_PauseCollector(pauses))
         if process:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -304,3 +313,24 @@ class _HttpCollector:
             tokens.add_metric([tok.system, tok.client, "ok"], tok.requests - tok.failures)
             tokens.add_metric([tok.system, tok.client, "failed"], tok.failures)
         yield from (requests, retries, throttled, refreshes, remaining, tokens)
+
+
+class _PauseCollector:
+    """Rate-limit pauses per ServiceNow instance (REFERENCE E.8), read when Prometheus scrapes."""
+
+    def __init__(self, pauses: Callable[[], Mapping[str, float]]) -> None:
+        self._pauses = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        paused = GaugeMetricFamily(
+            f"{PREFIX}_rate_limit_paused", _help("rate_limit_paused"), labels=["instance"]
+        )
+        until = GaugeMetricFamily(
+            f"{PREFIX}_rate_limit_pause_until_timestamp_seconds",
+            _help("rate_limit_pause_until_timestamp_seconds"),
+            labels=["instance"],
+        )
+        for instance, end in sorted(self._pauses().items()):
+            paused.add_metric([instance], 1.0 if end else 0.0)
+            until.add_metric([instance], end)
+        yield from (paused, until)

@@ -14,6 +14,7 @@ from agent.config import Config
 from agent.engine import WorkspaceSync
 from agent.errors import ConfigError
 from agent.http import HttpClient
+from agent.pause import PauseGate
 from agent.retry import RetryPolicy
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
@@ -30,6 +31,7 @@ class Runtime:
         self.arm: dict[str, HttpClient] = {}
         self.snow_http: dict[str, HttpClient] = {}
         self.entra: dict[str, EntraAuth] = {}
+        self.snow_gates: dict[str, PauseGate] = {}
         self._snow_clients: dict[str, ServiceNowClient] = {}
 
     async def __aenter__(self) -> Runtime:
@@ -74,12 +76,15 @@ class Runtime:
                 snow_auth = ServiceNowBasicAuth(
                     inst.username or "", inst.password.reveal() if inst.password else ""
                 )
+            gate = self.snow_gates[name] = PauseGate(name)
             http = HttpClient(
-                "servicenow", auth=snow_auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry
+                "servicenow", auth=snow_auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry, gate=gate
             )
             self.snow_http[name] = http
             self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)
         self.shadow = await Shadow.open(cfg.agent.state_db)
+        for gate in self.snow_gates.values():
+            await gate.load(self.shadow)  # a rate-limit pause an earlier run began (REFERENCE E.8)
 
     async def close(self) -> None:
         for http in [*self.arm.values(), *self.snow_http.values()]:

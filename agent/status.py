@@ -3,6 +3,7 @@
 Per workspace: links and open links, the last cycle (when, ok, how long, what it did), the last
 successful cycle, the lag of each side's modification watermark (now minus the newest
 modification already seen), and the incidents waiting for a retry with the reason they failed.
+Per ServiceNow instance: a rate-limit pause that still holds (REFERENCE E.8).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import IO, Any
 
 from agent.config import Config
 from agent.lock import StateLock
+from agent.pause import iso as pause_iso
+from agent.pause import saved_pause
 from agent.shadow import Shadow
 
 SUMMARY_KEYS = ("created", "updated_snow", "updated_sentinel", "conflicts", "failures", "calls")
@@ -26,9 +29,14 @@ async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]
         "agent_running": running,
         "agent": _holder(lock) if running else None,
         "state_db": str(config.agent.state_db),
+        "servicenow_paused": {},
         "workspaces": {},
     }
     async with await Shadow.open(config.agent.state_db) as shadow:
+        for instance in config.servicenow:
+            pause = await saved_pause(shadow, instance, now.timestamp())
+            if pause is not None:  # REFERENCE E.8: the instance's hourly rate limit is used up
+                report["servicenow_paused"][instance] = {"until": pause_iso(pause[0]), "reason": pause[1]}
         for name, ws in config.workspaces.items():
             inst = ws.servicenow
             total, open_ = await shadow.count_links(inst, name)
@@ -78,6 +86,11 @@ def render(report: dict[str, Any], out: IO[str]) -> None:
     agent = report.get("agent") or {}
     running = f"yes (pid {agent.get('pid')} on {agent.get('host')})" if report["agent_running"] else "no"
     out.write(f"agent running: {running}\nstate: {report['state_db']}\n")
+    for instance, pause in report.get("servicenow_paused", {}).items():
+        out.write(
+            f"servicenow:{instance} PAUSED until {pause['until']}: its hourly rate limit is used up "
+            f"({pause['reason']}); its workspaces resume then\n"
+        )
     for name, r in report["workspaces"].items():
         state = "enabled" if r["enabled"] else "DISABLED (frozen)"
         out.write(f"\n[{name}] {state}, syncs with servicenow:{r['servicenow']}\n")

@@ -176,6 +176,10 @@ class WorkspaceSync:
         self.routing = Routing(config, workspace, snow)
         self.hook = hooks.load(config.agent.custom_mapping)
         self.snow_fields = tuple(dict.fromkeys((*self.snow_fields, *hooks.fields_of(self.hook))))
+        # A create asks for every configured field back: its answer proves they exist.
+        self._create_fields = tuple(
+            dict.fromkeys((*self.snow_fields, *snowfields.configured_fields(config, instance)))
+        )
         self._snow_keys = {
             "severity": instance.severity_field,
             "status": instance.status_field,
@@ -778,8 +782,13 @@ class WorkspaceSync:
         HTTP layer retried it already and the next cycle tries again."""
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                created = await self.snow.create(values, self.snow_fields)
+                created = await self.snow.create(values, self._create_fields)
                 snowfields.require_unique_key(self.inst, created)
+                if not self.snow.fields_proven:  # the table was empty at the start
+                    async with self.snow.proof_lock:
+                        await snowfields.ensure_from_created(
+                            self.config, self.inst, self.snow, self.shadow, created, utcnow()
+                        )
                 return created
             except (NotSent, RateLimited):
                 raise

@@ -62,6 +62,7 @@ class ServiceNowClient:
         self._groups: dict[str, tuple[float, str | None]] = {}
         self._scoped: dict[tuple[str, str, tuple[str, ...]], tuple[float, str | None]] = {}
         self.proof_lock = asyncio.Lock()  # one proof of the configured fields at a time
+        self.fields_proven = False  # set once they were (agent.snowfields)
 
     # -- URLs and parameters --
 

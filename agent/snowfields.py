@@ -93,21 +93,53 @@ async def ensure(
     Raises :class:`ConfigError` when the unique key is missing (every look-up would match every
     incident); any other missing field is one warning per proof (its values would be dropped).
     """
+    if snow.fields_proven:
+        return
     fields = configured_fields(config, inst)
-    digest = _digest(inst, fields)
     mark = await shadow.get_mark(inst.name, "", MARK_FIELDS)
-    if mark is not None and mark[0] == digest and now - mark[1] < PROOF_TTL:
+    if mark is not None and mark[0] == _digest(inst, fields) and now - mark[1] < PROOF_TTL:
+        snow.fields_proven = True
         return
     proof = await look(snow, fields)
     if not proof.proven:
         log.info("snow_fields_unproven", table=inst.incident_table, reason="the table has no record yet")
         return
-    problems = missing_problems(inst, proof.missing)
-    if inst.unique_key in proof.missing:
+    await _conclude(inst, snow, shadow, fields, proof.missing, now)
+
+
+async def ensure_from_created(
+    config: Config,
+    inst: ServiceNowInstance,
+    snow: ServiceNowClient,
+    shadow: Shadow,
+    record: SnowRecord,
+    now: datetime,
+) -> None:
+    """The same proof from the answer to a create (asked for every configured field), for a
+    table that was empty when the agent started."""
+    if snow.fields_proven:
+        return
+    fields = configured_fields(config, inst)
+    await _conclude(
+        inst, snow, shadow, fields, {n: w for n, w in fields.items() if n not in record.fields}, now
+    )
+
+
+async def _conclude(
+    inst: ServiceNowInstance,
+    snow: ServiceNowClient,
+    shadow: Shadow,
+    fields: Mapping[str, str],
+    missing: Mapping[str, str],
+    now: datetime,
+) -> None:
+    problems = missing_problems(inst, missing)
+    if inst.unique_key in missing:
         raise ConfigError(problems[:1])
     for problem in problems:
         log.warning("snow_field_missing", table=inst.incident_table, message=problem)
-    await shadow.set_mark(inst.name, "", MARK_FIELDS, digest if not proof.missing else None, now=now)
+    snow.fields_proven = True  # warned once; the next start looks again while a field is missing
+    await shadow.set_mark(inst.name, "", MARK_FIELDS, None if missing else _digest(inst, fields), now=now)
 
 
 def missing_problems(inst: ServiceNowInstance, missing: Mapping[str, str]) -> list[str]:

@@ -224,7 +224,12 @@ def _connection_error(system: str, method: str, url: str, exc: BaseException) ->
     text = _clean(str(exc)) or name
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return PermanentError(
-            system, method, url, None, "TLSVerifyFailed", f"{text} (is the CA in [agent] ca_bundle?)"
+            system,
+            method,
+            url,
+            None,
+            "TLSVerifyFailed",
+            f"TLS verification failed (is the CA in [agent] ca_bundle?): {text}",
         )
     if isinstance(
         exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ClientHttpProxyError)

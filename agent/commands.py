@@ -11,11 +11,10 @@ from typing import Any
 
 from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.errors import ConfigError, ExitCode, SafetyValveTripped
+from agent.errors import ConfigError, ExitCode, InstancePaused, SafetyValveTripped
 from agent.health import operations
 from agent.lock import StateLock
 from agent.log import log
-from agent.pause import InstancePaused
 from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
 

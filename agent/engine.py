@@ -40,6 +40,7 @@ from agent.errors import (
     DataError,
     EditConflict,
     HookFailed,
+    InstancePaused,
     NotFound,
     NotSent,
     PermanentError,
@@ -51,7 +52,6 @@ from agent.errors import (
 from agent.http import counting_retries
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
-from agent.pause import InstancePaused
 from agent.pause import iso as pause_iso
 from agent.progress import Progress
 from agent.reconcile import Plan, Policy, plan

@@ -8,6 +8,7 @@
     ├── RemoteError            a remote system answered with an error, or could not be reached
     │   ├── TransientError     worth retrying later: 429, 5xx, connection reset, timeout
     │   │   ├── NotSent        the request provably never left (refused, connect timeout, no token)
+    │   │   │   └── InstancePaused  not sent: the ServiceNow instance's hourly rate limit is used up
     │   │   └── RateLimited    429; carries the server's Retry-After
     │   └── PermanentError     retrying the same request will not help: 400, 403, 404, 405, 422
     │       ├── NotFound       404
@@ -108,6 +109,27 @@ class NotSent(TransientError):
 
     Safe to send again even when the request is not idempotent.
     """
+
+
+class InstancePaused(NotSent):
+    """A call to a ServiceNow instance whose hourly rate-limit window is used up was not sent
+    (REFERENCE E.8): ``until`` is the Unix time the pause ends (see :mod:`agent.pause`)."""
+
+    def __init__(
+        self, instance: str, method: str, url: str, until: float, now: float, until_text: str
+    ) -> None:
+        super().__init__(
+            "servicenow",
+            method,
+            url,
+            None,
+            "RateLimitPaused",
+            f"calls to ServiceNow instance {instance} are paused until {until_text} "
+            "(its hourly rate limit is used up)",
+        )
+        self.instance = instance
+        self.until = until
+        self.retry_after = max(0.0, until - now)
 
 
 class RateLimited(TransientError):

@@ -80,10 +80,10 @@ METRICS: Mapping[str, str] = {
     ),
     f"{PREFIX}_arm_ratelimit_remaining": "gauge {client, bucket}: last x-ms-ratelimit-remaining-* from ARM",
     f"{PREFIX}_rate_limit_paused": (
-        "gauge {instance}: 1 while calls to that ServiceNow instance are paused (hourly rate limit), else 0"
+        "gauge {client}: 1 while calls to that ServiceNow instance are paused (hourly rate limit), else 0"
     ),
     f"{PREFIX}_rate_limit_pause_until_timestamp_seconds": (
-        "gauge {instance}: Unix time the rate-limit pause of that ServiceNow instance ends, 0 when none"
+        "gauge {client}: Unix time the rate-limit pause of that ServiceNow instance ends, 0 when none"
     ),
 }
 """Every metric the agent exports (besides the standard ``process_*``/``python_*``), with its help."""
@@ -316,19 +316,21 @@ class _HttpCollector:
 
 
 class _PauseCollector:
-    """Rate-limit pauses per ServiceNow instance (REFERENCE E.8), read when Prometheus scrapes."""
+    """Rate-limit pauses per ServiceNow instance (REFERENCE E.8), read when Prometheus scrapes. The
+    instance's name is the ``client`` label, as on the HTTP metrics (``instance`` is Prometheus's
+    own target label)."""
 
     def __init__(self, pauses: Callable[[], Mapping[str, float]]) -> None:
         self._pauses = pauses
 
     def collect(self) -> Iterator[Metric]:
         paused = GaugeMetricFamily(
-            f"{PREFIX}_rate_limit_paused", _help("rate_limit_paused"), labels=["instance"]
+            f"{PREFIX}_rate_limit_paused", _help("rate_limit_paused"), labels=["client"]
         )
         until = GaugeMetricFamily(
             f"{PREFIX}_rate_limit_pause_until_timestamp_seconds",
             _help("rate_limit_pause_until_timestamp_seconds"),
-            labels=["instance"],
+            labels=["client"],
         )
         for instance, end in sorted(self._pauses().items()):
             paused.add_metric([instance], 1.0 if end else 0.0)

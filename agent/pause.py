@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from agent.errors import NotSent
+from agent.errors import InstancePaused
 from agent.log import log
 from agent.shadow import Shadow
 
@@ -38,24 +38,6 @@ def _now() -> float:
 def iso(epoch: float) -> str:
     """``2026-12-01T10:00:00Z`` for an epoch (what log lines and ``status`` show)."""
     return datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-class InstancePaused(NotSent):
-    """A call to an instance whose rate-limit window is used up was not sent (REFERENCE E.8)."""
-
-    def __init__(self, instance: str, method: str, url: str, until: float, now: float) -> None:
-        super().__init__(
-            "servicenow",
-            method,
-            url,
-            None,
-            "RateLimitPaused",
-            f"calls to ServiceNow instance {instance} are paused until {iso(until)} "
-            "(its hourly rate limit is used up)",
-        )
-        self.instance = instance
-        self.until = until
-        self.retry_after = max(0.0, until - now)
 
 
 class PauseGate:
@@ -79,7 +61,7 @@ class PauseGate:
         """Raise :class:`InstancePaused` instead of sending while the pause lasts."""
         now = self.now()
         if self.until > now:
-            raise InstancePaused(self.instance, method, url, self.until, now)
+            raise InstancePaused(self.instance, method, url, self.until, now, iso(self.until))
 
     def hold(self, wait: float, reason: str) -> bool:
         """Pause for ``wait`` seconds from now when that is longer than :data:`MIN_PAUSE` and ends

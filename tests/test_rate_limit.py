@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import pause, status
 from agent.emulators.stack import EmulatorStack
+from agent.errors import InstancePaused
 from agent.health import operations
 from agent.log import log
-from agent.pause import InstancePaused
 from agent.runtime import Runtime
 from tests.agent_process import AgentProcess
 from tests.conftest import assert_no_silent_drops
@@ -114,7 +114,7 @@ async def test_e8_an_hourly_limit_pauses_that_instance_until_its_reset_across_re
         assert "rate-limits us: paused until" in body
         _, text = await _get(ops.url + "/metrics")
     samples = {
-        (s.name, s.labels.get("instance")): s.value
+        (s.name, s.labels.get("client")): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
         if s.name.startswith("sentinel_snow_sync_rate_limit")

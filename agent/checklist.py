@@ -381,8 +381,13 @@ class Checklist:
     async def _choices(
         self, subject: str, name: str, inst: ServiceNowInstance, snow: ServiceNowClient
     ) -> None:
-        m = self.config.mappings
-        fields = {inst.severity_field: "severity", inst.status_field: "status", "close_code": "closure"}
+        m = self.config.mappings.for_instance(name)
+        close_code = inst.profile.close_code_field
+        fields = {inst.severity_field: "severity", inst.status_field: "status", close_code: "closure"}
+
+        def title(kind: str) -> str:  # the section the map came from (an instance's own wins)
+            return m.sources.get(kind) or kind
+
         rows = await _rows(
             snow,
             "sys_choice",
@@ -394,13 +399,13 @@ class Checklist:
         for row in rows:
             choices.setdefault(str(row.get("element")), set()).add(str(row.get("value")))
         written = {
-            inst.severity_field: ("severity_to_servicenow", m.severity_to_servicenow.values()),
-            inst.status_field: ("status_to_servicenow", m.status_to_servicenow.values()),
-            "close_code": ("closure_to_servicenow", m.closure_to_servicenow.values()),
+            inst.severity_field: (title("severity_to_servicenow"), m.severity_to_servicenow.values()),
+            inst.status_field: (title("status_to_servicenow"), m.status_to_servicenow.values()),
+            close_code: (title("closure_to_servicenow"), m.closure_to_servicenow.values()),
         }
         back = {
-            inst.severity_field: ("severity_to_sentinel", m.severity_to_sentinel),
-            inst.status_field: ("status_to_sentinel", m.status_to_sentinel),
+            inst.severity_field: (title("severity_to_sentinel"), m.severity_to_sentinel),
+            inst.status_field: (title("status_to_sentinel"), m.status_to_sentinel),
         }
         for field, (section, values) in written.items():
             known = choices.get(field, set())
@@ -432,12 +437,13 @@ class Checklist:
                     )
                 else:
                     self.add(OK, subject, f"[{section_back}] has a row for every active choice of {where}")
-        self._close_codes(subject, f"{inst.incident_table}.close_code", choices.get("close_code", set()))
+        where = f"{inst.incident_table}.{close_code}"
+        self._close_codes(subject, name, where, choices.get(close_code, set()), title("closure_to_sentinel"))
 
-    def _close_codes(self, subject: str, where: str, codes: set[str]) -> None:
+    def _close_codes(self, subject: str, name: str, where: str, codes: set[str], section: str) -> None:
         """Warn for each active close code that lands on the default ``*`` row (an open set:
         never a failure, but a person should decide where it goes)."""
-        m = self.config.mappings
+        m = self.config.mappings.for_instance(name)
         if not codes:
             return
         falling = sorted(code for code in codes if m.closure_falls_back(code))
@@ -446,12 +452,12 @@ class Checklist:
             self.add(
                 WARN,
                 subject,
-                f"close code {code!r} (an active choice of {where}) has no [closure_to_sentinel] row: "
+                f"close code {code!r} (an active choice of {where}) has no [{section}] row: "
                 f"it closes Sentinel incidents as {fallback}",
-                f"add '{code} = Classification[/Reason]' to [closure_to_sentinel], or a '*' row",
+                f"add '{code} = Classification[/Reason]' to [{section}], or a '*' row",
             )
         if not falling:
-            self.add(OK, subject, f"[closure_to_sentinel] places every active choice of {where}")
+            self.add(OK, subject, f"[{section}] places every active choice of {where}")
 
     async def _owners(
         self, subject: str, name: str, inst: ServiceNowInstance, snow: ServiceNowClient

@@ -33,13 +33,14 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from agent.errors import ConfigError
 from agent.log import register_secret
+from agent.profiles import ITSM, PROFILES, TABLE_PROFILES, TableProfile
 
 __all__ = [
     "CLASSIFICATIONS",
@@ -94,42 +95,15 @@ SENTINEL_CLOSURE_PAIRS: frozenset[tuple[str, str | None]] = frozenset(
 
 # --- Default maps (used when the section is absent) ------------------------------------------
 
-DEFAULT_SEVERITY_TO_SERVICENOW = {"High": "1", "Medium": "2", "Low": "3", "Informational": "3"}
-DEFAULT_SEVERITY_TO_SENTINEL = {"1": "High", "2": "Medium", "3": "Low"}
-DEFAULT_STATUS_TO_SERVICENOW = {"New": "1", "Active": "2", "Closed": "6"}
-DEFAULT_STATUS_TO_SENTINEL = {
-    "1": "New",
-    "2": "Active",
-    "3": "Active",
-    "6": "Closed",
-    "7": "Closed",
-    "8": "Closed",
-}
-DEFAULT_CLOSURE_TO_SERVICENOW = {
-    "Undetermined": "No resolution provided",
-    "TruePositive": "Solution provided",
-    "BenignPositive": "Resolved by caller",
-    "FalsePositive": "No resolution provided",
-}
-DEFAULT_CLOSURE_TO_SENTINEL: dict[str, tuple[str, str | None]] = {
-    "Solution provided": ("TruePositive", "SuspiciousActivity"),
-    "Workaround provided": ("TruePositive", "SuspiciousActivity"),
-    "Resolved by problem": ("TruePositive", "SuspiciousActivity"),
-    "Resolved by caller": ("BenignPositive", "SuspiciousButExpected"),
-    "Resolved by change": ("BenignPositive", "SuspiciousButExpected"),
-    "Resolved by request": ("BenignPositive", "SuspiciousButExpected"),
-    "Known error": ("BenignPositive", "SuspiciousButExpected"),
-    "User error": ("BenignPositive", "SuspiciousButExpected"),
-    "Duplicate": ("Undetermined", None),
-    "No resolution provided": ("Undetermined", None),
-    "*": ("Undetermined", None),
-}
+# The maps of an ITSM ``incident`` table (agent.profiles has those of every profile).
+DEFAULT_SEVERITY_TO_SERVICENOW = dict(ITSM.severity_to_servicenow)
+DEFAULT_SEVERITY_TO_SENTINEL = dict(ITSM.severity_to_sentinel)
+DEFAULT_STATUS_TO_SERVICENOW = dict(ITSM.status_to_servicenow)
+DEFAULT_STATUS_TO_SENTINEL = dict(ITSM.status_to_sentinel)
+DEFAULT_CLOSURE_TO_SERVICENOW = dict(ITSM.closure_to_servicenow)
+DEFAULT_CLOSURE_TO_SENTINEL: dict[str, tuple[str, str | None]] = dict(ITSM.closure_to_sentinel)
 CLOSURE_FALLBACK: tuple[str, str | None] = ("Undetermined", None)
 """Where a close code without a row lands when ``[closure_to_sentinel]`` has no ``*`` row."""
-
-# ServiceNow incident states (REFERENCE C.8): 6 Resolved, 7 Closed, 8 Canceled.
-_SNOW_DONE_STATES = ("6", "7")
-_SNOW_FINAL_STATES = ("6", "7", "8")
 
 
 @dataclass(frozen=True)
@@ -245,6 +219,8 @@ class ServiceNowInstance:
     severity_field: str
     status_field: str
     caller_id: str | None
+    profile: TableProfile = ITSM
+    reopen_closed: str = "follow_up"  # follow_up | note (REFERENCE E.9)
 
 
 @dataclass(frozen=True)
@@ -283,15 +259,45 @@ class GroupRule:
 
 
 @dataclass(frozen=True)
-class Mappings:
-    """The value maps between the two systems, complete and validated.
+class InstanceMaps:
+    """The value maps one ServiceNow instance uses, complete and validated.
 
-    ``closure_to_sentinel`` maps a ServiceNow close code to ``(classification, reason)``; its
-    ``"*"`` row applies to every other code (``Undetermined`` unless the user wrote one).
-    ``closure_catch_all_written`` says whether the user's ``[closure_to_sentinel]`` has its own
-    ``*`` row: when not, a code that falls to it is worth telling (``check`` warns, the runtime
-    logs ``value_unmapped`` once per code). ``owners`` maps ServiceNow user_name to Entra UPN;
-    ``owners_by_workspace`` holds the per-workspace overrides.
+    Each map is the instance's own section (``[status_to_servicenow:NAME]``), else the shared one
+    (``[status_to_servicenow]``), else the default of the instance's table profile
+    (:mod:`agent.profiles`); ``sources`` names, per map, the section it came from ("" for the
+    profile's default). ``closure_to_sentinel`` maps a close code to ``(classification, reason)``;
+    its ``"*"`` row applies to every other code (``Undetermined`` unless the user wrote one), and
+    ``closure_catch_all_written`` says whether the user wrote one: when not, a code that falls
+    to it is worth telling (``check`` warns, the runtime logs ``value_unmapped`` once per code).
+    """
+
+    severity_to_servicenow: dict[str, str]
+    severity_to_sentinel: dict[str, str]
+    status_to_servicenow: dict[str, str]
+    status_to_sentinel: dict[str, str]
+    closure_to_servicenow: dict[str, str]
+    closure_to_sentinel: dict[str, tuple[str, str | None]]
+    closure_catch_all_written: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def closure_for_sentinel(self, close_code: str) -> tuple[str, str | None]:
+        """``(classification, reason)`` for a ServiceNow close code, falling back to the ``*`` row."""
+        return self.closure_to_sentinel.get(close_code, self.closure_to_sentinel.get("*", CLOSURE_FALLBACK))
+
+    def closure_falls_back(self, close_code: str) -> bool:
+        """Whether ``close_code`` lands on the ``*`` row without the user having written one."""
+        return not self.closure_catch_all_written and close_code not in self.closure_to_sentinel
+
+
+@dataclass(frozen=True)
+class Mappings:
+    """The value maps between the two systems, complete and validated, and the owner and
+    assignment-group rows.
+
+    The six maps here are those of an ITSM ``incident`` table with the shared sections applied;
+    what an instance really uses is :meth:`for_instance` (its table profile and its own sections).
+    ``owners`` maps ServiceNow user_name to Entra UPN; ``owners_by_workspace`` holds the
+    per-workspace overrides.
     """
 
     severity_to_servicenow: dict[str, str]
@@ -305,6 +311,11 @@ class Mappings:
     assignment_groups: tuple[GroupRule, ...] = ()
     assignment_groups_by_workspace: dict[str, tuple[GroupRule, ...]] = field(default_factory=dict)
     closure_catch_all_written: bool = False
+    instances: dict[str, InstanceMaps] = field(default_factory=dict)
+
+    def for_instance(self, instance: str) -> InstanceMaps:
+        """The maps the ServiceNow instance ``instance`` uses."""
+        return self.instances[instance]
 
     def owners_for(self, workspace: str) -> dict[str, str]:
         """ServiceNow user_name -> UPN for ``workspace``, its ``[owners:WORKSPACE]`` rows winning."""
@@ -690,11 +701,19 @@ _SNOW_KEYS = (
     "severity_field",
     "status_field",
     "caller_id",
+    "table_profile",
+    "resolved_states",
+    "closed_states",
+    "cancelled_states",
+    "close_code_field",
+    "close_notes_field",
+    "caller_field",
+    "follow_up_field",
+    "reopen_closed",
 )
 _WORKSPACE_KEYS = tuple(k for k in Workspace.__dataclass_fields__ if k != "name")
 
-_SINGLE_SECTIONS = (
-    "agent",
+MAP_SECTIONS = (
     "severity_to_servicenow",
     "severity_to_sentinel",
     "status_to_servicenow",
@@ -702,7 +721,9 @@ _SINGLE_SECTIONS = (
     "closure_to_servicenow",
     "closure_to_sentinel",
 )
-_NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners", "assignment_groups")
+"""The value maps: ``[KIND]`` for every instance, ``[KIND:INSTANCE]`` for one (it wins)."""
+_SINGLE_SECTIONS = ("agent",)
+_NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners", "assignment_groups", *MAP_SECTIONS)
 _NO_DEFAULT_SECTION = "\x00"  # makes a literal [DEFAULT] an ordinary (and so unknown) section
 
 
@@ -801,11 +822,15 @@ def _snow_credentials(sec: _Section, auth: str) -> _SnowCredentials:
     return username, password, client_id, client_secret
 
 
+_SNOW_NAME_RULE = _pattern(_SNOW_NAME, "a ServiceNow table/field name (lower-case letters, digits, _)")
+
+
 def _read_servicenow(sec: _Section, name: str) -> ServiceNowInstance:
     instance_url = sec.required("instance_url", _https_url, "")
     auth = sec.get("auth", _choice("basic", "oauth"), "basic")
     username, password, client_id, client_secret = _snow_credentials(sec, auth)
-    snow_name = _pattern(_SNOW_NAME, "a ServiceNow table/field name (lower-case letters, digits, _)")
+    table = sec.get("incident_table", _SNOW_NAME_RULE, "incident")
+    profile = _read_profile(sec, table)
     return ServiceNowInstance(
         name=name,
         instance_url=instance_url,
@@ -814,12 +839,51 @@ def _read_servicenow(sec: _Section, name: str) -> ServiceNowInstance:
         password=password,
         client_id=client_id,
         client_secret=client_secret,
-        incident_table=sec.get("incident_table", snow_name, "incident"),
-        unique_key=sec.get("unique_key", snow_name, "correlation_id"),
-        severity_field=sec.get("severity_field", snow_name, "impact"),
-        status_field=sec.get("status_field", snow_name, "state"),
+        incident_table=table,
+        unique_key=sec.get("unique_key", _SNOW_NAME_RULE, "correlation_id"),
+        severity_field=sec.get("severity_field", _SNOW_NAME_RULE, profile.severity_field),
+        status_field=sec.get("status_field", _SNOW_NAME_RULE, "state"),
         caller_id=sec.optional("caller_id", _text),
+        profile=profile,
+        reopen_closed=sec.get("reopen_closed", _choice("follow_up", "note"), "follow_up"),
     )
+
+
+def _states(text: str) -> tuple[str, ...]:
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values or any(not v.replace("-", "").isalnum() for v in values):
+        raise ValueError(f"{text!r} is not a comma-separated list of state values (e.g. 6 or 3, 7)")
+    return values
+
+
+def _read_profile(sec: _Section, table: str) -> TableProfile:
+    """The table profile (REFERENCE E.5): chosen by ``table_profile`` or by the table's name, with
+    the ``[servicenow]`` keys that override its states and fields."""
+    chosen = sec.get("table_profile", _choice(*PROFILES), TABLE_PROFILES.get(table, "custom"))
+    base = PROFILES[chosen]
+    follow_up = sec.text("follow_up_field")
+    profile = replace(
+        base,
+        resolved_states=sec.get("resolved_states", _states, base.resolved_states),
+        closed_states=sec.get("closed_states", _states, base.closed_states),
+        cancelled_states=sec.get("cancelled_states", _states, base.cancelled_states),
+        close_code_field=sec.get("close_code_field", _SNOW_NAME_RULE, base.close_code_field),
+        close_notes_field=sec.get("close_notes_field", _SNOW_NAME_RULE, base.close_notes_field),
+        caller_field=sec.get("caller_field", _SNOW_NAME_RULE, base.caller_field),
+        follow_up_field=""
+        if follow_up == "none"
+        else sec.get("follow_up_field", _SNOW_NAME_RULE, base.follow_up_field),
+    )
+    if not profile.closing_states:
+        hint = (
+            f"incident_table = {table} uses table_profile = custom: set closed_states (and "
+            "resolved_states / cancelled_states) to the table's state values"
+        )
+        sec.problem("closed_states", f"required: {hint}" if chosen == "custom" else "no closing state left")
+    overlap = set(profile.resolved_states) & set(profile.read_only_states)
+    if overlap:
+        sec.problem("resolved_states", f"{', '.join(sorted(overlap))} is also a closed or cancelled state")
+    return profile
 
 
 def _read_workspace(sec: _Section, name: str, oauth: Iterable[str], servicenow: Iterable[str]) -> Workspace:
@@ -851,6 +915,38 @@ def _read_workspace(sec: _Section, name: str, oauth: Iterable[str], servicenow: 
 
 
 # --- Mapping readers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ReadMap:
+    """One value-map section as written (or a profile's default, ``title`` "")."""
+
+    title: str
+    values: Mapping[str, Any]
+    catch_all: bool
+
+
+_MAP_KEYS: Mapping[str, tuple[str, ...]] = {
+    "severity_to_servicenow": SEVERITIES,
+    "status_to_servicenow": STATUSES,
+    "closure_to_servicenow": CLASSIFICATIONS,
+}
+
+
+def _read_map(kind: str, sec: _Section) -> Mapping[str, Any]:
+    if kind == "severity_to_servicenow":
+        return _keyed_map(sec, SEVERITIES, {}, "Sentinel severity")
+    if kind == "status_to_servicenow":
+        return _keyed_map(sec, STATUSES, {}, "Sentinel status")
+    if kind == "closure_to_servicenow":
+        return _keyed_map(sec, CLASSIFICATIONS, {}, "Sentinel classification")
+    if kind == "closure_to_sentinel":
+        return _closure_to_sentinel(sec)
+    return _valued_map(sec, SEVERITIES if kind == "severity_to_sentinel" else STATUSES, {})
+
+
+def _snow_title(name: str) -> str:
+    return "servicenow" if name == "default" else f"servicenow:{name}"
 
 
 def _keyed_map(
@@ -1069,39 +1165,76 @@ class _Loader:
     def mappings(
         self, workspaces: Mapping[str, Workspace], servicenow: Mapping[str, ServiceNowInstance]
     ) -> Mappings:
-        severity_sec = self.single("severity_to_servicenow", SEVERITIES)
-        status_sec = self.single("status_to_servicenow", STATUSES)
-        closure_sec = self.single("closure_to_sentinel")
+        read = self.read_map_sections(servicenow)
+        shared = self.instance_maps(ITSM, read, "")
         group_rules, group_rules_by_workspace = self.assignment_groups(workspaces)
         mappings = Mappings(
-            severity_to_servicenow=_keyed_map(
-                severity_sec, SEVERITIES, DEFAULT_SEVERITY_TO_SERVICENOW, "Sentinel severity"
-            ),
-            severity_to_sentinel=_valued_map(
-                self.single("severity_to_sentinel"), SEVERITIES, DEFAULT_SEVERITY_TO_SENTINEL
-            ),
-            status_to_servicenow=_keyed_map(
-                status_sec, STATUSES, DEFAULT_STATUS_TO_SERVICENOW, "Sentinel status"
-            ),
-            status_to_sentinel=_valued_map(
-                self.single("status_to_sentinel"), STATUSES, DEFAULT_STATUS_TO_SENTINEL
-            ),
-            closure_to_servicenow=_keyed_map(
-                self.single("closure_to_servicenow", CLASSIFICATIONS),
-                CLASSIFICATIONS,
-                DEFAULT_CLOSURE_TO_SERVICENOW,
-                "Sentinel classification",
-            ),
-            closure_to_sentinel=_closure_to_sentinel(closure_sec),
-            closure_catch_all_written=closure_sec is not None and "*" in closure_sec.raw,
+            severity_to_servicenow=shared.severity_to_servicenow,
+            severity_to_sentinel=shared.severity_to_sentinel,
+            status_to_servicenow=shared.status_to_servicenow,
+            status_to_sentinel=shared.status_to_sentinel,
+            closure_to_servicenow=shared.closure_to_servicenow,
+            closure_to_sentinel=shared.closure_to_sentinel,
+            closure_catch_all_written=shared.closure_catch_all_written,
             owners={},
             owners_by_workspace={},
             assignment_groups=group_rules,
             assignment_groups_by_workspace=group_rules_by_workspace,
+            instances={
+                name: self.instance_maps(inst.profile, read, name) for name, inst in servicenow.items()
+            },
         )
-        self.check_round_trips(mappings, servicenow)
+        for name, inst in servicenow.items():
+            self.check_round_trips(inst, mappings.instances[name])
         self.read_owners(mappings, workspaces)
         return mappings
+
+    def read_map_sections(
+        self, servicenow: Mapping[str, ServiceNowInstance]
+    ) -> dict[str, dict[str, _ReadMap]]:
+        """Every value-map section written, read once: kind -> instance name ("" shared) -> map."""
+        read: dict[str, dict[str, _ReadMap]] = {}
+        for kind in MAP_SECTIONS:
+            for name, (title, raw) in self.found.get(kind, {}).items():
+                sec = self.section(title, raw, _MAP_KEYS.get(kind) or raw.keys())
+                if name and name not in servicenow:
+                    hint = _did_you_mean(name, servicenow, f"[{kind}:{{}}]") or (
+                        f" (instances: {', '.join(servicenow)})" if servicenow else ""
+                    )
+                    sec.problem(None, f"no [servicenow:{name}] section{hint}")
+                    continue
+                read.setdefault(kind, {})[name] = _ReadMap(title, _read_map(kind, sec), "*" in raw)
+        return read
+
+    def instance_maps(
+        self, profile: TableProfile, read: Mapping[str, Mapping[str, _ReadMap]], name: str
+    ) -> InstanceMaps:
+        """An instance's maps: its own sections, else the shared ones, else the profile's defaults."""
+        chosen: dict[str, _ReadMap] = {}
+        for kind in MAP_SECTIONS:
+            found = read.get(kind, {})
+            default = getattr(profile, kind)
+            chosen[kind] = found.get(name) or found.get("") or _ReadMap("", dict(default), False)
+        if profile.name == "custom":
+            for kind in ("status_to_servicenow", "status_to_sentinel", "closure_to_servicenow"):
+                if not chosen[kind].title and name:
+                    self.report.problem(
+                        _snow_title(name),
+                        "table_profile",
+                        f"a custom table has no default [{kind}]: write [{kind}] or [{kind}:{name}]",
+                    )
+        closure = dict(chosen["closure_to_sentinel"].values)
+        closure.setdefault("*", CLOSURE_FALLBACK)
+        return InstanceMaps(
+            severity_to_servicenow=dict(chosen["severity_to_servicenow"].values),
+            severity_to_sentinel=dict(chosen["severity_to_sentinel"].values),
+            status_to_servicenow=dict(chosen["status_to_servicenow"].values),
+            status_to_sentinel=dict(chosen["status_to_sentinel"].values),
+            closure_to_servicenow=dict(chosen["closure_to_servicenow"].values),
+            closure_to_sentinel=closure,
+            closure_catch_all_written=chosen["closure_to_sentinel"].catch_all,
+            sources={kind: read_map.title for kind, read_map in chosen.items()},
+        )
 
     def assignment_groups(
         self, workspaces: Mapping[str, Workspace]
@@ -1121,47 +1254,73 @@ class _Loader:
                 by_workspace[name] = read
         return rules, by_workspace
 
-    def check_round_trips(self, maps: Mappings, servicenow: Mapping[str, ServiceNowInstance]) -> None:
-        """A value the agent writes to ServiceNow must read back as the same Sentinel value class."""
-        for severity, value in maps.severity_to_servicenow.items():
-            if value not in maps.severity_to_sentinel:
-                self.report.problem(
-                    "severity_to_sentinel",
-                    value,
-                    f"no row, but [severity_to_servicenow] {severity} writes it",
-                )
+    def check_round_trips(self, inst: ServiceNowInstance, maps: InstanceMaps) -> None:
+        """A value the agent writes to ServiceNow must read back as the same Sentinel value class,
+        and Sentinel's Closed must be a closing state of the instance's table profile."""
+        alone = len(self.found.get("servicenow", {})) <= 1 and inst.profile.name == "itsm"
+        where = (
+            ""
+            if alone
+            else f" for [{_snow_title(inst.name)}] ({inst.incident_table}, profile {inst.profile.name})"
+        )
+
+        def title(kind: str) -> str:
+            return maps.sources.get(kind) or kind
+
+        if not maps.sources.get("severity_to_servicenow") and not maps.sources.get("severity_to_sentinel"):
+            pass  # the profile's own pair: consistent by construction
+        else:
+            for severity, value in maps.severity_to_servicenow.items():
+                if value not in maps.severity_to_sentinel:
+                    self.report.problem(
+                        title("severity_to_sentinel"),
+                        value,
+                        f"no row, but [{title('severity_to_servicenow')}] {severity} writes it{where}",
+                    )
         back = maps.status_to_sentinel
         if "Closed" not in back.values() or not {"New", "Active"} & set(back.values()):
             self.report.problem(
-                "status_to_sentinel", None, "must map at least one state to Closed and one to New or Active"
+                title("status_to_sentinel"),
+                None,
+                f"must map at least one state to Closed and one to New or Active{where}",
             )
         for status, value in maps.status_to_servicenow.items():
             if value not in back:
                 self.report.problem(
-                    "status_to_sentinel", value, f"no row, but [status_to_servicenow] {status} writes it"
+                    title("status_to_sentinel"),
+                    value,
+                    f"no row, but [{title('status_to_servicenow')}] {status} writes it{where}",
                 )
             elif (back[value] == "Closed") != (status == "Closed"):
                 self.report.problem(
-                    "status_to_servicenow",
+                    title("status_to_servicenow"),
                     status,
-                    f"{value} reads back as {back[value]} via [status_to_sentinel]",
+                    f"{value} reads back as {back[value]} via [{title('status_to_sentinel')}]{where}",
                 )
-        status_fields = {instance.status_field for instance in servicenow.values()}
-        if status_fields <= {"state", "incident_state"}:
-            self.check_state_values(maps.status_to_servicenow)
+        if inst.status_field in ("state", "incident_state"):
+            self.check_state_values(inst, maps, title("status_to_servicenow"), where)
 
-    def check_state_values(self, status_to_servicenow: Mapping[str, str]) -> None:
-        closed = status_to_servicenow.get("Closed")
-        if closed is not None and closed not in _SNOW_DONE_STATES:
+    def check_state_values(
+        self, inst: ServiceNowInstance, maps: InstanceMaps, title: str, where: str
+    ) -> None:
+        """Closed goes to a closing state of the profile, New and Active to an open one."""
+        profile = inst.profile
+        closing = " or ".join(
+            [f"{s} Resolved" for s in profile.resolved_states]
+            + [f"{s} Closed" for s in profile.closed_states]
+        )
+        own = ""
+        if len(self.found.get("servicenow", {})) > 1 and ":" not in title:
+            own = f"; [{title}:{inst.name}] would apply to that instance alone"
+        closed = maps.status_to_servicenow.get("Closed")
+        if closed is not None and closed not in profile.closing_states:
             self.report.problem(
-                "status_to_servicenow",
-                "Closed",
-                f"{closed!r} is not a resolved/closed state (6 Resolved or 7 Closed)",
+                title, "Closed", f"{closed!r} is not a resolved/closed state ({closing}){where}{own}"
             )
         for status in ("New", "Active"):
-            value = status_to_servicenow.get(status)
-            if value in _SNOW_FINAL_STATES:
-                self.report.problem("status_to_servicenow", status, f"{value} is a resolved/closed state")
+            value = maps.status_to_servicenow.get(status)
+            if value is not None and profile.is_finished(value):
+                self.report.problem(title, status, f"{value} is a resolved/closed state{where}{own}")
 
     def read_owners(self, maps: Mappings, workspaces: Mapping[str, Workspace]) -> None:
         # [owners] first, so each workspace's check sees the rows it inherits.

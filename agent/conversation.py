@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -83,6 +83,8 @@ MARK_SNOW_USER = "servicenow_user"
 EXTRA_JOURNAL_SEEN = "journal_seen"  # server time of the newest journal entry processed
 EXTRA_COMMENTS_SEEN = "comments_seen"  # Sentinel commentsCount after the agent's last look
 EXTRA_COMMENT_LIMIT = "comment_limit"  # "1": the incident holds 100 comments, warned once
+EXTRA_DROPPED = "journal_dropped"  # "1": the ticket is closed, dropping what it can no longer take was said
+DROPPED = "dropped:"  # journal sys_id of the link of something not written to a closed ticket
 
 
 def comment_id(instance: str, journal_sys_id: str) -> str:
@@ -150,6 +152,7 @@ class Conversation:
         comment_format: str = "text",
         overlap: float = 120.0,
         snow_user: str | None = None,
+        read_only: Callable[[SnowRecord], bool] = lambda record: False,
     ) -> None:
         self.instance = instance
         self.workspace = workspace
@@ -160,6 +163,7 @@ class Conversation:
         self.comment_field = comment_field
         self.comment_format = comment_format
         self.overlap = timedelta(seconds=overlap)
+        self.read_only = read_only  # the ticket is closed: nothing more can be written to it (E.9)
         self._configured_user = snow_user
         self.snow_user = snow_user
         self.counts = Counts()
@@ -328,7 +332,8 @@ class Conversation:
                 await self.shadow.add_comment_link(found)
                 st.links.append(found)
                 continue
-            await self._post(st, c.name, text, digest, self.comment_field, now)
+            if not await self._post(st, c.name, text, digest, self.comment_field, now):
+                continue
             self.counts.comments_to_snow += 1
             log.info(
                 "comment_to_snow",
@@ -363,12 +368,16 @@ class Conversation:
         element: str,
         now: datetime,
         note_ids: tuple[str, ...] = (),
-    ) -> None:
-        """One journal entry, exactly once: intent committed, PATCH, then marked posted.
+    ) -> bool:
+        """One journal entry, exactly once: intent committed, PATCH, then marked posted. False when
+        the ticket is closed and read-only (REFERENCE E.9): the entry is dropped for good instead.
 
         ``note_ids`` (an agent note's alert/entity ids) live and die with the intent: they count
         as posted exactly when its link exists.
         """
+        if self.read_only(st.record):
+            await self._drop(st, name, digest, now, note_ids)
+            return False
         intent = CommentLink(
             self.instance, self.workspace, st.incident.name, name, PLACEHOLDER + name, TO_SNOW, now,
             state=PENDING, text_hash=digest, note_ids=note_ids,
@@ -387,6 +396,27 @@ class Conversation:
             st.mod = after.mod_count  # only our write happened: nothing for the next cycle to read
         st.record = after
         await self._learn_user(after.updated_by, now)
+        return True
+
+    async def _drop(
+        self, st: _State, name: str, digest: str, now: datetime, note_ids: tuple[str, ...]
+    ) -> None:
+        """A comment or note for a closed ticket: linked as handled (never tried again), one warning
+        per ticket."""
+        dropped = CommentLink(
+            self.instance, self.workspace, st.incident.name, name, f"{DROPPED}{st.incident.name}:{name}",
+            TO_SNOW, now, state=UNCONFIRMED, text_hash=digest, note_ids=note_ids,
+        )  # fmt: skip
+        await self.shadow.add_comment_link(dropped)
+        st.links.append(dropped)
+        if st.extra.get(EXTRA_DROPPED) != "1":
+            st.extra[EXTRA_DROPPED] = "1"
+            log.warning(
+                "ticket_closed_dropped",
+                snow_number=st.record.number,
+                message=f"ServiceNow {st.record.number} is closed and read-only: new comments, alerts and "
+                "entities of this incident are not copied to it (said once per ticket)",
+            )
 
     # --- alerts and entities ------------------------------------------------------------------
 
@@ -431,9 +461,10 @@ class Conversation:
             for a in new
         ]
         text = textfmt.bullet_list(f"{title} ({len(new)}):", lines, noun="more alerts")
-        await self._post_note(st, text, now, tuple(f"{ALERT}{a.name}" for a in new))
+        written = await self._post_note(st, text, now, tuple(f"{ALERT}{a.name}" for a in new))
         st.alerts |= {a.name for a in alerts}
-        log.info("alerts_to_snow", direction=TO_SNOW, snow_number=st.record.number, alerts=len(new))
+        if written:
+            log.info("alerts_to_snow", direction=TO_SNOW, snow_number=st.record.number, alerts=len(new))
 
     async def _post_entities(self, st: _State, entities: Sequence[SentinelEntity], now: datetime) -> None:
         new = [e for e in entities if e.name not in st.entities]
@@ -442,15 +473,17 @@ class Conversation:
         title = "Microsoft Sentinel entities" if not st.entities else "New Microsoft Sentinel entities"
         lines = [f"{e.kind}: {e.friendly_name or '(no name)'}" for e in new]
         text = textfmt.bullet_list(f"{title} ({len(new)}):", lines, noun="more entities")
-        await self._post_note(st, text, now, tuple(f"{ENTITY}{e.name}" for e in new))
+        written = await self._post_note(st, text, now, tuple(f"{ENTITY}{e.name}" for e in new))
         st.entities |= {e.name for e in entities}
-        log.info("entities_to_snow", direction=TO_SNOW, snow_number=st.record.number, entities=len(new))
+        if written:
+            log.info("entities_to_snow", direction=TO_SNOW, snow_number=st.record.number, entities=len(new))
 
-    async def _post_note(self, st: _State, text: str, now: datetime, ids: tuple[str, ...]) -> None:
+    async def _post_note(self, st: _State, text: str, now: datetime, ids: tuple[str, ...]) -> bool:
         text = textfmt.cap(text, textfmt.SNOW_NOTE_MAX, "Microsoft Sentinel")
         name = f"{AGENT_NOTE}{uuid.uuid4()}"
-        await self._post(st, name, text, text_hash(text), "work_notes", now, ids)
-        self.counts.notes_to_snow += 1
+        written = await self._post(st, name, text, text_hash(text), "work_notes", now, ids)
+        self.counts.notes_to_snow += written
+        return written
 
     # --- confirming what the agent wrote --------------------------------------------------------
 

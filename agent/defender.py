@@ -146,9 +146,9 @@ class Merges:
         if target is not None:
             body["parent_incident"] = target.sys_id
         closed_state = self.maps.status_to_snow.get("Closed")
-        if closed_state and not mapping.snow_is_closed(rec.get(self.maps.status_field)):
+        if closed_state and not self.maps.is_finished(rec.get(self.maps.status_field)):
             body.update(mapping.snow_write({"status": closed_state}, source, rec, self.maps))
-            body["close_notes"] = merge_text(source, survivor)
+            body[self.maps.close_notes_field] = merge_text(source, survivor)
         return body
 
     async def _save(
@@ -161,7 +161,7 @@ class Merges:
     ) -> None:
         fields = dict(link.fields)
         state = after.get(self.maps.status_field)
-        if "status" in fields or mapping.snow_is_closed(state):
+        if "status" in fields or self.maps.is_finished(state):
             fields["status"] = (source.status, state)
         mod = after.mod_count if after.mod_count == before.mod_count + 1 else link.snow_mod_count
         extra = {**link.extra, EXTRA_MERGED_INTO: survivor.name if survivor else ""}
@@ -173,7 +173,7 @@ class Merges:
                 link,
                 fields=fields,
                 snow_mod_count=mod if before.mod_count == link.snow_mod_count else link.snow_mod_count,
-                open=not (mapping.snow_is_closed(state) and source.status == "Closed"),
+                open=not (self.maps.is_finished(state) and source.status == "Closed"),
                 extra=extra,
             )
         )

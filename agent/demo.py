@@ -148,7 +148,7 @@ async def _wait_for(cond: Any, limit: float) -> None:
 
 def _agreement(stack: EmulatorStack, names: list[str], config: Any) -> list[str]:
     """Every linked pair agrees on severity, status and owner (by meaning, through the maps)."""
-    m = config.mappings
+    m = config.mappings.for_instance("default")
     snow = stack.snow["default"]
     users = snow.tables["sys_user"]
     problems: list[str] = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -68,8 +69,6 @@ SNOW_FIELDS_BASE = (
     "sys_updated_by",
     "sys_mod_count",
     "assigned_to",
-    "close_code",
-    "close_notes",
     "correlation_display",
     "short_description",
     "active",
@@ -151,21 +150,31 @@ class WorkspaceSync:
         self.shadow = shadow
         self._calls = calls or (lambda: 0)
         m = config.mappings
+        self.instance_maps = im = m.for_instance(instance.name)
         self.maps = mapping.Maps(
-            severity_to_snow=m.severity_to_servicenow,
-            severity_to_sentinel=m.severity_to_sentinel,
-            status_to_snow=m.status_to_servicenow,
-            status_to_sentinel=m.status_to_sentinel,
-            closure_to_snow=m.closure_to_servicenow,
-            closure_to_sentinel=m.closure_to_sentinel,
+            severity_to_snow=im.severity_to_servicenow,
+            severity_to_sentinel=im.severity_to_sentinel,
+            status_to_snow=im.status_to_servicenow,
+            status_to_sentinel=im.status_to_sentinel,
+            closure_to_snow=im.closure_to_servicenow,
+            closure_to_sentinel=im.closure_to_sentinel,
             severity_field=instance.severity_field,
             status_field=instance.status_field,
+            profile=instance.profile,
         )
         self.owners = m.owners_for(workspace.name)  # user_name -> upn
         self.owners_rev = {upn.lower(): user for user, upn in self.owners.items()}
+        profile = instance.profile
         self.snow_fields = tuple(
             dict.fromkeys(
-                (*SNOW_FIELDS_BASE, instance.severity_field, instance.status_field, instance.unique_key)
+                (
+                    *SNOW_FIELDS_BASE,
+                    instance.severity_field,
+                    instance.status_field,
+                    instance.unique_key,
+                    profile.close_code_field,
+                    profile.close_notes_field,
+                )
             )
         )
         self.sem = asyncio.Semaphore(config.agent.max_concurrency)
@@ -196,6 +205,7 @@ class WorkspaceSync:
             comment_format=config.agent.comment_format,
             overlap=config.agent.overlap,
             snow_user=instance.username,
+            read_only=lambda record: self.maps.is_read_only(record.get(self.maps.status_field)),
         )
         self._sweeping = False
         self._fallback_codes: set[str] = set()  # close codes already logged as value_unmapped
@@ -494,8 +504,13 @@ class WorkspaceSync:
                 log.warning("snow_record_missing", sys_id=sys_id)
         return out
 
-    async def _lookup_unique(self, names: Iterable[str]) -> dict[str, SnowRecord]:
-        """Records that already carry these incidents' unique key (crash or lost shadow)."""
+    async def _lookup_unique(
+        self, names: Iterable[str], exclude: frozenset[str] = frozenset()
+    ) -> dict[str, SnowRecord]:
+        """Records that already carry these incidents' unique key (crash or lost shadow).
+
+        An incident reopened after its ticket closed has a follow-up ticket with the same key
+        (REFERENCE E.9): the open one wins, then the newest; ``exclude`` names sys_ids to ignore."""
         key = self.inst.unique_key
         found: dict[str, SnowRecord] = {}
         names = list(names)
@@ -505,8 +520,17 @@ class WorkspaceSync:
                 self.snow_fields,
                 page_size=self.config.agent.page_size,
             ):
-                found.setdefault(rec.get(key), rec)
+                if rec.sys_id in exclude:
+                    continue
+                best = found.get(rec.get(key))
+                if best is None or self._ticket_rank(rec) > self._ticket_rank(best):
+                    found[rec.get(key)] = rec
         return found
+
+    def _ticket_rank(self, rec: SnowRecord) -> tuple[bool, int, str]:
+        """Which of several tickets of one incident is its current one: open first, then newest."""
+        digits = "".join(c for c in rec.number if c.isdigit())
+        return (not self.maps.is_finished(rec.get(self.maps.status_field)), int(digits or 0), rec.number)
 
     async def _bounded(self, coros: Iterable[Awaitable[Any]]) -> list[Any]:
         async def run(c: Awaitable[Any]) -> Any:
@@ -569,7 +593,7 @@ class WorkspaceSync:
         pol = mapping.policy(
             self.maps, self.owner_to_snow, self.owner_to_sentinel, self.config.agent.conflict_policy
         )
-        base = pair.link.fields if pair.link is not None else None
+        base = mapping.absorb_autoclose(pair.link.fields, pair.record, self.maps) if pair.link else None
         return plan(
             base, mapping.sentinel_side(pair.incident), mapping.snow_side(pair.record, self.maps), pol
         )
@@ -597,7 +621,7 @@ class WorkspaceSync:
             for pair, p in planned
             if pair.link is not None
             and pair.link.open
-            and valves.closes(p.to_sentinel, p.to_snow, mapping.SNOW_CLOSED_STATES)
+            and valves.closes(p.to_sentinel, p.to_snow, self.maps.profile.finished_states)
         )
         open_links = sum(1 for pair, _ in planned if pair.link is not None and pair.link.open)
         valves.check_close_ratio(
@@ -704,37 +728,7 @@ class WorkspaceSync:
     async def _create(self, inc: SentinelIncident, stats: CycleStats, options: CycleOptions) -> None:
         """Sentinel -> ServiceNow: create the ticket, link, then write the number back as a label."""
         m = self.maps
-        sev = m.severity_to_snow.get(inc.severity)
-        state = m.status_to_snow.get(inc.status)
-        owner = self.owner_to_snow.get(inc.owner.key, "") if inc.owner.key else ""
-        values: dict[str, str] = {
-            "short_description": inc.title[:160],
-            "description": mapping.description_for_snow(
-                inc, self.sentinel.portal_url(inc), self.sentinel.defender_url(inc)
-            ),
-            self.inst.unique_key: inc.name,
-            "correlation_display": self.correlation_display,
-        }
-        if sev is not None:
-            values[m.severity_field] = sev
-        if state is not None:
-            values[m.status_field] = state
-        for f, value, mapped in (("severity", inc.severity, sev), ("status", inc.status, state)):
-            if mapped is None:
-                # Sentinel's enums are open (REFERENCE A.4): the ticket is made with ServiceNow's
-                # default for this field, which stays until either side sets a mapped value.
-                stats.unmapped += 1
-                log.warning("value_unmapped", field=f, side="sentinel", value=value)
-        if owner:
-            values["assigned_to"] = owner
-        caller = await self._caller()
-        if caller:
-            values["caller_id"] = caller
-        values.update(await self.routing.create_values(inc))  # group, company, domain
-        values = hooks.call(self.hook, hooks.TO_SNOW, "create", inc, None, values)
-        # The unique key is how a crash or a lost shadow finds the ticket again: never a hook's.
-        values[self.inst.unique_key] = inc.name
-        values.setdefault("correlation_display", self.correlation_display)
+        values, owner = await self._ticket_values(inc, stats)
         if options.dry_run:
             stats.planned.append({"action": "create_snow", "incident": inc.name, "values": values})
             stats.created += 1
@@ -775,7 +769,45 @@ class WorkspaceSync:
         await self.shadow.save_link(link)
         stats.created += 1
 
-    async def _create_settled(self, incident: str, values: Mapping[str, str]) -> SnowRecord:
+    async def _ticket_values(self, inc: SentinelIncident, stats: CycleStats) -> tuple[dict[str, str], str]:
+        """The fields of a new ticket for ``inc``, and the owner's sys_id written ("" for none)."""
+        m = self.maps
+        sev = m.severity_to_snow.get(inc.severity)
+        state = m.status_to_snow.get(inc.status)
+        owner = self.owner_to_snow.get(inc.owner.key, "") if inc.owner.key else ""
+        values: dict[str, str] = {
+            "short_description": inc.title[:160],
+            "description": mapping.description_for_snow(
+                inc, self.sentinel.portal_url(inc), self.sentinel.defender_url(inc)
+            ),
+            self.inst.unique_key: inc.name,
+            "correlation_display": self.correlation_display,
+        }
+        if sev is not None:
+            values[m.severity_field] = sev
+        if state is not None:
+            values[m.status_field] = state
+        for f, value, mapped in (("severity", inc.severity, sev), ("status", inc.status, state)):
+            if mapped is None:
+                # Sentinel's enums are open (REFERENCE A.4): the ticket is made with ServiceNow's
+                # default for this field, which stays until either side sets a mapped value.
+                stats.unmapped += 1
+                log.warning("value_unmapped", field=f, side="sentinel", value=value)
+        if owner:
+            values["assigned_to"] = owner
+        caller = await self._caller()
+        if caller:
+            values[self.inst.profile.caller_field] = caller
+        values.update(await self.routing.create_values(inc))  # group, company, domain
+        values = hooks.call(self.hook, hooks.TO_SNOW, "create", inc, None, values)
+        # The unique key is how a crash or a lost shadow finds the ticket again: never a hook's.
+        values[self.inst.unique_key] = inc.name
+        values.setdefault("correlation_display", self.correlation_display)
+        return values, owner
+
+    async def _create_settled(
+        self, incident: str, values: Mapping[str, str], exclude: frozenset[str] = frozenset()
+    ) -> SnowRecord:
         """POST the ticket; when the answer leaves open whether it was created (a 5xx, a timeout, a
         connection dropped after sending), settle that now by its unique key and POST again only
         when it is absent. A 429 or a request that never left (``NotSent``) created nothing: the
@@ -793,7 +825,7 @@ class WorkspaceSync:
             except (NotSent, RateLimited):
                 raise
             except TransientError as exc:
-                found = (await self._lookup_unique([incident])).get(incident)
+                found = (await self._lookup_unique([incident], exclude)).get(incident)
                 if found is not None:
                     log.info("snow_create_settled", snow_number=found.number, outcome="created")
                     return found
@@ -886,16 +918,30 @@ class WorkspaceSync:
         inc, rec = pair.incident, pair.record
         s_changed = pair.link is None or pair.link.sentinel_etag != inc.etag
         n_changed = pair.link is None or pair.link.snow_mod_count != rec.mod_count
+        if p.to_snow and pair.link is not None and self.maps.is_read_only(rec.get(self.maps.status_field)):
+            # A closed ticket is read-only (REFERENCE E.9): no PATCH is sent, now or later.
+            if mapping.reopens(p.to_snow, self.maps) and self.inst.reopen_closed == "follow_up":
+                if options.dry_run:
+                    stats.planned.append(
+                        {"action": "follow_up_snow", "incident": inc.name, "closed": rec.number}
+                    )
+                    return
+                await self._follow_up(pair, stats)
+                return
+            p = await self._give_up_closed(pair, p, dry_run=options.dry_run)
         if options.dry_run:
             self._record_dry_run(inc, rec, p, stats, s_changed, n_changed)
             return
         base_before = pair.link.fields if pair.link is not None else None
+        read_only = self.maps.is_read_only(rec.get(self.maps.status_field))
         mod = rec.mod_count  # the newest ServiceNow version this cycle has fully seen
         base: Mapping[str, tuple[str, str]] = p.base
         wrote = False
         for attempt in range(MAX_CONFLICT_RETRIES + 1):
             self._log_plan_notes(p, stats)
             body, changes, base = self._writes(p, inc, rec, s_changed, n_changed)
+            if body and read_only:
+                body = {}  # nor what the custom mapping added: the ticket is closed (E.9)
             if body:
                 before, rec = rec, await self.snow.patch(rec.sys_id, body, self.snow_fields)
                 if mod == before.mod_count and rec.mod_count == before.mod_count + 1:
@@ -909,8 +955,8 @@ class WorkspaceSync:
                     fields=sorted(p.to_snow or body),
                 )
                 state = body.get(self.maps.status_field)
-                was_closed = mapping.snow_is_closed(before.get(self.maps.status_field))
-                closes = None if state is None else mapping.snow_is_closed(state)
+                was_closed = self.maps.is_finished(before.get(self.maps.status_field))
+                closes = None if state is None else self.maps.is_finished(state)
                 self._log_closure(hooks.TO_SNOW, closes, was_closed, rec.number)
             if not changes:
                 break
@@ -942,7 +988,7 @@ class WorkspaceSync:
         if unchanged and pair.link is not None and not _due(pair.link):
             if pair.link.sentinel_etag == inc.etag and pair.link.snow_mod_count == rec.mod_count:
                 return
-        closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(self.maps.status_field))
+        closed = inc.status == "Closed" and self.maps.is_finished(rec.get(self.maps.status_field))
         old = pair.link
         etag = inc.etag
         if old is None and self.config.agent.writeback_label and rec.number not in inc.labels:
@@ -975,6 +1021,98 @@ class WorkspaceSync:
             stats.adopted += 1
             log.info("link_adopted", snow_number=rec.number, sys_id=rec.sys_id)
 
+    async def _give_up_closed(self, pair: Pair, p: Plan, *, dry_run: bool) -> Plan:
+        """The plan without its writes to a closed ticket. A Sentinel reopen with
+        ``reopen_closed = note`` says on the incident (once per reopen) that the ticket stays
+        closed; any other change is one warning per ticket."""
+        assert pair.incident is not None and pair.record is not None and pair.link is not None
+        inc, rec, link = pair.incident, pair.record, pair.link
+        reopen = mapping.reopens(p.to_snow, self.maps)
+        given = mapping.given_up(p, rec, self.maps)
+        if dry_run:
+            return given
+        extra = dict(link.extra)
+        if reopen:
+            count = int(extra.get(EXTRA_CLOSED_NOTES, "0")) + 1
+            cid = closed_note_id(self.inst.name, rec.sys_id, count)
+            message = (
+                f"ServiceNow {rec.number} is closed and can no longer be changed, so it stays closed "
+                "while this incident is open again (reopen_closed = note). Open a new ticket by hand "
+                "if one is needed."
+            )
+            await self.sentinel.put_comment(inc.name, cid, message)
+            extra[EXTRA_CLOSED_NOTES] = str(count)
+            log.info("ticket_closed_note", snow_number=rec.number, comment=cid, direction="to_sentinel")
+        elif extra.get(EXTRA_READ_ONLY_WARNED) != "1":
+            extra[EXTRA_READ_ONLY_WARNED] = "1"
+            log.warning(
+                "ticket_read_only",
+                snow_number=rec.number,
+                fields=sorted(p.to_snow),
+                message=f"ServiceNow {rec.number} is closed and read-only: changes made in Sentinel "
+                "no longer reach it (said once per ticket)",
+            )
+        pair.link = replace(link, extra=extra)
+        return given
+
+    async def _follow_up(self, pair: Pair, stats: CycleStats) -> None:
+        """A Sentinel reopen of an incident whose ticket is closed and read-only (REFERENCE E.9):
+        a follow-up ticket that references the closed one (``follow_up_field`` and the
+        description), and the link moves to it; the closed ticket stays in the link's history.
+        Sentinel keeps its reopened state. A follow-up a crashed run already made is found by
+        the unique key and used, never made twice."""
+        assert pair.incident is not None and pair.record is not None and pair.link is not None
+        inc, closed, old = pair.incident, pair.record, pair.link
+        history = [h for h in old.extra.get(EXTRA_PREVIOUS, "").split(",") if h]
+        exclude = frozenset({closed.sys_id, *(h.partition(":")[2] for h in history)})
+        found = (await self._lookup_unique([inc.name], exclude)).get(inc.name)
+        if found is not None and not self.maps.is_finished(found.get(self.maps.status_field)):
+            rec, owner = found, self.owner_to_snow.get(inc.owner.key, "") if inc.owner.key else ""
+        else:
+            values, owner = await self._ticket_values(inc, stats)
+            reference = self.inst.profile.follow_up_field
+            if reference:
+                values[reference] = closed.sys_id
+            values["description"] = (
+                f"Follow-up of {closed.number}, which was closed when the Microsoft Sentinel incident "
+                f"was reopened.\n\n{values.get('description', '')}"
+            )
+            rec = await self._create_settled(inc.name, values, exclude)
+        log.info(
+            "snow_follow_up_created",
+            snow_number=rec.number,
+            sys_id=rec.sys_id,
+            previous=closed.number,
+            direction="to_snow",
+        )
+        etag = inc.etag
+        if self.config.agent.writeback_label and rec.number not in inc.labels:
+            etag = await self._writeback_label(inc, rec.number) or etag
+        fields = {
+            "severity": (inc.severity, rec.get(self.maps.severity_field)),
+            "status": (inc.status, rec.get(self.maps.status_field)),
+            "owner": (inc.owner.key, rec.get("assigned_to")) if (owner or not inc.owner.key) else None,
+        }
+        kept = {k: v for k, v in old.extra.items() if k not in _PER_TICKET_EXTRA}
+        link = replace(
+            old,
+            sys_id=rec.sys_id,
+            number=rec.number,
+            fields={k: v for k, v in fields.items() if v is not None},
+            sentinel_etag=etag,
+            snow_mod_count=rec.mod_count,
+            open=True,
+            enrich_after=None,
+            extra={
+                **kept,
+                **journal_seen(rec),
+                EXTRA_PREVIOUS: ",".join([*history, f"{closed.number}:{closed.sys_id}"]),
+            },
+        )
+        link, _rec = await self._converse(link, None, inc, rec, stats, created=True)
+        await self.shadow.save_link(link)
+        stats.created += 1
+
     def _writes(
         self, p: Plan, inc: SentinelIncident, rec: SnowRecord, s_changed: bool, n_changed: bool
     ) -> tuple[dict[str, str], dict[str, Any], Mapping[str, tuple[str, str]]]:
@@ -984,7 +1122,7 @@ class WorkspaceSync:
         body = mapping.snow_write(p.to_snow, inc, rec, self.maps) if p.to_snow else {}
         changes = mapping.sentinel_write(p.to_sentinel, rec, self.maps) if p.to_sentinel else {}
         if changes.get("status") == "Closed":
-            self._note_close_code(rec.get("close_code"))
+            self._note_close_code(rec.get(self.maps.close_code_field))
         if self.hook is None:
             return body, changes, p.base
         hooked_body: dict[str, str] = {}
@@ -1000,9 +1138,9 @@ class WorkspaceSync:
 
     def _note_close_code(self, code: str) -> None:
         """``value_unmapped`` once per close code that lands on the default ``*`` row."""
-        if code and code not in self._fallback_codes and self.config.mappings.closure_falls_back(code):
+        if code and code not in self._fallback_codes and self.instance_maps.closure_falls_back(code):
             self._fallback_codes.add(code)
-            classification, reason = self.config.mappings.closure_for_sentinel(code)
+            classification, reason = self.instance_maps.closure_for_sentinel(code)
             log.warning(
                 "value_unmapped",
                 field="close_code",
@@ -1127,6 +1265,22 @@ class WorkspaceSync:
 
 
 TALK_RETRIES = "talk_retries"  # link extra: conversation attempts that failed in a row
+EXTRA_PREVIOUS = "previous_tickets"  # link extra: "<number>:<sys_id>,..." of closed tickets followed up
+EXTRA_CLOSED_NOTES = "closed_notes"  # link extra: reopen notes put on the incident (reopen_closed = note)
+EXTRA_READ_ONLY_WARNED = "read_only_warned"  # link extra: "1" once ticket_read_only was logged
+_PER_TICKET_EXTRA = frozenset(
+    {EXTRA_CLOSED_NOTES, EXTRA_READ_ONLY_WARNED, TALK_RETRIES, "journal_seen", "journal_dropped"}
+)
+CLOSED_NOTE_NAMESPACE = uuid.UUID("3b8f0c52-9d4e-5a17-b6c2-0e4f7a9d1c83")
+"""Namespace of the ids of the "ticket stays closed" comments. Never change it."""
+
+
+def closed_note_id(instance: str, sys_id: str, count: int) -> str:
+    """The Sentinel comment id of the ``count``-th "stays closed" note about one ticket: a retried
+    or repeated PUT rewrites the same comment."""
+    return str(uuid.uuid5(CLOSED_NOTE_NAMESPACE, f"{instance}:{sys_id}:{count}"))
+
+
 TALK_RETRY_BASE = 60.0
 TALK_RETRY_MAX = 6 * 3600.0
 

@@ -6,8 +6,10 @@ the configured maps (plus the owner look-ups the engine resolved for this batch)
 plan's field changes back into the concrete write for each side, including what closing or
 reopening requires on that side:
 
-- ServiceNow resolved/closed needs ``close_code`` and ``close_notes`` **in the same PATCH** as
-  the state (REFERENCE C.8, the data policy).
+- ServiceNow resolved/closed needs the close code and close notes **in the same PATCH** as the
+  state (REFERENCE C.8, the data policy); which states and fields those are comes from the
+  instance's table profile (:mod:`agent.profiles`: ITSM ``incident``, SIR ``sn_si_incident``,
+  or custom), never from ITSM's numbers (E.5).
 - Sentinel Closed needs a classification, and a determined classification needs a reason
   (REFERENCE A.6); reopening clears classification, reason and comment.
 """
@@ -15,19 +17,17 @@ reopening requires on that side:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent.models import SentinelIncident, SnowRecord
-from agent.reconcile import Policy, SideState
-
-SNOW_CLOSED_STATES = frozenset({"6", "7", "8"})
-"""ServiceNow states that mean the incident is finished (Resolved, Closed, Canceled)."""
+from agent.profiles import ITSM, TableProfile
+from agent.reconcile import Plan, Policy, SideState
 
 
 @dataclass(frozen=True, slots=True)
 class Maps:
-    """The configured mapping tables, in the shape the engine needs them."""
+    """The configured mapping tables and the table profile, in the shape the engine needs them."""
 
     severity_to_snow: Mapping[str, str]
     severity_to_sentinel: Mapping[str, str]
@@ -37,6 +37,23 @@ class Maps:
     closure_to_sentinel: Mapping[str, tuple[str, str | None]]
     severity_field: str = "impact"
     status_field: str = "state"
+    profile: TableProfile = ITSM
+
+    def is_finished(self, state: str) -> bool:
+        """The ticket's work is over: resolved, closed or cancelled (per the table profile)."""
+        return self.profile.is_finished(state)
+
+    def is_read_only(self, state: str) -> bool:
+        """Closed or cancelled: the integration user can no longer change it (REFERENCE E.9)."""
+        return self.profile.is_read_only(state)
+
+    @property
+    def close_code_field(self) -> str:
+        return self.profile.close_code_field
+
+    @property
+    def close_notes_field(self) -> str:
+        return self.profile.close_notes_field
 
 
 def sentinel_side(incident: SentinelIncident) -> SideState:
@@ -76,8 +93,40 @@ def policy(
     )
 
 
-def snow_is_closed(state: str) -> bool:
-    return state in SNOW_CLOSED_STATES
+def absorb_autoclose(
+    base: Mapping[str, tuple[str, str]], record: SnowRecord, maps: Maps
+) -> Mapping[str, tuple[str, str]]:
+    """The platform closing a resolved ticket by itself (6 -> 7 after a day, REFERENCE E.9) is no
+    change of meaning: the base takes the closed state, so the planner sees nothing changed on
+    the ServiceNow side (and can never re-close a Sentinel incident an analyst reopened)."""
+    if "status" not in base:
+        return base
+    agreed_sentinel, agreed_snow = base["status"]
+    now = record.get(maps.status_field)
+    if (
+        now != agreed_snow
+        and agreed_snow in maps.profile.resolved_states
+        and now in maps.profile.closed_states
+        and maps.status_to_sentinel.get(now) == maps.status_to_sentinel.get(agreed_snow)
+    ):
+        return {**base, "status": (agreed_sentinel, now)}
+    return base
+
+
+def reopens(to_snow: Mapping[str, str], maps: Maps) -> bool:
+    """Whether a planned ServiceNow write moves the ticket out of its finished states."""
+    return "status" in to_snow and not maps.is_finished(to_snow["status"])
+
+
+def given_up(p: Plan, record: SnowRecord, maps: Maps) -> Plan:
+    """``p`` without its ServiceNow writes, for a ticket that can no longer be changed (E.9): the
+    base takes the ticket's values as they are, so the same write is not planned again."""
+    current = snow_side(record, maps).values
+    base = dict(p.base)
+    for name in p.to_snow:
+        agreed_sentinel = base[name][0] if name in base else ""
+        base[name] = (agreed_sentinel, current.get(name, ""))
+    return replace(p, to_snow={}, base=base)
 
 
 def close_notes_from_sentinel(incident: SentinelIncident) -> str:
@@ -103,24 +152,25 @@ def snow_write(
     if "status" in changes:
         new_state = changes["status"]
         body[maps.status_field] = new_state
-        was_closed = record is not None and snow_is_closed(record.get(maps.status_field))
-        if snow_is_closed(new_state):
+        was_closed = record is not None and maps.is_finished(record.get(maps.status_field))
+        if maps.is_finished(new_state):
             cls = incident.classification or "Undetermined"
-            body["close_code"] = maps.closure_to_snow.get(cls) or maps.closure_to_snow.get("Undetermined", "")
-            body["close_notes"] = close_notes_from_sentinel(incident)
+            code = maps.closure_to_snow.get(cls) or maps.closure_to_snow.get("Undetermined", "")
+            body[maps.close_code_field] = code
+            body[maps.close_notes_field] = close_notes_from_sentinel(incident)
         elif was_closed:
-            body["close_code"] = ""
-            body["close_notes"] = ""
+            body[maps.close_code_field] = ""
+            body[maps.close_notes_field] = ""
     return body
 
 
 def sentinel_closure(record: SnowRecord, maps: Maps) -> tuple[str, str | None, str]:
     """ServiceNow close data -> (classification, reason, comment) Sentinel accepts."""
-    code = record.get("close_code")
+    code = record.get(maps.close_code_field)
     cls, reason = (
         maps.closure_to_sentinel.get(code) or maps.closure_to_sentinel.get("*") or ("Undetermined", None)
     )
-    notes = record.get("close_notes") or f"Closed in ServiceNow {record.number}"
+    notes = record.get(maps.close_notes_field) or f"Closed in ServiceNow {record.number}"
     return cls, reason, notes
 
 

@@ -156,9 +156,16 @@ async def _match(
     out: list[tuple[Matched, SentinelIncident, SnowRecord]] = []
     handled: set[str] = set()
     seen: dict[str, str] = {}  # incident -> the number linked by this run
-    # Of two tickets for one incident, link the one this agent marked, then the older one.
+    # Of two tickets for one incident, link the one this agent marked, then an open one (a
+    # follow-up of a closed ticket, REFERENCE E.9), the older of two open ones, the newest closed.
     mark = sync.correlation_display
-    ordered = sorted(records, key=lambda r: (r.get("correlation_display") != mark, r.number))
+
+    def rank(r: SnowRecord) -> tuple[bool, bool, int]:
+        finished = sync.maps.is_finished(r.get(sync.maps.status_field))
+        number = int("".join(c for c in r.number if c.isdigit()) or 0)
+        return (r.get("correlation_display") != mark, finished, -number if finished else number)
+
+    ordered = sorted(records, key=rank)
     for rec in ordered:
         key = keys[rec.sys_id]
         existing = by_sys.get(rec.sys_id)
@@ -208,7 +215,7 @@ async def _links(
         matched.agreed = sorted(base)
         matched.disagree = sorted(set(p.cases) - set(base))
         sync_now = not matched.disagree
-        closed = inc.status == "Closed" and mapping.snow_is_closed(rec.get(sync.maps.status_field))
+        closed = inc.status == "Closed" and sync.maps.is_finished(rec.get(sync.maps.status_field))
         links.append(
             Link(
                 instance=sync.inst.name,

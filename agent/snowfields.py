@@ -49,8 +49,8 @@ def configured_fields(config: Config, inst: ServiceNowInstance) -> dict[str, str
         inst.unique_key: f"[{title}] unique_key",
         inst.severity_field: f"[{title}] severity_field",
         inst.status_field: f"[{title}] status_field",
-        "close_code": "the close code field",
-        "close_notes": "the close notes field",
+        inst.profile.close_code_field: f"[{title}] close_code_field",
+        inst.profile.close_notes_field: f"[{title}] close_notes_field",
         "assigned_to": "the owner field",
         "correlation_display": "the workspace marker the agent writes",
         "short_description": "the title field",
@@ -58,7 +58,11 @@ def configured_fields(config: Config, inst: ServiceNowInstance) -> dict[str, str
     }
     workspaces = [ws for ws in config.workspaces.values() if ws.servicenow == inst.name and ws.enabled]
     if inst.caller_id or any(ws.caller_id for ws in workspaces):
-        fields.setdefault("caller_id", f"[{title}] caller_id")
+        fields.setdefault(inst.profile.caller_field, f"[{title}] caller_field (caller_id)")
+    if inst.profile.follow_up_field and inst.reopen_closed == "follow_up":
+        fields.setdefault(
+            inst.profile.follow_up_field, f"[{title}] follow_up_field (none if the table has none)"
+        )
     if config.mappings.assignment_groups or any(
         ws.assignment_group or config.mappings.assignment_groups_by_workspace.get(ws.name)
         for ws in workspaces

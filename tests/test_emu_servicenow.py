@@ -744,12 +744,87 @@ async def test_resolve_close_reopen_lifecycle(env: Env) -> None:
     assert SNOW_TIME.match(closed["closed_at"]) and closed["resolved_at"] == resolved["resolved_at"]
     assert (closed["active"], closed["incident_state"]) == ("false", "7")
 
-    reopened = (await env.call("PATCH", path, json={"state": "2"})).body["result"]
+    # E.9: closed is read-only for an itil user; an admin may still reopen it
+    refused = await env.call("PATCH", path, json={"state": "2"})
+    assert (refused.status, refused.body["error"]["detail"]) == (
+        403,
+        "ACL Exception Update Failed due to security constraints",
+    )
+    env.emu.add_api_user("admin.user", "pw-admin", roles=("admin",))
+    reopened = (await env.call("PATCH", path, json={"state": "2"}, auth=("admin.user", "pw-admin"))).body[
+        "result"
+    ]
     assert (reopened["resolved_at"], reopened["closed_at"], reopened["resolved_by"]) == ("", "", "")
     assert reopened["active"] == "true"
 
     canceled = (await env.call("PATCH", path, json={"state": "8"})).body["result"]
     assert (canceled["active"], canceled["closed_at"]) == ("false", "")
+    note = await env.call("PATCH", path, json={"work_notes": "after the fact"})
+    assert note.status == 403 and env.emu.journal(created["sys_id"]) == []  # cancelled: read-only too
+
+
+async def test_e9_resolved_incidents_close_themselves_after_a_day(env: Env) -> None:
+    created = env.incident()
+    path = f"/api/now/table/incident/{created['sys_id']}"
+    resolve = {"state": "6", "close_code": "Solution provided", "close_notes": "fixed"}
+    assert (await env.call("PATCH", path, json=resolve)).status == 200
+    env.clock.advance(86400 - 60)
+    assert (await env.call("GET", path)).body["result"]["state"] == "6"  # not yet: still writable
+    assert (await env.call("PATCH", path, json={"work_notes": "one more thing"})).status == 200
+    env.clock.advance(120)
+    closed = (await env.call("GET", path)).body["result"]
+    assert (closed["state"], closed["active"], closed["sys_updated_by"]) == ("7", "false", "system")
+    assert SNOW_TIME.match(closed["closed_at"])
+    refused = await env.call("PATCH", path, json={"state": "2"})
+    assert refused.status == 403 and env.emu.record("incident", created["sys_id"])["state"] == "7"
+
+
+async def test_e5_security_incidents_have_their_own_states_numbers_and_close_codes(env: Env) -> None:
+    created = await env.call("POST", "/api/now/table/sn_si_incident", json={"short_description": "phish"})
+    assert created.status == 201
+    sir = created.body["result"]
+    assert re.fullmatch(r"SIR\d{7}", sir["number"]) and (sir["state"], sir["active"]) == ("10", "true")
+    choices = await env.call(
+        "GET",
+        "/api/now/table/sys_choice",
+        params={
+            "sysparm_query": "name=sn_si_incident^element=state^ORDERBYsequence",
+            "sysparm_fields": "value,label",
+        },
+    )
+    assert [(c["value"], c["label"]) for c in choices.body["result"]] == [
+        ("10", "Draft"),
+        ("16", "Analysis"),
+        ("18", "Contain"),
+        ("19", "Eradicate"),
+        ("20", "Recover"),
+        ("100", "Review"),
+        ("3", "Closed"),
+        ("7", "Cancelled"),
+    ]
+    codes = await env.call(
+        "GET",
+        "/api/now/table/sys_choice",
+        params={"sysparm_query": "name=sn_si_incident^element=close_code", "sysparm_fields": "value"},
+    )
+    assert {"False positive", "Threat mitigated", "Investigation completed"} <= {
+        c["value"] for c in codes.body["result"]
+    }
+    path = f"/api/now/table/sn_si_incident/{sir['sys_id']}"
+    # the data policy on Closed (3) wants the close code and notes in the same write
+    refused = await env.call("PATCH", path, json={"state": "3"})
+    assert refused.status == 403
+    assert refused.body["error"]["detail"].endswith(
+        "The following fields are mandatory: Close code, Close notes"
+    )
+    closing = {"state": "3", "close_code": "False positive", "close_notes": "benign"}
+    closed = (await env.call("PATCH", path, json=closing)).body["result"]
+    assert (closed["state"], closed["active"]) == ("3", "false") and SNOW_TIME.match(closed["closed_at"])
+    assert (await env.call("PATCH", path, json={"state": "16"})).status == 403  # closed: read-only (E.9)
+    # a security incident's journal is its own
+    other = await env.call("POST", "/api/now/table/sn_si_incident", json={"work_notes": "first look"})
+    [row] = env.emu.journal(other.body["result"]["sys_id"])
+    assert row["name"] == "sn_si_incident"
 
 
 async def test_mod_count_and_updated_fields(env: Env) -> None:

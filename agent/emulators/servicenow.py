@@ -39,206 +39,26 @@ from agent.emulators.common import (
     fault_and_record_middleware,
     json_response,
 )
-from agent.emulators.encoded_query import DATETIME, INTEGER, STRING, bind, parse
-from agent.models import format_snow_time
-
-BOOLEAN = "boolean"
-REFERENCE = "reference"
-JOURNAL = "journal"
+from agent.emulators.encoded_query import bind, parse
+from agent.emulators.servicenow_tables import (
+    DEFAULTS,
+    DISPLAY_FIELD,
+    JOURNAL,
+    JOURNAL_LABELS,
+    PRIORITY,
+    REFERENCE,
+    SCHEMAS,
+    TABLE_CHOICES,
+    TASKS,
+    Column,
+    TaskRules,
+)
+from agent.models import format_snow_time, parse_snow_time
 
 ACCESS_TOKEN_LIFETIME = 1799  # REFERENCE C.7
 REFRESH_TOKEN_LIFETIME = 100 * 86400  # the platform's default refresh-token lifespan
 DEFAULT_LIMIT = 10000  # REFERENCE C.2
-RESOLVED_STATES = ("6", "7")
-INACTIVE_STATES = ("7", "8")
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """One field of an emulated table."""
-
-    kind: str = STRING  # string | integer | datetime | boolean | reference | journal
-    reference: str = ""  # the referenced table, for kind == reference
-    choice: bool = False  # the display value is a sys_choice label
-    computed: bool = False  # set by business rules; ignored in writes
-
-
-def _system() -> dict[str, Column]:
-    return {
-        "sys_id": Column(),
-        "sys_created_on": Column(DATETIME),
-        "sys_created_by": Column(),
-        "sys_updated_on": Column(DATETIME),
-        "sys_updated_by": Column(),
-        "sys_mod_count": Column(INTEGER),
-    }
-
-
-def _user_ref() -> Column:
-    return Column(REFERENCE, "sys_user")
-
-
-SCHEMAS: dict[str, dict[str, Column]] = {
-    "incident": {
-        **_system(),
-        "number": Column(),
-        "short_description": Column(),
-        "description": Column(),
-        "state": Column(INTEGER, choice=True),
-        "incident_state": Column(INTEGER, choice=True, computed=True),
-        "impact": Column(INTEGER, choice=True),
-        "urgency": Column(INTEGER, choice=True),
-        "priority": Column(INTEGER, choice=True, computed=True),
-        "severity": Column(INTEGER, choice=True),
-        "hold_reason": Column(INTEGER, choice=True),
-        "category": Column(),
-        "subcategory": Column(),
-        "contact_type": Column(),
-        "caller_id": _user_ref(),
-        "opened_by": _user_ref(),
-        "assigned_to": _user_ref(),
-        "resolved_by": _user_ref(),
-        "closed_by": _user_ref(),
-        "assignment_group": Column(REFERENCE, "sys_user_group"),
-        "company": Column(REFERENCE, "core_company"),
-        "parent_incident": Column(REFERENCE, "incident"),
-        "correlation_id": Column(),
-        "correlation_display": Column(),
-        "close_code": Column(choice=True),
-        "close_notes": Column(),
-        "opened_at": Column(DATETIME),
-        "resolved_at": Column(DATETIME),
-        "closed_at": Column(DATETIME),
-        "active": Column(BOOLEAN, computed=True),
-        "comments": Column(JOURNAL),
-        "work_notes": Column(JOURNAL),
-        "comments_and_work_notes": Column(JOURNAL, computed=True),
-        "sys_domain": Column(),
-        "sys_class_name": Column(),
-    },
-    "sys_journal_field": {
-        "sys_id": Column(),
-        "element": Column(),
-        "element_id": Column(),
-        "name": Column(),
-        "value": Column(),
-        "sys_created_on": Column(DATETIME),
-        "sys_created_by": Column(),
-    },
-    "sys_user": {
-        **_system(),
-        "user_name": Column(),
-        "email": Column(),
-        "name": Column(),
-        "first_name": Column(),
-        "last_name": Column(),
-        "active": Column(BOOLEAN),
-        "sys_domain": Column(),
-    },
-    "sys_user_group": {
-        **_system(),
-        "name": Column(),
-        "description": Column(),
-        "email": Column(),
-        "active": Column(BOOLEAN),
-        "sys_domain": Column(),
-    },
-    # With domain separation, sys_domain holds the sys_id of the record's domain ("global" for
-    # the global domain) on these tables too (Installed with domain separation, SN-DOCS).
-    "core_company": {
-        **_system(),
-        "name": Column(),
-        "sys_domain": Column(),
-    },
-    "sys_choice": {
-        **_system(),
-        "name": Column(),
-        "element": Column(),
-        "value": Column(),
-        "label": Column(),
-        "sequence": Column(INTEGER),
-        "language": Column(),
-        "inactive": Column(BOOLEAN),
-    },
-}
-
-DISPLAY_FIELD = {
-    "incident": "number",
-    "sys_user": "name",
-    "sys_user_group": "name",
-    "core_company": "name",
-    "sys_choice": "label",
-}
-DEFAULTS: dict[str, dict[str, str]] = {
-    "incident": {
-        "state": "1",
-        "impact": "3",
-        "urgency": "3",
-        "severity": "3",
-        "sys_domain": "global",
-        "sys_class_name": "incident",
-    },
-    "sys_user": {"active": "true", "sys_domain": "global"},
-    "sys_user_group": {"active": "true", "sys_domain": "global"},
-    "core_company": {"sys_domain": "global"},
-    "sys_choice": {"language": "en", "inactive": "false"},
-}
-JOURNAL_LABELS = {"comments": "Additional comments", "work_notes": "Work notes"}
-
-# REFERENCE C.8: priority lookup from impact x urgency.
-PRIORITY = {
-    ("1", "1"): "1", ("1", "2"): "2", ("1", "3"): "3",
-    ("2", "1"): "2", ("2", "2"): "3", ("2", "3"): "4",
-    ("3", "1"): "3", ("3", "2"): "4", ("3", "3"): "5",
-}  # fmt: skip
-
-_STATES = [
-    ("1", "New"),
-    ("2", "In Progress"),
-    ("3", "On Hold"),
-    ("6", "Resolved"),
-    ("7", "Closed"),
-    ("8", "Canceled"),
-]
-_LEVELS = [("1", "1 - High"), ("2", "2 - Medium"), ("3", "3 - Low")]
-CHOICES: dict[str, list[tuple[str, str]]] = {
-    "state": _STATES,
-    "incident_state": _STATES,
-    "impact": _LEVELS,
-    "urgency": _LEVELS,
-    "severity": _LEVELS,
-    "priority": [
-        ("1", "1 - Critical"),
-        ("2", "2 - High"),
-        ("3", "3 - Moderate"),
-        ("4", "4 - Low"),
-        ("5", "5 - Planning"),
-    ],
-    "hold_reason": [
-        ("1", "Awaiting Caller"),
-        ("3", "Awaiting Problem"),
-        ("4", "Awaiting Vendor"),
-        ("5", "Awaiting Change"),
-    ],
-    "close_code": [
-        (v, v)
-        for v in (
-            "Duplicate",
-            "Known error",
-            "No resolution provided",
-            "Resolved by caller",
-            "Resolved by change",
-            "Resolved by problem",
-            "Resolved by request",
-            "Solution provided",
-            "Workaround provided",
-        )
-    ],
-}
-"""Seeded ``sys_choice`` rows for the incident table (REFERENCE C.8)."""
-
-# The data policy names fields by their labels (REFERENCE C.5).
-_POLICY_LABELS = {"close_code": "Resolution code", "close_notes": "Close notes"}
+AUTOCLOSE_AFTER = 86400.0  # glide.ui.autoclose.time: resolved incidents close after a day (E.9)
 
 
 class Rejected(Exception):
@@ -376,7 +196,9 @@ class ServiceNowEmulator:
         # that both stay empty unless they expect otherwise.
         self.dropped_terms: list[str] = []  # "<table>: <term>"
         self.ignored_fields: list[str] = []  # "<table>.<field>"
-        self._next_number = 10001
+        self._next_number: dict[str, int] = {table: 10001 for table in TASKS}
+        self._resolved_at: dict[str, float] = {}  # resolved incidents, for the autoclose rule
+        self.autoclose_after = AUTOCLOSE_AFTER
         self._seed()
         self.app = web.Application(
             middlewares=[
@@ -391,18 +213,19 @@ class ServiceNowEmulator:
 
     def _seed(self) -> None:
         self.add_user("admin", "admin@example.com", "System Administrator")
-        for element, choices in CHOICES.items():
-            for seq, (value, label) in enumerate(choices, start=1):
-                self.insert(
-                    "sys_choice",
-                    {
-                        "name": "incident",
-                        "element": element,
-                        "value": value,
-                        "label": label,
-                        "sequence": str(seq),
-                    },
-                )
+        for table, table_choices in TABLE_CHOICES.items():
+            for element, choices in table_choices.items():
+                for seq, (value, label) in enumerate(choices, start=1):
+                    self.insert(
+                        "sys_choice",
+                        {
+                            "name": table,
+                            "element": element,
+                            "value": value,
+                            "label": label,
+                            "sequence": str(seq),
+                        },
+                    )
 
     def _add_routes(self) -> None:
         base = "/api/now{version:(?:/v[12])?}/table/{table}"
@@ -564,21 +387,24 @@ class ServiceNowEmulator:
         else:
             new = dict(current)
             new.update(values)
-        if table == "incident":
-            self._incident_rules(new, current, values, by, now)
+        rules = TASKS.get(table)
+        if rules is not None:
+            self._task_rules(table, rules, new, current, values, by, now)
         if current is not None and not journal and all(new[k] == current[k] for k in new):
             return current  # the platform skips a no-op update (REFERENCE C.9)
-        if policy and self.close_data_policy and table == "incident":
-            self._check_close_policy(new)
-        if current is None and table == "incident":
+        if policy and self.close_data_policy and rules is not None:
+            self._check_close_policy(rules, new)
+        if current is None and rules is not None:
             # Numbered only once the insert is accepted, so a rejected POST leaves no gap.
-            new["number"] = f"INC{self._next_number:07d}"
-            self._next_number += 1
+            new["number"] = f"{rules.prefix}{self._next_number[table]:07d}"
+            self._next_number[table] += 1
         if current is not None and "sys_mod_count" in schema:
             new["sys_mod_count"] = str(int(current["sys_mod_count"] or "0") + 1)
             new["sys_updated_on"] = format_snow_time(now)
             new["sys_updated_by"] = by
         self.tables[table][new["sys_id"]] = new
+        if table == "incident":
+            self._note_resolution(new)
         for element, text in journal:
             self._add_journal(table, new["sys_id"], element, text, by, now)
         return new
@@ -599,12 +425,14 @@ class ServiceNowEmulator:
         new["sys_created_by"] = by
         if "sys_mod_count" in new:
             new.update(sys_mod_count="0", sys_updated_on=stamp, sys_updated_by=by)
-        if table == "incident":
+        if table in TASKS:
             new["opened_at"] = new["opened_at"] or stamp
             new["opened_by"] = new["opened_by"] or self._actor_sys_id(by)
 
-    def _incident_rules(
+    def _task_rules(
         self,
+        table: str,
+        rules: TaskRules,
         new: dict[str, str],
         current: dict[str, str] | None,
         written: Mapping[str, str],
@@ -614,30 +442,48 @@ class ServiceNowEmulator:
         state = new["state"]
         before = current["state"] if current is not None else ""
         stamp = format_snow_time(now)
-        new["incident_state"] = state
-        new["active"] = "false" if state in INACTIVE_STATES else "true"
-        new["priority"] = PRIORITY.get((new["impact"], new["urgency"]), new["priority"])
-        if state in RESOLVED_STATES and before not in RESOLVED_STATES:
+        new["active"] = "false" if state in rules.inactive else "true"
+        if table == "incident":
+            new["incident_state"] = state
+            new["priority"] = PRIORITY.get((new["impact"], new["urgency"]), new["priority"])
+        finished = (*rules.resolved, *rules.closed, *rules.inactive)
+        if state in rules.resolved and before not in rules.resolved:
             if "resolved_at" not in written:
                 new["resolved_at"] = stamp
             new["resolved_by"] = new["resolved_by"] or self._actor_sys_id(by)
-        if state == "7" and before != "7":
+        if state in rules.closed and before not in rules.closed:
             if "closed_at" not in written:
                 new["closed_at"] = stamp
             new["closed_by"] = new["closed_by"] or self._actor_sys_id(by)
-        if state not in (*RESOLVED_STATES, "8") and before in (*RESOLVED_STATES, "8"):
+        if state not in finished and before in finished:
             # Reopened: the resolution stamps belong to the previous resolution.
             for name in ("resolved_at", "resolved_by", "closed_at", "closed_by"):
-                if name not in written:
+                if name in new and name not in written:
                     new[name] = ""
 
-    def _check_close_policy(self, new: Mapping[str, str]) -> None:
-        if new["state"] not in RESOLVED_STATES:
+    def _check_close_policy(self, rules: TaskRules, new: Mapping[str, str]) -> None:
+        if new["state"] not in rules.policy:
             return
-        missing = [label for name, label in _POLICY_LABELS.items() if not new[name].strip()]
+        missing = [label for name, label in rules.policy_labels.items() if not new[name].strip()]
         if missing:
             detail = "Data Policy Exception: \n\tThe following fields are mandatory: " + ", ".join(missing)
             raise Rejected(403, "Operation Failed", detail)
+
+    def _note_resolution(self, record: Mapping[str, str]) -> None:
+        if record["state"] == "6" and record["resolved_at"]:
+            self._resolved_at[record["sys_id"]] = parse_snow_time(record["resolved_at"]).timestamp()
+        else:
+            self._resolved_at.pop(record["sys_id"], None)
+
+    def autoclose(self) -> list[str]:
+        """Close resolved incidents whose resolution is older than :attr:`autoclose_after` (the
+        base system's scheduled job, ``glide.ui.autoclose.time``, REFERENCE E.9); their sys_ids.
+        Runs before every request, so a test only has to move the clock."""
+        deadline = self.clock.time() - self.autoclose_after
+        due = [sys_id for sys_id, at in self._resolved_at.items() if at <= deadline]
+        for sys_id in due:
+            self._write("incident", self.tables["incident"][sys_id], {"state": "7"}, "system", policy=False)
+        return due
 
     def _add_journal(
         self, table: str, element_id: str, element: str, text: str, by: str, now: datetime
@@ -737,6 +583,7 @@ class ServiceNowEmulator:
     def _table_route(self, method: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def route(request: web.Request) -> web.Response:
             ctx: _Ctx | None = None
+            self.autoclose()
             try:
                 user = self._authenticate(request)
                 version = request.match_info["version"].lstrip("/")
@@ -933,6 +780,10 @@ class ServiceNowEmulator:
         current = self.tables[ctx.table].get(ctx.request.match_info["sys_id"])
         if current is None or not self._visible(ctx, current):
             raise _not_found()
+        rules = TASKS.get(ctx.table)
+        if rules is not None and current["state"] in rules.read_only and "admin" not in ctx.user.roles:
+            # REFERENCE E.9: a closed ticket is read-only for itil users (journal entries included).
+            raise Rejected(403, "Operation Failed", "ACL Exception Update Failed due to security constraints")
         values = await self._body(ctx)
         self._note_ignored(ctx.table, values)
         record = self._write(ctx.table, current, values, ctx.user.user_name, policy=True)

@@ -17,7 +17,9 @@ construction. Nothing is created, changed or deleted anywhere.
   of a sys_id that cannot exist: 403 is a table-level ACL refusal, 404 proves nothing (skip).
   ``sys_journal_field`` is readable: a missing read ACL does not fail, it silently returns no
   rows, so the journal of a record whose work notes are visible on the record itself is read
-  and must not come back empty. ``caller_id`` and ``assignment_group`` exist; the values the
+  and must not come back empty; when it does, the fallback the agent uses then (the records'
+  display values, REFERENCE E.6) is tried and the line says which way journals are read.
+  ``caller_id`` and ``assignment_group`` exist; the values the
   maps write are active ``sys_choice`` values, and every active choice of the severity and
   status fields has a row in the map back to Sentinel; every ``[owners]`` user exists.
 """
@@ -213,6 +215,13 @@ class Checklist:
             return
         who = inst.username or f"the OAuth application {inst.client_id} (client-credentials grant)"
         self.add(OK, subject, f"table {inst.incident_table} readable as {who}")
+        profile = inst.profile
+        self.add(
+            OK,
+            subject,
+            f"table_profile {profile.name}: finished states {profile.describe_states()}, close fields "
+            f"{profile.close_code_field} and {profile.close_notes_field}, caller {profile.caller_field}",
+        )
         for probe in (
             self._fields,
             self._writable,
@@ -313,14 +322,31 @@ class Checklist:
                 snow, "sys_journal_field", Q.eq("element_id", sys_id) & Q.eq("name", table), ["sys_id"], 1
             )
             if rows:
-                self.add(OK, subject, f"sys_journal_field readable (entries of {number} returned)")
+                self.add(
+                    OK,
+                    subject,
+                    f"sys_journal_field readable (entries of {number} returned): journals are read from it",
+                )
+                return
+            shown = await snow.journal_from_records([sys_id])
+            if shown.get(sys_id):
+                self.add(
+                    WARN,
+                    subject,
+                    f"sys_journal_field returned no entries for {number}, although its work notes show them: "
+                    "comments and work notes are read through the records' display values instead "
+                    f"({len(shown[sys_id])} entries of {number} read that way)",
+                    "grant the integration user read access to sys_journal_field (an ACL, or a role such as "
+                    "itil) for exact entry times and cheaper reads; the sync works either way",
+                )
             else:
                 self.add(
                     FAIL,
                     subject,
-                    f"sys_journal_field returned no entries for {number}, although its work notes show them",
-                    "grant the integration user read access to sys_journal_field (an ACL, or a role such as "
-                    "itil); without it comments and work notes are silently not synced",
+                    f"sys_journal_field returned no entries for {number}, although its work notes show them, "
+                    "and the display values could not be read either (the user's date format?)",
+                    "grant the integration user read access to sys_journal_field, or give it the "
+                    "system's date format (yyyy-MM-dd HH:mm:ss)",
                 )
             return
         rows = await _rows(snow, "sys_journal_field", Q.eq("name", table), ["sys_id"], 1)

@@ -53,6 +53,7 @@ from datetime import datetime, timedelta
 
 from agent import textfmt
 from agent.errors import PermanentError
+from agent.journaltext import DISPLAY_KEY
 from agent.log import log
 from agent.models import (
     JournalEntry,
@@ -78,13 +79,14 @@ AGENT_NOTE = "agent-note:"  # pseudo comment name of an alert/entity note (never
 ALERT, ENTITY = "alert:", "entity:"  # prefixes of the ids an agent note lists
 PLACEHOLDER = "pending:"  # journal sys_id of a link whose entry is not confirmed yet
 
-MARK_JOURNAL_UNREADABLE = "journal_unreadable"
+MARK_JOURNAL_UNREADABLE = "journal_unreadable"  # set: journals are read from display values (E.6)
 MARK_SNOW_USER = "servicenow_user"
 EXTRA_JOURNAL_SEEN = "journal_seen"  # server time of the newest journal entry processed
 EXTRA_COMMENTS_SEEN = "comments_seen"  # Sentinel commentsCount after the agent's last look
 EXTRA_COMMENT_LIMIT = "comment_limit"  # "1": the incident holds 100 comments, warned once
 EXTRA_DROPPED = "journal_dropped"  # "1": the ticket is closed, dropping what it can no longer take was said
 DROPPED = "dropped:"  # journal sys_id of the link of something not written to a closed ticket
+EXTRA_DISPLAY = "journal_display"  # "1": the pair's journal is read from display values (for good)
 
 
 def comment_id(instance: str, journal_sys_id: str) -> str:
@@ -164,6 +166,10 @@ class Conversation:
         self.comment_format = comment_format
         self.overlap = timedelta(seconds=overlap)
         self.read_only = read_only  # the ticket is closed: nothing more can be written to it (E.9)
+        self.display_mode = False  # sys_journal_field is unreadable: display values instead (E.6)
+        self._display_records: set[str] = set()  # records whose journal comes from display values
+        self._table_verified = False  # sys_journal_field answered rows in this process
+        self._agent_name: str | None = None  # the agent user's display name (display-value authors)
         self._configured_user = snow_user
         self.snow_user = snow_user
         self.counts = Counts()
@@ -185,18 +191,23 @@ class Conversation:
         if self.snow_user is None:
             mark = await self.shadow.get_mark(self.instance, self.workspace, MARK_SNOW_USER)
             self.snow_user = mark[0] if mark else None
+        self.display_mode = (
+            await self.shadow.get_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE) is not None
+        )
         reads: dict[str, datetime | None] = {}
         record_of: dict[str, str] = {}
         for incident, sys_id, link in needs:
             record_of[incident] = sys_id
             _widen(reads, sys_id, self._since(link) if link is not None else None)
+            self._note_display(sys_id, link)
         unconfirmed = await self.shadow.unconfirmed_comment_links(self.instance, self.workspace)
         others = {c.incident for c in unconfirmed} - record_of.keys()
         for incident, link in (await self.shadow.get_links(self.instance, self.workspace, others)).items():
             record_of[incident] = link.sys_id
             _widen(reads, link.sys_id, self._since(link))
-        await self._read(reads)
-        await self._resolve(unconfirmed, record_of, now, same_cycle=False)
+            self._note_display(link.sys_id, link)
+        await self._read(reads, now)
+        await self._settle(unconfirmed, record_of, now, same_cycle=False)
 
     async def run(self, w: PairWork, now: datetime) -> tuple[Link, SnowRecord]:
         """The pair's conversation; returns the link to commit and the record as it is now."""
@@ -211,6 +222,8 @@ class Conversation:
             entities=set(link.entities_posted),
             entries=self.entries.get(w.record.sys_id, []),
         )
+        if w.record.sys_id in self._display_records:
+            st.extra[EXTRA_DISPLAY] = "1"
         if w.record.sys_id in self.entries:
             await self._journal_to_sentinel(st, now)
         if w.created or w.adopted or w.sentinel_changed:
@@ -237,21 +250,32 @@ class Conversation:
         record_of = {name: link.sys_id for name, link in owners.items() if link.sys_id in self.posted}
         mine = [c for c in unconfirmed if c.state == POSTED and c.incident in record_of]
         reads: dict[str, datetime | None] = {}
-        for sys_id in set(record_of.values()):
+        for name, sys_id in record_of.items():
             since = self.posted[sys_id]
             _widen(reads, sys_id, since - self.overlap if since is not None else None)
-        await self._read(reads)
-        await self._resolve(mine, record_of, now, same_cycle=True)
+            self._note_display(sys_id, owners.get(name))
+        await self._read(reads, now)
+        await self._settle(mine, record_of, now, same_cycle=True)
 
     # --- ServiceNow -> Sentinel ---------------------------------------------------------------
 
     async def _journal_to_sentinel(self, st: _State, now: datetime) -> None:
         linked = {c.journal_sys_id for c in st.links}
-        newest = _parse(st.extra.get(EXTRA_JOURNAL_SEEN))
+        ours = {c.text_hash for c in st.links if c.direction == TO_SNOW and c.text_hash}
+        seen = newest = _parse(st.extra.get(EXTRA_JOURNAL_SEEN))
+        # Entries copied while sys_journal_field was readable are linked by their sys_ids, which a
+        # display value does not show: those up to the last one seen then were handled already.
+        legacy = any(
+            c.direction == TO_SENTINEL and not c.journal_sys_id.startswith(DISPLAY_KEY) for c in st.links
+        )
         full = st.extra.get(EXTRA_COMMENT_LIMIT) == "1"
         for e in st.entries:
             newest = e.created_on if newest is None or e.created_on > newest else newest
             if e.sys_id in linked or self._by_agent(e) or e.element not in JOURNAL_ELEMENTS:
+                continue
+            if text_hash(e.value) in ours:
+                continue  # what the agent wrote (its author could not be told from a display value)
+            if legacy and seen is not None and e.sys_id.startswith(DISPLAY_KEY) and e.created_on <= seen:
                 continue
             if not e.value.strip() or full:
                 continue
@@ -487,36 +511,126 @@ class Conversation:
 
     # --- confirming what the agent wrote --------------------------------------------------------
 
-    async def _read(self, reads: Mapping[str, datetime | None]) -> None:
-        """One journal query per kind of lower bound; keeps each record's entries from its own."""
+    async def _read(self, reads: Mapping[str, datetime | None], now: datetime) -> None:
+        """Read the journals: from ``sys_journal_field`` (one query per kind of lower bound, each
+        record keeping its entries from its own bound), or from the records' display values where
+        that table is unreadable (REFERENCE E.6; all of each journal, keyed, see
+        :mod:`agent.journaltext`)."""
         if not reads:
             return
-        whole = [s for s, since in reads.items() if since is None]
-        bounded = {s: since for s, since in reads.items() if since is not None}
-        found: list[JournalEntry] = []
-        if whole:
-            found += await self.snow.journal(whole, elements=JOURNAL_ELEMENTS)
-        if bounded:
-            found += await self.snow.journal(
-                list(bounded), since=min(bounded.values()), elements=JOURNAL_ELEMENTS
-            )
-        per: dict[str, dict[str, JournalEntry]] = {s: {} for s in reads}
-        for e in found:
-            since = reads.get(e.element_id, None)
-            if e.element_id in per and (since is None or e.created_on >= since):
-                per[e.element_id][e.sys_id] = e
-        for sys_id, entries in per.items():
-            self.entries[sys_id] = sorted(entries.values(), key=lambda e: (e.created_on, e.sys_id))
+        display = {s for s in reads if self.display_mode or s in self._display_records}
+        table = {s: since for s, since in reads.items() if s not in display}
+        if table:
+            whole = [s for s, since in table.items() if since is None]
+            bounded = {s: since for s, since in table.items() if since is not None}
+            found: list[JournalEntry] = []
+            if whole:
+                found += await self.snow.journal(whole, elements=JOURNAL_ELEMENTS)
+            if bounded:
+                found += await self.snow.journal(
+                    list(bounded), since=min(bounded.values()), elements=JOURNAL_ELEMENTS
+                )
+            if found:
+                self._table_verified = True
+            elif not self._table_verified and await self._unreadable(list(table), now):
+                display |= set(table)
+                table = {}
+            per: dict[str, dict[str, JournalEntry]] = {s: {} for s in table}
+            for e in found:
+                since = table.get(e.element_id)
+                if e.element_id in per and (since is None or e.created_on >= since):
+                    per[e.element_id][e.sys_id] = e
+            for sys_id, entries in per.items():
+                self.entries[sys_id] = sorted(entries.values(), key=lambda e: (e.created_on, e.sys_id))
+        if display:
+            await self._read_display(display, now)
+
+    async def _read_display(self, sys_ids: Iterable[str], now: datetime) -> None:
+        ids = list(sys_ids)
+        if self._agent_name is None and self.snow_user is not None:
+            user = await self.snow.find_user(user_name=self.snow_user)
+            self._agent_name = user.name if user is not None and user.name else None
+        got = await self.snow.journal_from_records(ids, elements=JOURNAL_ELEMENTS)
+        for sys_id, entries in got.items():
+            self.entries[sys_id] = entries
+            self._display_records.add(sys_id)
+        if self.display_mode and not self._table_verified:
+            await self._readable_again(got, now)
+
+    async def _unreadable(self, sys_ids: Sequence[str], now: datetime) -> bool:
+        """``sys_journal_field`` answered no rows: do the records show entries in their display
+        values? Then the table's read ACL is missing (it answers 200 with no rows, E.6): switch
+        this workspace to display values. One record's whole journal is asked of the table
+        first, so entries that are merely older than the bound are no false alarm."""
+        shown = await self.snow.journal_from_records(sys_ids[:50], elements=JOURNAL_ELEMENTS)
+        with_entries = [s for s, entries in shown.items() if entries]
+        if not with_entries:
+            return False
+        if await self.snow.journal([with_entries[0]], elements=JOURNAL_ELEMENTS):
+            self._table_verified = True
+            return False
+        await self._to_display(
+            now,
+            f"sys_journal_field returned no entry of a record whose display value shows "
+            f"{len(shown[with_entries[0]])}",
+        )
+        return True
+
+    async def _to_display(self, now: datetime, why: str) -> None:
+        if self.display_mode:
+            return
+        self.display_mode = True
+        log.warning(
+            "journal_unreadable",
+            table="sys_journal_field",
+            reason=why,
+            message="the integration user cannot read sys_journal_field (a missing read ACL answers no "
+            "rows, not an error): comments and work notes are read through the records' display values "
+            "instead. Grant read access on sys_journal_field to go back to the table.",
+        )
+        await self.shadow.set_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE, "1", now=now)
+
+    async def _readable_again(self, shown: Mapping[str, Sequence[JournalEntry]], now: datetime) -> None:
+        """In display mode, once per process: does the table answer again (the ACL was granted)?
+        Then new pairs go back to it; pairs read from display values so far stay there (their
+        entries are linked by keys the table does not know)."""
+        with_entries = [s for s, entries in shown.items() if entries]
+        if not with_entries:
+            return
+        self._table_verified = True  # asked once per process
+        if await self.snow.journal([with_entries[0]], elements=JOURNAL_ELEMENTS):
+            self.display_mode = False
+            log.info("journal_readable", table="sys_journal_field")
+            await self.shadow.set_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE, None, now=now)
+
+    def _note_display(self, sys_id: str, link: Link | None) -> None:
+        if link is not None and link.extra.get(EXTRA_DISPLAY) == "1":
+            self._display_records.add(sys_id)
+
+    async def _settle(
+        self, links: Sequence[CommentLink], record_of: Mapping[str, str], now: datetime, *, same_cycle: bool
+    ) -> None:
+        """Confirm what the agent wrote. An entry written for sure that ``sys_journal_field`` does
+        not show means its read ACL is missing: read those journals from the display values and
+        try again; what is still not found is marked unconfirmed (never written again)."""
+        missing = await self._resolve(links, record_of, now, same_cycle=same_cycle)
+        if missing and not self.display_mode:
+            await self._to_display(now, f"{len(missing)} journal entries the agent wrote are not returned")
+            records = {record_of[c.incident] for c in missing if c.incident in record_of}
+            await self._read_display(records, now)
+            missing = await self._resolve(missing, record_of, now, same_cycle=same_cycle)
+        for c in missing:
+            await self.shadow.set_comment_link(c, state=UNCONFIRMED)
 
     async def _resolve(
         self, links: Iterable[CommentLink], record_of: Mapping[str, str], now: datetime, *, same_cycle: bool
-    ) -> None:
-        """Match unconfirmed links to the journal entries read (same record, our user, same text)."""
+    ) -> list[CommentLink]:
+        """Match unconfirmed links to the journal entries read (same record, our user, same text);
+        returns the posted ones not found."""
         by_incident: dict[str, list[CommentLink]] = {}
         for c in links:
             by_incident.setdefault(c.incident, []).append(c)
-        confirmed = missing = 0
-        unreadable = await self.shadow.get_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE)
+        missing: list[CommentLink] = []
         for incident, group in by_incident.items():
             sys_id = record_of.get(incident)
             entries = self.entries.get(sys_id) if sys_id is not None else None
@@ -530,39 +644,33 @@ class Conversation:
                 if match is not None:
                     pool.remove(match)
                     await self.shadow.set_comment_link(c, state=CONFIRMED, journal_sys_id=match.sys_id)
-                    confirmed += 1
-                elif c.state == POSTED or unreadable is not None:
-                    # Written for sure (or the journal cannot tell): never written again.
-                    await self.shadow.set_comment_link(c, state=UNCONFIRMED)
-                    if c.state == POSTED:
-                        missing += 1
+                elif c.state == POSTED:
+                    missing.append(c)  # written for sure
                 elif not same_cycle:
                     # A PATCH whose outcome was unknown never landed: post that comment again.
                     await self.shadow.delete_comment_link(c)
                     log.info("comment_write_lost", incident=incident, comment=c.sentinel_comment)
-        if missing and unreadable is None:
-            log.warning(
-                "journal_unreadable",
-                missing=missing,
-                table="sys_journal_field",
-                message="ServiceNow accepted journal entries the agent wrote but sys_journal_field does "
-                "not return them; the likely cause is a missing read ACL on sys_journal_field for the "
-                "integration user. Work notes cannot be copied to Sentinel until it can read them.",
-            )
-            await self.shadow.set_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE, "1", now=now)
-        elif confirmed and unreadable is not None and not missing:
-            log.info("journal_readable", table="sys_journal_field")
-            await self.shadow.set_mark(self.instance, self.workspace, MARK_JOURNAL_UNREADABLE, None, now=now)
+        return missing
 
     # --- identity -------------------------------------------------------------------------------
 
     def _by_agent(self, e: JournalEntry) -> bool:
-        """Certainly written by the agent's ServiceNow user."""
-        return self.snow_user is not None and e.created_by == self.snow_user
+        """Certainly written by the agent's ServiceNow user (by user_name, or by display name for
+        an entry read from a display value)."""
+        if self.snow_user is None:
+            return False
+        return e.created_by == self.snow_user or (
+            e.sys_id.startswith(DISPLAY_KEY)
+            and self._agent_name is not None
+            and e.created_by == self._agent_name
+        )
 
     def _maybe_agent(self, e: JournalEntry) -> bool:
-        """Possibly written by the agent (its user is not known yet: any entry)."""
-        return self.snow_user is None or e.created_by == self.snow_user
+        """Possibly written by the agent (its user is not known yet: any entry; nor its display
+        name, for an entry read from a display value)."""
+        if self.snow_user is None or (e.sys_id.startswith(DISPLAY_KEY) and self._agent_name is None):
+            return True
+        return self._by_agent(e)
 
     async def _learn_user(self, user_name: str, now: datetime) -> None:
         # With the client-credentials grant the config names no user; our writes tell.

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from agent import journaltext
 from agent.errors import DataError, InvalidResponse, PermanentError
 from agent.http import HttpClient, redact_url
 from agent.log import log
@@ -180,6 +181,41 @@ class ServiceNowClient:
                 entry = _journal_entry(row)
                 entries[entry.sys_id] = entry
         return sorted(entries.values(), key=lambda e: (e.created_on, e.sys_id))
+
+    async def journal_from_records(
+        self,
+        sys_ids: Sequence[str],
+        elements: Sequence[str] = ("work_notes", "comments"),
+    ) -> dict[str, list[JournalEntry]]:
+        """The journal of many records through their display values, for a user who cannot read
+        ``sys_journal_field`` (REFERENCE E.6): one query per chunk of records, ``sys_idIN...``
+        with ``sysparm_display_value=all`` and the journal fields in ``sysparm_fields``.
+
+        Record sys_id -> every entry of it, oldest first; a record whose dates could not be read
+        (or that was not returned) is left out. ``sys_id`` of an entry is a stable key of it
+        (:func:`agent.journaltext.entry_key`), ``created_by`` the author's display name, and
+        ``created_on`` UTC as learnt from the record's own ``sys_updated_on`` (raw and shown).
+        """
+        ids = list(dict.fromkeys(sys_ids))
+        found: dict[str, list[JournalEntry]] = {}
+        fields = ["sys_id", "sys_updated_on", "sys_created_on", *elements]
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            params: dict[str, str | int] = {
+                "sysparm_query": Q.in_("sys_id", chunk).encoded,
+                "sysparm_fields": ",".join(fields),
+                "sysparm_display_value": "all",
+                "sysparm_exclude_reference_link": "true",
+                "sysparm_limit": len(chunk),
+            }
+            resp = await self.http.request("GET", self.table_url(), params=params)
+            for row in _result_list(resp.body, self.table):
+                entries = _display_journal(self.table, row, elements)
+                if entries is not None:
+                    found[_both(row.get("sys_id"))[0]] = sorted(
+                        entries, key=lambda e: (e.created_on, e.sys_id)
+                    )
+        return found
 
     # -- users and groups --
 
@@ -396,6 +432,44 @@ def _journal_entry(row: Mapping[str, Any]) -> JournalEntry:
         created_on=_time(row, "sys_created_on", "sys_journal_field"),
         created_by=_text(row.get("sys_created_by")),
     )
+
+
+def _both(value: Any) -> tuple[str, str]:
+    """``(raw value, display value)`` of one field read with ``sysparm_display_value=all``."""
+    if isinstance(value, dict):
+        return _text(value.get("value")), _text(value.get("display_value"))
+    return _text(value), _text(value)
+
+
+def _display_journal(
+    table: str, row: Mapping[str, Any], elements: Sequence[str]
+) -> list[JournalEntry] | None:
+    sys_id = _both(row.get("sys_id"))[0]
+    samples = []
+    for name in ("sys_updated_on", "sys_created_on"):
+        raw, shown = _both(row.get(name))
+        try:
+            samples.append((parse_snow_time(raw), shown))
+        except ValueError:
+            continue
+    clock = journaltext.learn(samples)
+    if clock is None:
+        if any(_both(row.get(e))[1].strip() for e in elements):
+            log.warning(
+                "journal_dates_unreadable",
+                sys_id=sys_id,
+                message="the integration user's date format could not be read from the record's "
+                "display values; its journal is not copied until it can (set the user's date format "
+                "to the system default, yyyy-MM-dd HH:mm:ss)",
+            )
+            return None
+        return []
+    entries = []
+    for element in elements:
+        parsed = journaltext.parse(_both(row.get(element))[1], clock)
+        for key, e in journaltext.keyed(table, sys_id, element, parsed):
+            entries.append(JournalEntry(key, element, sys_id, e.text, e.created_on, e.author))
+    return entries
 
 
 def _user(row: Mapping[str, Any]) -> SnowUser:

@@ -27,6 +27,9 @@ def events() -> Iterator[list[dict[str, Any]]]:
     log.sinks.remove(records.append)
 
 
+HIBERNATING = "ServiceNow answered HTML, not JSON (hibernating instance, login page or proxy?)"
+
+
 def _tickets(env: Env) -> Counter[str]:
     return Counter(r["correlation_id"] for r in env.snow.tables["incident"].values() if r["correlation_id"])
 
@@ -107,3 +110,25 @@ async def test_under_429_and_503_two_once_runs_create_every_ticket_exactly_once(
     injected = Counter(env.snow.faults.injected) + Counter(env.stack.sentinel.faults.injected)
     assert injected["429"] > 10 and injected["503"] > 3  # the faults really happened
     assert _tickets(env) == Counter({name: 1 for name in names})
+
+
+async def test_e7_a_hibernating_instance_fails_the_run_transiently_and_the_next_run_syncs_all(
+    env: Env,
+) -> None:
+    ws = env.ws()
+    first = ws.create_incident(title="before", labels=["snow"])["name"]
+    await env.stats()
+    ws.analyst_update(first, severity="High")
+    later = [ws.create_incident(title=f"while asleep {i}", labels=["snow"])["name"] for i in range(3)]
+    env.snow.hibernating = True
+    async with AgentProcess(env.config_path, "once") as agent:
+        assert await agent.wait() == 1, agent.output()
+    [failed] = agent.named("cycle_failed")
+    assert HIBERNATING in failed["error"]
+    parked = [e for e in agent.named("incident_failed") if e.get("kind") == "permanent"]
+    assert not parked
+    env.snow.hibernating = False  # woken up
+    async with AgentProcess(env.config_path, "once") as agent:
+        assert await agent.wait() == 0, agent.output()
+    assert _tickets(env) == Counter({name: 1 for name in [first, *later]})
+    assert env.snow_record(first)["impact"] == "1"

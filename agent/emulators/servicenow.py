@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -39,7 +39,7 @@ from agent.emulators.common import (
     fault_and_record_middleware,
     json_response,
 )
-from agent.emulators.encoded_query import bind, parse
+from agent.emulators.encoded_query import DATETIME, bind, parse
 from agent.emulators.servicenow_tables import (
     DEFAULTS,
     DISPLAY_FIELD,
@@ -99,6 +99,15 @@ class ApiUser:
     roles: tuple[str, ...]
     journal_read: bool
     write: bool
+    # How the user sees dates in display values (REFERENCE C.4, E.6): the user's time zone as an
+    # offset (a US Pacific user in winter; daylight saving is not modelled) and date format.
+    utc_offset: timedelta = timedelta(hours=-8)
+    date_format: str = "%Y-%m-%d %H:%M:%S"
+
+    def shows(self, raw: str) -> str:
+        """A raw (UTC) date-time as this user sees it in a display value."""
+        when = datetime.strptime(raw, "%Y-%m-%d %H:%M:%S") + self.utc_offset
+        return when.strftime(self.date_format)
 
 
 @dataclass
@@ -126,6 +135,7 @@ class _View:
     fields: list[str] | None = None
     display: str = "false"  # false | true | all
     exclude_links: bool = False
+    user: ApiUser | None = None  # whose time zone and date format display values use
 
 
 @dataclass
@@ -187,6 +197,8 @@ class ServiceNowEmulator:
         self._oauth_app_users: dict[str, str] = {}  # client_id -> its OAuth Application User
         # glide.oauth.inbound.client.credential.grant_type.enabled: off on a new instance (C.7).
         self.client_credentials_enabled = False
+        # A developer instance asleep: every URL answers an HTML page with 200 (REFERENCE E.7).
+        self.hibernating = False
         self._access_tokens: dict[str, str] = {}  # access token -> user_name
         self._refresh_tokens: dict[str, _Refresh] = {}
         self._rate_rules: dict[str, RateRule] = {}
@@ -279,6 +291,11 @@ class ServiceNowEmulator:
     def add_company(self, name: str, domain: str = "global") -> str:
         """A ``core_company`` row in ``domain``; returns its sys_id."""
         return self.insert("core_company", {"name": name, "sys_domain": domain})["sys_id"]
+
+    def deny_journal_read(self, user_name: str, denied: bool = True) -> None:
+        """Take away (or give back) the user's read ACL on ``sys_journal_field``: its reads then
+        answer 200 with no rows, as a real instance does (REFERENCE E.6)."""
+        self._api_users[user_name].journal_read = not denied
 
     def set_rate_limit(self, user_name: str, per_hour: int) -> str:
         """An hourly rate-limit rule for one user (REFERENCE C.6); returns the rule's sys_id."""
@@ -521,7 +538,7 @@ class ServiceNowEmulator:
         )
         if view.display == "false":
             return {"link": link, "value": raw} if link and not view.exclude_links else raw
-        shown = self._display(table, owner, name, column, raw)
+        shown = self._display(table, owner, name, column, raw, view.user)
         if view.display == "true":
             return {"display_value": shown, "link": link} if link and not view.exclude_links else shown
         both: dict[str, str] = {"display_value": shown, "value": raw}
@@ -530,10 +547,18 @@ class ServiceNowEmulator:
         return both
 
     def _display(
-        self, table: str, owner: Mapping[str, str] | None, name: str, column: Column, raw: str
+        self,
+        table: str,
+        owner: Mapping[str, str] | None,
+        name: str,
+        column: Column,
+        raw: str,
+        user: ApiUser | None = None,
     ) -> str:
         if column.kind == JOURNAL:
-            return self._journal_text(owner["sys_id"], name) if owner is not None else ""
+            return self._journal_text(owner["sys_id"], name, user) if owner is not None else ""
+        if column.kind == DATETIME and raw and user is not None:
+            return user.shows(raw)  # in the user's time zone and format (REFERENCE C.4)
         if column.kind == REFERENCE:
             target = self.tables.get(column.reference, {}).get(raw) if raw else None
             shown = DISPLAY_FIELD.get(column.reference, "")
@@ -548,15 +573,17 @@ class ServiceNowEmulator:
                 return row["label"]
         return ""
 
-    def _journal_text(self, sys_id: str, name: str) -> str:
-        # Display format not verified (REFERENCE C.4): newest first, one block per entry.
+    def _journal_text(self, sys_id: str, name: str, user: ApiUser | None = None) -> str:
+        # REFERENCE E.6: newest first, "<date time> - <display name> (<label>)\n<text>\n\n", the
+        # date in the reading user's time zone and format (the exact layout is likely, C.4).
         elements = JOURNAL_LABELS if name == "comments_and_work_notes" else {name: JOURNAL_LABELS[name]}
         rows = [r for r in self.journal(sys_id) if r["element"] in elements]
         blocks = []
         for row in reversed(rows):
             author = self._display_name(row["sys_created_by"])
             label = JOURNAL_LABELS[row["element"]]
-            blocks.append(f"{row['sys_created_on']} - {author} ({label})\n{row['value']}\n\n")
+            when = user.shows(row["sys_created_on"]) if user is not None else row["sys_created_on"]
+            blocks.append(f"{when} - {author} ({label})\n{row['value']}\n\n")
         return "".join(blocks)
 
     def _display_name(self, user_name: str) -> str:
@@ -583,6 +610,8 @@ class ServiceNowEmulator:
     def _table_route(self, method: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def route(request: web.Request) -> web.Response:
             ctx: _Ctx | None = None
+            if self.hibernating:
+                return _hibernating_page()
             self.autoclose()
             try:
                 user = self._authenticate(request)
@@ -671,7 +700,7 @@ class ServiceNowEmulator:
         return Rejected(status, message, detail).response()
 
     @staticmethod
-    def _view(request: web.Request) -> _View:
+    def _view(request: web.Request, user: ApiUser | None = None) -> _View:
         q = request.query
         fields = q.get("sysparm_fields", "")
         display = q.get("sysparm_display_value", "false").lower()
@@ -680,6 +709,7 @@ class ServiceNowEmulator:
             [f.strip() for f in fields.split(",") if f.strip()] if fields.strip() else None,
             display if display in ("true", "all") else "false",
             q.get("sysparm_exclude_reference_link", "false").lower() == "true",
+            user,
         )
 
     def _visible(self, ctx: _Ctx, record: Mapping[str, str]) -> bool:
@@ -707,7 +737,7 @@ class ServiceNowEmulator:
             )
         if ctx.request.headers.get("X-no-response-body", "").lower() == "true":
             return web.Response(status=status, headers=headers)
-        body = {"result": self._render(ctx.table, record, self._view(ctx.request))}
+        body = {"result": self._render(ctx.table, record, self._view(ctx.request, ctx.user))}
         return json_response(body, status, headers)
 
     # --- HTTP: handlers ---------------------------------------------------------------------
@@ -727,7 +757,7 @@ class ServiceNowEmulator:
         limit = _int_param(q.get("sysparm_limit"), DEFAULT_LIMIT)
         offset = _int_param(q.get("sysparm_offset"), 0, minimum=0)
         page = matched[offset : offset + limit]
-        view = self._view(ctx.request)
+        view = self._view(ctx.request, ctx.user)
         response = json_response({"result": [self._render(ctx.table, r, view) for r in page]})
         no_count = q.get("sysparm_no_count", "false").lower() == "true"
         if not no_count:
@@ -800,6 +830,8 @@ class ServiceNowEmulator:
     # --- HTTP: OAuth (REFERENCE C.7) --------------------------------------------------------
 
     async def _oauth(self, request: web.Request) -> web.Response:
+        if self.hibernating:
+            return _hibernating_page()
         denied = json_response({"error_description": "access_denied", "error": "server_error"}, 401)
         form = await request.post()
 
@@ -861,6 +893,17 @@ class ServiceNowEmulator:
 
 
 # --- module helpers -------------------------------------------------------------------------
+
+
+def _hibernating_page() -> web.Response:
+    """What a hibernating developer instance answers to any request: an HTML page, status 200
+    (REFERENCE E.7; the status as reported, the wording is ours)."""
+    page = (
+        "<!DOCTYPE html><html><head><title>Instance Hibernating</title></head><body>"
+        "<h1>Your instance is hibernating</h1><p>Sign in to the developer site to wake it up.</p>"
+        "</body></html>"
+    )
+    return web.Response(status=200, text=page, content_type="text/html")
 
 
 def _check_headers(request: web.Request, method: str) -> None:

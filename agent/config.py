@@ -14,7 +14,9 @@ Sections::
     [servicenow] / [servicenow:NAME]   a ServiceNow instance; [servicenow] = [servicenow:default]
     [workspace:NAME]              a Sentinel workspace to sync (at least one)
     [severity_to_servicenow] [severity_to_sentinel] [status_to_servicenow] [status_to_sentinel]
-    [closure_to_servicenow] [closure_to_sentinel]   value maps; a present section replaces its default
+    [closure_to_servicenow] [closure_to_sentinel]   value maps; a present section replaces the
+                                  default of the instance's table profile; [KIND:INSTANCE] applies
+                                  to one ServiceNow instance and wins there
     [owners] / [owners:WORKSPACE] ServiceNow user_name = Entra UPN
     [assignment_groups] / [assignment_groups:WORKSPACE]   label:/owner:/severity:/* = group name
 
@@ -935,26 +937,22 @@ _MAP_KEYS: Mapping[str, tuple[str, ...]] = {
 
 def _read_map(kind: str, sec: _Section) -> Mapping[str, Any]:
     if kind == "severity_to_servicenow":
-        return _keyed_map(sec, SEVERITIES, {}, "Sentinel severity")
+        return _keyed_map(sec, SEVERITIES, "Sentinel severity")
     if kind == "status_to_servicenow":
-        return _keyed_map(sec, STATUSES, {}, "Sentinel status")
+        return _keyed_map(sec, STATUSES, "Sentinel status")
     if kind == "closure_to_servicenow":
-        return _keyed_map(sec, CLASSIFICATIONS, {}, "Sentinel classification")
+        return _keyed_map(sec, CLASSIFICATIONS, "Sentinel classification")
     if kind == "closure_to_sentinel":
         return _closure_to_sentinel(sec)
-    return _valued_map(sec, SEVERITIES if kind == "severity_to_sentinel" else STATUSES, {})
+    return _valued_map(sec, SEVERITIES if kind == "severity_to_sentinel" else STATUSES)
 
 
 def _snow_title(name: str) -> str:
     return "servicenow" if name == "default" else f"servicenow:{name}"
 
 
-def _keyed_map(
-    sec: _Section | None, keys: tuple[str, ...], default: dict[str, str], what: str
-) -> dict[str, str]:
+def _keyed_map(sec: _Section, keys: tuple[str, ...], what: str) -> dict[str, str]:
     """A map whose keys are a fixed Sentinel vocabulary; every key needs a row."""
-    if sec is None:
-        return dict(default)
     result: dict[str, str] = {}
     for key in keys:
         value = sec.text(key)
@@ -965,10 +963,8 @@ def _keyed_map(
     return result
 
 
-def _valued_map(sec: _Section | None, allowed: tuple[str, ...], default: dict[str, str]) -> dict[str, str]:
+def _valued_map(sec: _Section, allowed: tuple[str, ...]) -> dict[str, str]:
     """A map from free ServiceNow values to a Sentinel enum value."""
-    if sec is None:
-        return dict(default)
     result: dict[str, str] = {}
     for key in sec.raw:
         value = sec.text(key)
@@ -1004,9 +1000,7 @@ def _pairs_for(classification: str) -> str:
     return " or ".join(pairs)
 
 
-def _closure_to_sentinel(sec: _Section | None) -> dict[str, tuple[str, str | None]]:
-    if sec is None:
-        return dict(DEFAULT_CLOSURE_TO_SENTINEL)
+def _closure_to_sentinel(sec: _Section) -> dict[str, tuple[str, str | None]]:
     result: dict[str, tuple[str, str | None]] = {}
     for key in sec.raw:
         value = sec.get(key, _closure_value, None)

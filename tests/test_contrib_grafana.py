@@ -90,7 +90,8 @@ def test_every_variable_used_is_defined_and_every_panel_uses_the_datasource_vari
 
 def test_the_issue_s_panels_are_there() -> None:
     """Cycle lag, last success age, writes by kind and direction, conflicts, failing incidents,
-    429s, token refreshes, safety-valve trips and links open: each one queried by some panel."""
+    429s and rate-limit pauses, token refreshes, safety-valve trips and links open: each one
+    queried by some panel."""
     queried = set().union(*(metric_names(t["expr"]) for _, t in targets(dashboard())))
     for name in (
         "last_cycle_timestamp_seconds",
@@ -99,6 +100,8 @@ def test_the_issue_s_panels_are_there() -> None:
         "conflicts_total",
         "failing_incidents",
         "http_throttled_total",
+        "rate_limit_paused",
+        "rate_limit_pause_until_timestamp_seconds",
         "http_auth_refreshes_total",
         "token_requests_total",
         "safety_valve_trips_total",

@@ -10,11 +10,18 @@ from hypothesis import settings
 from agent.emulators.stack import EmulatorStack
 from tests.e2e import Env
 from tests.ops_run import OpsRun, capture
+from tests.sentinel_spec import require_spec
 
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile("soak", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def sentinel_spec() -> Path:
+    """Microsoft's Sentinel OpenAPI ``stable`` folder; the test fails when it is missing."""
+    return require_spec()
 
 
 @pytest.fixture

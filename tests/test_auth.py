@@ -221,7 +221,7 @@ async def test_entra_wrong_secret_is_an_auth_error_without_the_secret(
     wrong = "not-the-right-secret-0987"
     auth = env.entra_auth(client_secret=wrong)
     try:
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(AuthError, match="AADSTS7000215") as info:
             await auth.header()
     finally:
         await auth.close()
@@ -237,7 +237,7 @@ async def test_entra_expired_secret(env: Env) -> None:
     env.entra.expire_secret(CLIENT_ID)
     auth = env.entra_auth()
     try:
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(AuthError, match="AADSTS7000222") as info:
             await auth.header()
     finally:
         await auth.close()
@@ -253,7 +253,7 @@ async def test_entra_unknown_tenant_is_an_auth_error(env: Env) -> None:
         ca_bundle=env.tls.ca_file,
     )
     try:
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(AuthError, match="Unable to get authority configuration") as info:
             await auth.header()
     finally:
         await auth.close()
@@ -265,7 +265,7 @@ async def test_entra_server_error_is_transient(env: Env) -> None:
     env.entra.faults.once("token.v2", 500)
     auth = env.entra_auth()
     try:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match=r"entra POST .*: HTTP 500") as info:
             await auth.header()
     finally:
         await auth.close()
@@ -277,7 +277,7 @@ async def test_entra_without_the_ca_fails_verification(env: Env) -> None:
         tenant_id=TENANT, client_id=CLIENT_ID, client_secret=SECRET, authority_host=env.entra_url
     )
     try:
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(AuthError, match="TLS verification failed") as info:
             await auth.header()
     finally:
         await auth.close()
@@ -364,7 +364,7 @@ async def test_snow_oauth_falls_back_to_password_when_refresh_fails(
 async def test_snow_oauth_bad_password(env: Env, records: list[dict[str, Any]]) -> None:
     wrong = "wrong-snow-password-4567"
     auth = env.snow_oauth(password=wrong)
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(AuthError, match="servicenow: server_error: access_denied") as info:
         await auth.header()
     assert info.value.system == "servicenow" and info.value.code == "server_error"
     assert auth.token_requests == 1 and auth.token_failures == 1
@@ -402,7 +402,7 @@ async def test_basic_auth_and_persistent_401(env: Env, records: list[dict[str, A
     bad = ServiceNowBasicAuth(SNOW_USER, wrong)
     mark = env.recorder.mark()
     async with HttpClient("servicenow", auth=bad, ca_bundle=env.tls.ca_file) as http:
-        with pytest.raises(PermanentError) as info:
+        with pytest.raises(PermanentError, match=r"HTTP 401 \(User Not Authenticated") as info:
             await http.request("GET", url)
     assert info.value.status == 401 and info.value.code == "User Not Authenticated"
     assert [c.status for c in env.recorder.since(mark)] == [401, 401]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.e2e import Env
 
@@ -84,6 +85,7 @@ async def test_once_then_status(env: Env) -> None:
     assert status["workspaces"]["soc"]["watermarks"]["sentinel"]["modified"] is not None
 
 
+@pytest.mark.timeout(120)  # a shutdown that never ends is the failure
 async def test_run_stops_cleanly_on_sigterm(env: Env) -> None:
     env.rewrite({"agent": {"poll_interval": "1s"}})
     env.ws().create_incident(title="t", labels=["snow"])
@@ -109,6 +111,7 @@ async def test_run_stops_cleanly_on_sigterm(env: Env) -> None:
     assert len(env.snow_records()) == 1
 
 
+@pytest.mark.timeout(120)
 async def test_second_agent_on_same_state_is_refused(env: Env) -> None:
     env.rewrite({"agent": {"poll_interval": "30s"}})
     first = await asyncio.create_subprocess_exec(

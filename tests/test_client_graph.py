@@ -161,7 +161,7 @@ async def test_a1_app_only_token_for_the_graph_audience_carries_roles(env: Env) 
 
 async def test_a2_missing_permission_is_forbidden_naming_the_roles(env: Env) -> None:
     env.stack.entra.grant_roles(env.stack.client_id, env.stack.graph_url, "User.Read.All")
-    with pytest.raises(Forbidden) as caught:
+    with pytest.raises(Forbidden, match=r"HTTP 403 \(Forbidden: Missing application roles") as caught:
         await listed(env)
     assert caught.value.system == "graph" and caught.value.code == "Forbidden"
     assert missing_roles(caught.value) == (
@@ -170,7 +170,7 @@ async def test_a2_missing_permission_is_forbidden_naming_the_roles(env: Env) -> 
     )
     env.stack.entra.grant_roles(env.stack.client_id, env.stack.graph_url)  # no consent at all
     await env.http.auth.header(force_refresh=True)  # type: ignore[union-attr]
-    with pytest.raises(Forbidden) as caught:
+    with pytest.raises(Forbidden, match=r"HTTP 403 \(Forbidden: Missing application roles") as caught:
         await listed(env)
     assert missing_roles(caught.value) == (
         ["SecurityIncident.Read.All", "SecurityIncident.ReadWrite.All"],
@@ -184,7 +184,7 @@ async def test_a2_read_only_permission_lists_but_cannot_write(env: Env) -> None:
     await env.http.auth.header(force_refresh=True)  # type: ignore[union-attr]
     assert [i.id for i in await listed(env)] == [inc["id"]]
     assert len(await env.client.list_alerts(inc["id"])) == 1  # an incident permission reads alerts
-    with pytest.raises(Forbidden) as caught:
+    with pytest.raises(Forbidden, match=r"HTTP 403 \(Forbidden: Missing application roles") as caught:
         await env.client.update_incident(inc["id"], {"severity": "high"})
     assert missing_roles(caught.value) == (["SecurityIncident.ReadWrite.All"], ["SecurityIncident.Read.All"])
 
@@ -195,7 +195,7 @@ async def test_a3_a_token_for_another_cloud_is_401(tmp_path: Path) -> None:
         e = await _env(stack, scope="https://graph.microsoft.us/.default")
         try:
             stack.defender.create_incident()
-            with pytest.raises(PermanentError) as caught:
+            with pytest.raises(PermanentError, match=r"HTTP 401 \(InvalidAuthenticationToken") as caught:
                 await listed(e)
             assert caught.value.status == 401 and caught.value.code == "InvalidAuthenticationToken"
             assert caught.value.detail == "Access token validation failure. Invalid audience."
@@ -214,12 +214,12 @@ def test_a3_clouds_and_china_is_a_config_error() -> None:
     assert {c.portal_host for c in GRAPH_CLOUDS.values()} == {
         "security.microsoft.com", "security.microsoft.us", "security.apps.mil",
     }  # fmt: skip
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match=r"china \(21Vianet\) has no Microsoft Graph") as caught:
         graph_cloud("china", where="[oauth:default] cloud")
     assert caught.value.problems[0].startswith(
         "[oauth:default] cloud: china (21Vianet) has no Microsoft Graph"
     )
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"\[oauth\] cloud: china \(21Vianet\) has no Microsoft Graph"):
         graph_auth(tenant_id="t", client_id="c", client_secret="s", cloud="china")
     with pytest.raises(ConfigError, match="unknown cloud 'mars'"):
         graph_cloud("mars")
@@ -357,7 +357,7 @@ async def test_c4_a_next_link_to_another_host_is_refused(env: Env) -> None:
     same = at(env)
     for _ in range(60):
         env.t.create_incident(created=same)
-    with pytest.raises(PermanentError) as caught:
+    with pytest.raises(PermanentError, match="UntrustedNextLink") as caught:
         await listed(env)
     assert caught.value.code == "UntrustedNextLink"
     assert all(s.url.startswith(env.stack.graph_url) for s in env.http.sent)
@@ -406,16 +406,20 @@ async def test_d2_custom_tags_are_merged_never_overwritten(env: Env) -> None:
 
 async def test_d3_client_refuses_what_graph_refuses(env: Env) -> None:
     inc = env.t.create_incident()
-    for changes, why in (
-        ({"status": "redirected"}, "never PATCH redirected"),
-        ({"status": "awaitingAction"}, "Defender Experts only"),
-        ({"classification": "truePositive"}, "pair goes together"),
-        ({"classification": "falsePositive", "determination": "malware"}, "cross pair"),
-        ({"title": "x"}, "not writable"),
-        ({}, "empty PATCH bumps"),
-        ({"customTags": "snow"}, "the whole list"),
+    for changes, why, refusal in (
+        ({"status": "redirected"}, "never PATCH redirected", "status 'redirected' cannot be set"),
+        ({"status": "awaitingAction"}, "Defender Experts only", "status 'awaitingAction' cannot be set"),
+        ({"classification": "truePositive"}, "pair goes together", "send classification and determination"),
+        (
+            {"classification": "falsePositive", "determination": "malware"},
+            "cross pair",
+            "determination 'malware' does not go with classification 'falsePositive'",
+        ),
+        ({"title": "x"}, "not writable", "not writable incident properties: title"),
+        ({}, "empty PATCH bumps", "nothing to change"),
+        ({"customTags": "snow"}, "the whole list", "customTags must be the full list"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=refusal):
             await env.client.update_incident(inc["id"], changes)
         assert not [s for s in env.http.sent if s.method == "PATCH"], why
 
@@ -469,7 +473,7 @@ async def test_e_comments_have_no_ids_and_are_keyed_by_time_and_text(env: Env) -
     post = next(s for s in env.http.sent if s.method == "POST")
     assert post.body == {"@odata.type": "microsoft.graph.security.alertComment",
                          "comment": "Mirrored from ServiceNow: user called"}  # fmt: skip
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a Defender comment is limited to 30000 characters"):
         await env.client.add_comment(inc["id"], "x" * 30_001)
 
 
@@ -485,7 +489,7 @@ async def test_e_an_echo_without_the_prefix_still_matches_by_key(env: Env) -> No
 async def test_e_a_comment_is_not_resent_after_an_unclear_failure(env: Env) -> None:
     inc = env.t.create_incident()
     env.stack.graph.faults.once("incidents.comments", 500)
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match="HTTP 500"):
         await env.client.add_comment(inc["id"], "once")
     assert len([s for s in env.http.sent if s.method == "POST"]) == 1
     env.stack.graph.faults.once("incidents.comments", 429)  # refused before processing: retried
@@ -541,7 +545,7 @@ async def test_g_a_429_holds_the_shared_pacer(env: Env) -> None:
     env.http.pacer = pacer
     inc = env.t.create_incident()
     env.stack.graph.faults.set("incidents.get", rate_429=1.0, retry_after=41)
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match="HTTP 429"):
         await env.client.get_incident(inc["id"])
     assert len(env.sleeps) == 3 and min(env.sleeps) >= 41  # every retry waited the Retry-After
     env.stack.graph.faults.clear()
@@ -555,27 +559,27 @@ async def test_g_a_429_holds_the_shared_pacer(env: Env) -> None:
 
 async def test_d5_graph_errors_map_into_the_error_tree(env: Env) -> None:
     inc = env.t.create_incident()
-    with pytest.raises(NotFound) as missing:
+    with pytest.raises(NotFound, match="Incident 99999999 not found") as missing:
         await env.client.get_incident("99999999")
     assert (missing.value.system, missing.value.status, missing.value.code) == ("graph", 404, "NotFound")
-    with pytest.raises(PermanentError) as top:
+    with pytest.raises(PermanentError, match="The limit of '50' for Top query has been exceeded") as top:
         await env.http.request("GET", f"{env.stack.graph_url}/v1.0/security/incidents", params={"$top": 51})
     assert top.value.status == 400 and top.value.code is None  # the service's empty code
     assert (
         top.value.detail is not None
         and "The limit of '50' for Top query has been exceeded" in top.value.detail
     )
-    with pytest.raises(PermanentError) as body:
+    with pytest.raises(PermanentError, match=r"HTTP 400 \(InvalidRequestBody") as body:
         await env.http.request(
             "PATCH", env.client.incident_url(inc["id"]),
             json={"classification": "falsePositive", "determination": "malware"},
         )  # fmt: skip
     assert (body.value.status, body.value.code) == (400, "InvalidRequestBody")
-    with pytest.raises(PermanentError) as method:
+    with pytest.raises(PermanentError, match=r"HTTP 405 \(MethodNotAllowed") as method:
         await env.http.request("GET", f"{env.client.incident_url(inc['id'])}/comments")
     assert (method.value.status, method.value.code) == (405, "MethodNotAllowed")
     env.stack.graph.faults.fail(f"/incidents/{inc['id']}", 503)
-    with pytest.raises(TransientError) as busy:
+    with pytest.raises(TransientError, match="HTTP 503") as busy:
         await env.client.get_incident(inc["id"])
     assert (
         busy.value.status == 503 and len([s for s in env.gets() if s.url.endswith(inc["id"])]) == 4

@@ -30,6 +30,7 @@ from agent.sentinel import (
     parse_entity,
     parse_incident,
 )
+from tests.sentinel_spec import STABLE, needs_spec
 
 API_VERSION = "2025-09-01"
 ALICE = "alice@contoso.example"
@@ -298,7 +299,7 @@ async def test_unknown_enum_values_pass_through(env: Env) -> None:
 
 
 async def test_get_missing_incident_is_not_found(env: Env) -> None:
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(NotFound, match=r"HTTP 404 \(NotFound") as info:
         await env.client.get_incident("7c3e7d8a-0000-4000-8000-000000000000")
     assert info.value.code == "NotFound"
     with pytest.raises(ValueError, match="path segment"):
@@ -407,7 +408,7 @@ async def test_stale_etag_surfaces_as_conflict_without_retry(env: Env) -> None:
     current = await env.client.get_incident(name)
     env.ws.race_next_put(name)
     mark = env.stack.recorder.mark()
-    with pytest.raises(EditConflict) as info:
+    with pytest.raises(EditConflict, match=r"HTTP 409 \(Conflict") as info:
         await env.client.update_incident(current, {"severity": "High"})
     assert info.value.status == 409 and "Newer version" in (info.value.detail or "")
     assert [c for c in env.calls(mark) if c[0] == "incidents.put"] == [("incidents.put", 409)]
@@ -419,7 +420,7 @@ async def test_reader_role_is_forbidden_to_write(env: Env) -> None:
     name = env.ws.create_incident(title="ro")["name"]
     env.stack.sentinel.set_role(env.stack.client_id, "Reader")
     inc = await env.client.get_incident(name)
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(Forbidden, match=r"HTTP 403 \(AuthorizationFailed") as info:
         await env.client.update_incident(inc, {"severity": "High"})
     assert info.value.code == "AuthorizationFailed"
 
@@ -506,7 +507,7 @@ async def test_revoked_tokens_surface_after_one_refresh(env: Env) -> None:
     await env.client.get_incident(name)
     env.stack.sentinel.audience = "https://management.usgovcloudapi.net"  # every token is now wrong
     mark = env.stack.recorder.mark()
-    with pytest.raises(PermanentError) as info:
+    with pytest.raises(PermanentError, match=r"HTTP 401 \(InvalidAuthenticationToken") as info:
         await env.client.get_incident(name)
     assert info.value.status == 401 and info.value.code == "InvalidAuthenticationToken"
     assert env.calls(mark) == [("incidents.get", 401), ("token.v2", 200), ("incidents.get", 401)]
@@ -547,19 +548,6 @@ async def test_low_arm_bucket_slows_down_before_429(tmp_path: Path) -> None:
 
 # --- Microsoft's own examples and schema (the shared API folder next to the repository) -----
 
-API_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "api"
-STABLE = (
-    API_FOLDER
-    / "sentinel-openapi"
-    / "specification"
-    / "securityinsights"
-    / "resource-manager"
-    / "Microsoft.SecurityInsights"
-    / "stable"
-)
-needs_spec = pytest.mark.skipif(
-    not STABLE.is_dir(), reason=f"the Sentinel OpenAPI files are not present at {STABLE}"
-)
 
 
 def spec_example(*parts: str, status: str = "200") -> Any:

@@ -107,7 +107,7 @@ async def test_create_get_patch(env: Env) -> None:
 
 
 async def test_get_missing_is_not_found(env: Env) -> None:
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(NotFound, match="HTTP 404") as info:
         await env.client.get("0" * 32, FIELDS)
     assert info.value.detail and "Record doesn't exist" in info.value.detail
     with pytest.raises(ValueError, match="sys_id"):
@@ -124,7 +124,7 @@ async def test_values_must_be_strings_and_fields_valid(env: Env) -> None:
 
 async def test_data_policy_is_forbidden(env: Env) -> None:
     rec = env.incident("to resolve")
-    with pytest.raises(Forbidden) as info:
+    with pytest.raises(Forbidden, match=r"HTTP 403 .*Data Policy Exception") as info:
         await env.client.patch(rec["sys_id"], {"state": "6"}, FIELDS)
     assert info.value.detail and "Data Policy Exception" in info.value.detail
     resolved = await env.client.patch(
@@ -139,7 +139,7 @@ async def test_data_policy_is_forbidden(env: Env) -> None:
 async def test_create_is_not_retried_after_a_5xx(env: Env) -> None:
     env.snow.faults.once("table.post", 503)
     mark = env.recorder.mark()
-    with pytest.raises(TransientError) as info:
+    with pytest.raises(TransientError, match=r"servicenow POST .*: HTTP 503") as info:
         await env.client.create({"short_description": "once"}, FIELDS)
     assert info.value.status == 503
     assert env.calls(mark) == [("POST", "table.post", 503)]
@@ -149,7 +149,7 @@ async def test_create_is_not_retried_after_a_5xx(env: Env) -> None:
 async def test_create_is_not_retried_after_a_dropped_connection(env: Env) -> None:
     env.snow.faults.once("table.post", 0)
     mark = env.recorder.mark()
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match=r"servicenow POST .*: connection failed"):
         await env.client.create({"short_description": "once"}, FIELDS)
     assert env.calls(mark) == [("POST", "table.post", 0)]
 
@@ -172,7 +172,7 @@ async def test_plain_patch_is_retried_but_journal_patch_is_not(env: Env) -> None
 
     env.snow.faults.once("table.patch", 500)
     mark = env.recorder.mark()
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match=r"servicenow PATCH .*: HTTP 500"):
         await env.client.patch(rec["sys_id"], {"work_notes": "appended once"}, FIELDS)
     assert env.calls(mark) == [("PATCH", "table.patch", 500)]
     assert env.snow.journal(rec["sys_id"]) == []
@@ -186,7 +186,7 @@ async def test_hourly_rate_limit_surfaces_as_rate_limited(env: Env) -> None:
     env.snow.set_rate_limit(USER, 1)
     env.http.retry = RetryPolicy.disabled()
     await env.client.find(Q.eq("active", True), FIELDS)
-    with pytest.raises(RateLimited) as info:
+    with pytest.raises(RateLimited, match="HTTP 429") as info:
         await env.client.find(Q.eq("active", True), FIELDS)
     assert info.value.retry_after is not None and 0 < info.value.retry_after <= 3600
 

@@ -436,7 +436,7 @@ def test_cap_counts_utf16_and_never_splits_a_character() -> None:
     head, _, notice = capped.partition("\n\n")
     assert set(head) == {"😀"} and notice.startswith("[... truncated: 200 characters in total")
     assert cap("x" * 100, 90, "INC1").endswith("the full text is in INC1]")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="limit 10 leaves no room for text"):
         cap("x" * 100, 10, "somewhere with a long name")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def load(
 def problems(
     folder: Path, changes: Sections | None = None, extra: str = "", env: Mapping[str, str] = ENV
 ) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match=r"^\[[^\]]*\]") as caught:
         load(folder, changes, extra, env)
     assert caught.value.exit_code == 2
     return caught.value.problems
@@ -148,7 +149,7 @@ def test_example_ini_comments_every_key() -> None:
 
 
 def test_example_ini_needs_its_secrets() -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match="SNOW_SYNC_CLIENT_SECRET is not set") as caught:
         load_config(EXAMPLE, environ={})
     assert caught.value.problems == [
         "[oauth:default] client_secret_env: environment variable SNOW_SYNC_CLIENT_SECRET is not set",
@@ -854,7 +855,7 @@ def test_indented_continuation_line_is_reported(tmp_path: Path) -> None:
 
 
 def test_missing_file_is_one_problem(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match="cannot read the configuration file") as caught:
         load_config(tmp_path / "nope.ini")
     assert caught.value.problems == [
         f"{tmp_path / 'nope.ini'}: cannot read the configuration file (No such file or directory)"
@@ -872,7 +873,7 @@ def test_parse_errors_are_one_problem_naming_the_file(tmp_path: Path) -> None:
     }
     for text, expected in cases.items():
         path.write_text(text, encoding="utf-8")
-        with pytest.raises(ConfigError) as caught:
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: ")) as caught:
             load_config(path, environ=ENV)
         assert caught.value.problems == [expected]
 
@@ -909,7 +910,7 @@ def test_several_problems_at_once(tmp_path: Path) -> None:
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     config = load(tmp_path)
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="cannot assign to field 'dry_run'"):
         config.agent.dry_run = True  # type: ignore[misc]
 
 

@@ -32,6 +32,7 @@ import pytest
 from agent.config import load_config
 from agent.emulators.simulator import Simulator
 from agent.emulators.stack import EmulatorStack
+from agent.metrics import WRITE_EVENTS as WRITE_EVENTS_BY_KIND
 from tests.agent_process import AgentProcess
 from tests.sync_invariants import Checker, Findings
 
@@ -40,6 +41,7 @@ SOAK_TRIALS = int(os.environ.get("SNOW_SYNC_SOAK_TRIALS", "100"))  # per kind in
 WRITE_EVENTS = frozenset(
     {"snow_created", "sentinel_label_added", "snow_updated", "sentinel_updated", "link_adopted"}
 )
+ANY_WRITE = frozenset(WRITE_EVENTS_BY_KIND)  # every event that follows a remote write
 CONVERGE_CYCLES = 40
 
 
@@ -209,16 +211,21 @@ async def kill_during_steady_edits(rig: Rig, trials: int) -> None:
         mark = len(agent.events)
         edits = asyncio.create_task(rig.sim.run(window + 0.3, rate=8))
         await asyncio.sleep(window)
+        # A kill before the trial's first write would test nothing: wait for one if need be.
+        await agent.wait_for(lambda e: e.get("event") in ANY_WRITE, mark)
         agent.kill()
         assert await agent.wait() == -signal.SIGKILL, agent.output()
         rig.count("edits", await edits)  # the simulator stops before the restart
-        rig.count("writes_before_kill", _writes(agent, mark))
+        writes = sum(1 for e in agent.events[mark:] if e.get("event") in ANY_WRITE)
+        assert writes >= 1, "the kill landed before any write of this trial"
+        rig.count("writes_before_kill", writes)
         rig.count("trials")
         agent = await rig.start()
         await converged(rig, agent)
     await stop(rig, agent)
     assert rig.tally["trials"] == trials
     assert rig.tally["edits"] >= trials * 3
+    assert rig.tally["writes_before_kill"] >= trials
 
 
 def _edit_for(rig: Rig, kind: str, linked: list[dict[str, Any]]) -> int:

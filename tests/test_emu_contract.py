@@ -1,8 +1,9 @@
 """Contract tests: the Sentinel emulator's bodies validate against Microsoft's own OpenAPI files.
 
 The Swagger 2.0 files are read at test time from ``shared/api/sentinel-openapi`` next to the
-repository (REFERENCE "Main sources"). Swagger schemas are JSON Schema Draft 4 plus a few
-extensions, so the validator adds what Azure's tooling does on top of plain Draft 4:
+repository (REFERENCE "Main sources"); every test here fails when they are missing. Swagger
+schemas are JSON Schema Draft 4 plus a few extensions, so the validator adds what Azure's
+tooling does on top of plain Draft 4:
 
 * relative ``$ref``s across files, with the 2025-09-01 ``IncidentTypes.json``/``AlertTypes.json``
   mapped to their 2025-06-01/2025-03-01 stand-ins (the folder's README);
@@ -36,16 +37,10 @@ from referencing.jsonschema import DRAFT4
 
 from agent.emulators.common import TLSMaterial
 from agent.emulators.odata import parse_instant
+from tests.sentinel_spec import SPEC_ROOT, STABLE, needs_spec
 from tests.test_emu_sentinel import SentinelHarness, full_body
 
-API_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "api"
-SPEC_ROOT = API_FOLDER / "sentinel-openapi" / "specification"
-STABLE = SPEC_ROOT / "securityinsights" / "resource-manager" / "Microsoft.SecurityInsights" / "stable"
-
-pytestmark = pytest.mark.skipif(
-    not STABLE.is_dir(),
-    reason=f"the Sentinel OpenAPI files are not present at {SPEC_ROOT} (the repository's sibling shared/api)",
-)
+pytestmark = needs_spec
 
 INCIDENTS = STABLE / "2025-09-01" / "Incidents.json"
 COMMON_TYPES = SPEC_ROOT / "securityinsights" / "resource-manager" / "common" / "2.0" / "types.json"

@@ -246,7 +246,7 @@ async def test_requests_ca_bundle_in_environment_needs_trust_env_false(
     assert env.tokens.check(result["access_token"], ARM)[1] == ""
 
     # The same session with trust_env left on takes the bogus bundle and fails TLS verification.
-    with pytest.raises(requests.exceptions.SSLError):
+    with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
         await asyncio.to_thread(_msal_with_env_ca_bundle, env, True)
 
 

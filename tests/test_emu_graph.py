@@ -875,7 +875,7 @@ async def test_h3_merge_refused_when_defender_would_not_merge(
 ) -> None:
     source, target = h.t.create_incident(), h.t.create_incident()
     h.t.analyst_update(source["id"], **source_props)
-    with pytest.raises(MergeRefused):
+    with pytest.raises(MergeRefused, match=why):
         h.t.merge([source["id"]], target["id"])
     reply = await h.call(
         "POST", f"{INCIDENTS}/mergeIncidents", json={"incidentIds": [source["id"], target["id"]]},

@@ -1048,7 +1048,7 @@ async def test_direct_helpers_share_http_semantics(env: Env) -> None:
     assert env.emu.find("incident", "active=false^short_descriptionLIKEdir") == [updated]
     assert env.emu.find("incident", "active=true") == []
     env.emu.delete("incident", created["sys_id"])
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="no incident record"):
         env.emu.record("incident", created["sys_id"])
     reply = await env.call("GET", f"/api/now/table/incident/{created['sys_id']}")
     assert reply.status == 404

@@ -80,7 +80,7 @@ async def test_three_systems_answer_over_tls_with_the_ca(stack: EmulatorStack) -
         assert alice["email"] == "alice@contoso.example"
         assert alice["sys_id"] == stack.snow_user_ids["default"]["alice.analyst"]
         # Without the CA the certificate is not trusted: the servers really speak TLS.
-        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        with pytest.raises(aiohttp.ClientConnectorCertificateError, match="CERTIFICATE_VERIFY_FAILED"):
             async with http.get(oidc, ssl=ssl.create_default_context()):
                 pass
     assert stack.recorder.count("entra") == 1
@@ -210,7 +210,7 @@ async def test_several_servicenow_instances(tmp_path: Path) -> None:
             assert {r["user_name"] for r in snow.tables["sys_user"].values()} >= {
                 a.user_name for a in ANALYSTS
             }
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match="no ServiceNow instance 'apac'"):
             stack.add_workspace("soc-x", servicenow="apac")
 
 
@@ -223,7 +223,7 @@ async def test_shared_clock_tokens_directory_and_latency(tmp_path: Path) -> None
     assert stack.entra.recorder is stack.recorder is stack.sentinel.recorder is stack.snow["default"].recorder
     assert [u.upn for u in stack.directory.users] == [a.upn for a in ANALYSTS]
     assert stack.entra.apps[stack.client_id].object_id == stack.app_object_id
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="start the stack before writing a config"):
         stack.write_config(tmp_path / "x.ini", state_db="x.db")
     await stack.stop()
 
@@ -240,7 +240,7 @@ async def test_temporary_folder_is_removed_on_stop() -> None:
 
 
 def test_help_describes_the_options(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match=r"^0$") as exc:
         build_parser().parse_args(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -156,7 +157,7 @@ async def test_429_waits_retry_after_then_succeeds(tls: TLSMaterial, serve: Any)
 async def test_429_surfaces_rate_limited_with_retry_after(tls: TLSMaterial, serve: Any) -> None:
     srv = await serve(sequence(status(429, headers={"Retry-After": "3"})))
     async with client(tls, retry=RetryPolicy.disabled()) as http:
-        with pytest.raises(RateLimited) as info:
+        with pytest.raises(RateLimited, match="HTTP 429") as info:
             await http.request("GET", srv.url)
     assert info.value.retry_after == 3.0 and info.value.status == 429
     assert len(srv.requests) == 1
@@ -166,7 +167,7 @@ async def test_retry_after_beyond_the_time_budget_gives_up_at_once(tls: TLSMater
     srv = await serve(sequence(status(429, headers={"Retry-After": "120"}), ok()))
     sleeps = Sleeps()
     async with client(tls, sleeps, retry=RetryPolicy(attempts=5, total=60.0)) as http:
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited, match="HTTP 429"):
             await http.request("GET", srv.url)
     assert sleeps.calls == [] and len(srv.requests) == 1
 
@@ -175,7 +176,7 @@ async def test_5xx_is_retried_then_surfaced_after_the_attempt_cap(tls: TLSMateri
     srv = await serve(sequence(status(503)))
     sleeps = Sleeps()
     async with client(tls, sleeps, retry=RetryPolicy(attempts=3, total=600.0, base=1.0, cap=4.0)) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match="HTTP 503") as info:
             await http.request("GET", srv.url)
     assert info.value.status == 503 and not isinstance(info.value, RateLimited)
     assert len(srv.requests) == 3
@@ -195,7 +196,7 @@ async def test_non_idempotent_post_is_not_retried_after_5xx(tls: TLSMaterial, se
     srv = await serve(sequence(status(500), ok()))
     sleeps = Sleeps()
     async with client(tls, sleeps) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match=r"POST .*: HTTP 500") as info:
             await http.request("POST", srv.url, json={"short_description": "x"})
     assert info.value.status == 500
     assert len(srv.requests) == 1 and sleeps.calls == [] and http.retries == 0
@@ -221,7 +222,7 @@ async def test_post_is_retried_when_the_connection_is_refused(tls: TLSMaterial) 
         port = sock.getsockname()[1]
     sleeps = Sleeps()
     async with client(tls, sleeps, retry=RetryPolicy(attempts=3, total=600.0)) as http:
-        with pytest.raises(NotSent) as info:
+        with pytest.raises(NotSent, match=r"connection failed \(ClientConnectorError") as info:
             await http.request("POST", f"https://127.0.0.1:{port}/r", json={})
     assert info.value.status is None
     assert len(sleeps.calls) == 2 and http.requests == 3
@@ -246,7 +247,7 @@ async def test_dropped_connection_retries_get_but_not_post(tls: TLSMaterial, ser
     state["n"] = 0
     srv2 = await serve(drop_first)
     async with client(tls) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match=r"connection failed \(ServerDisconnectedError") as info:
             await http.request("POST", srv2.url, json={})
     assert not isinstance(info.value, NotSent) and info.value.status is None
     assert len(srv2.requests) == 1
@@ -290,7 +291,7 @@ async def test_persistent_401_surfaces_after_exactly_one_refresh(tls: TLSMateria
     srv = await serve(require_token("never-issued"))
     auth = FakeAuth()
     async with client(tls, auth=auth) as http:
-        with pytest.raises(PermanentError) as info:
+        with pytest.raises(PermanentError, match=r"HTTP 401 \(ExpiredAuthenticationToken") as info:
             await http.request("GET", srv.url)
     assert info.value.status == 401 and info.value.code == "ExpiredAuthenticationToken"
     assert auth.calls == [False, True]
@@ -381,7 +382,7 @@ async def test_status_mapping(
 ) -> None:
     srv = await serve(sequence(status(code, body)))
     async with client(tls) as http:
-        with pytest.raises(exc) as info:
+        with pytest.raises(exc, match=rf"HTTP {code} \({re.escape(expect_code)}") as info:
             await http.request("GET", srv.url)
     err = info.value
     assert type(err) is exc
@@ -396,7 +397,7 @@ async def test_html_502_is_transient_without_detail(tls: TLSMaterial, serve: Any
         sequence(lambda: web.Response(status=502, text="<html>gateway</html>", content_type="text/html"))
     )
     async with client(tls, retry=RetryPolicy.disabled()) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match=r"HTTP 502$") as info:
             await http.request("GET", srv.url)
     assert info.value.status == 502 and info.value.detail is None
 
@@ -406,7 +407,7 @@ async def test_e7_malformed_json_in_2xx_is_transient(tls: TLSMaterial, serve: An
         sequence(lambda: web.Response(status=200, text='{"value": [', content_type="application/json"))
     )
     async with client(tls, retry=RetryPolicy.disabled()) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match="InvalidJson") as info:
             await http.request("GET", srv.url)
     assert not isinstance(info.value, PermanentError)
     assert info.value.code == "InvalidJson" and info.value.status == 200
@@ -416,7 +417,7 @@ async def test_e7_html_answer_is_transient_and_says_what_it_likely_is(tls: TLSMa
     page = "<html><body>Your instance is hibernating</body></html>"
     srv = await serve(sequence(lambda: web.Response(status=200, text=page, content_type="text/html")))
     async with HttpClient("servicenow", ca_bundle=tls.ca_file, retry=RetryPolicy.disabled()) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match="NotJson: ServiceNow answered HTML") as info:
             await http.request("POST", srv.url, json={}, idempotent=False)
     err = info.value
     assert err.code == "NotJson" and err.status == 200
@@ -450,7 +451,7 @@ async def test_e7_redirects_are_reported_not_followed(tls: TLSMaterial, serve: A
         )
     )
     async with client(tls, auth=FakeAuth(), retry=RetryPolicy.disabled()) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match=r"HTTP 302 \(Redirected") as info:
             await http.request("GET", srv.url)
     assert info.value.status == 302 and len(srv.requests) == 1
     assert info.value.code == "Redirected"
@@ -543,7 +544,7 @@ async def test_unknown_ca_is_a_permanent_tls_error(tls: TLSMaterial, serve: Any)
     srv = await serve(sequence(ok()))
     sleeps = Sleeps()
     async with HttpClient("servicenow", sleep=sleeps) as http:
-        with pytest.raises(PermanentError) as info:
+        with pytest.raises(PermanentError, match="TLSVerifyFailed") as info:
             await http.request("GET", srv.url)
     assert info.value.code == "TLSVerifyFailed" and "ca_bundle" in str(info.value)
     assert sleeps.calls == [] and srv.requests == []
@@ -669,7 +670,7 @@ async def test_no_token_or_secret_in_logs_or_errors(
     srv = await serve(echo_then_fail)
     errors: list[str] = []
     async with client(tls, auth=StaticAuth(), retry=RetryPolicy(attempts=2, total=600.0)) as http:
-        with pytest.raises(TransientError) as info:
+        with pytest.raises(TransientError, match="HTTP 500") as info:
             await http.request("GET", srv.url + f"?access_token={token}&client_secret={secret}")
         errors.append(str(info.value))
         await http.request(

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from agent.lock import StateLock
 from tests.agent_process import AgentProcess
@@ -23,6 +24,7 @@ async def _status(config: Path) -> dict[str, object]:
     return report
 
 
+@pytest.mark.timeout(120)  # a lock that is never freed is the failure
 async def test_second_agent_is_refused_and_a_killed_one_frees_the_lock(env: Env) -> None:
     env.rewrite({"agent": {"poll_interval": "0.2s"}})
     env.ws().create_incident(title="one", labels=["snow"])

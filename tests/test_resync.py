@@ -108,7 +108,7 @@ async def test_resync_refuses_a_running_agent_and_unknown_workspaces(env: Env) -
     lock = StateLock(env.config.agent.state_db)
     lock.acquire()
     try:
-        with pytest.raises(LockHeld):
+        with pytest.raises(LockHeld, match="is in use by PID"):
             await commands.resync(env.config)
     finally:
         lock.release()

@@ -174,7 +174,7 @@ def test_tls_verification_has_no_off_switch(tmp_path: Path) -> None:
     assert all("unknown key" in p for p in found)
     ctx = build_ssl_context(None)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigError, match=r"\[agent\] ca_bundle: cannot load") as caught:
         build_ssl_context(tmp_path / "missing.pem")
     assert caught.value.problems[0].startswith("[agent] ca_bundle: cannot load")
 

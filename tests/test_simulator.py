@@ -132,7 +132,7 @@ def test_labelled_share_and_owners(tmp_path: Path) -> None:
     ]
     assert {o for o in owners if o} <= upns
     assert any(owners) and not all(owners)
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="workspace 'unknown' is not in the stack"):
         sim.seed(["unknown"], 1)
 
 
@@ -250,5 +250,5 @@ async def test_run_paces_edits_and_counts_them(tmp_path: Path) -> None:
     assert await sim.run(0.05, rate=5) == 1  # at least one edit, even below one per duration
     assert len(sim.edits) == 6
     assert await sim.run(0, rate=50) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate must be positive"):
         await sim.run(1, rate=0)

@@ -79,7 +79,7 @@ def test_values_that_cannot_be_escaped_are_rejected() -> None:
         Q.in_("number", [])
     with pytest.raises(ValueError, match="empty value"):
         Q.eq("correlation_id", "")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unsupported ServiceNow query value type: float"):
         Q.eq("a", 1.5)  # type: ignore[arg-type]
 
 

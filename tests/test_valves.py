@@ -87,7 +87,7 @@ def test_close_ratio_bounds() -> None:
     valves.check_close_ratio("w", valves.CLOSE_MIN - 1, valves.CLOSE_MIN - 1, 0.5)
     valves.check_close_ratio("w", 5, 10, 0.5)  # exactly the ratio is allowed
     valves.check_close_ratio("w", 9, 10, 0.5, force=True)
-    with pytest.raises(SafetyValveTripped) as caught:
+    with pytest.raises(SafetyValveTripped, match="safety valve 'max_close_ratio'") as caught:
         valves.check_close_ratio("w", 6, 10, 0.5)
     assert caught.value.check == "max_close_ratio" and caught.value.exit_code == 7
     assert str(caught.value) == (
@@ -101,7 +101,7 @@ def test_empty_listing_bounds() -> None:
     valves.check_listing("w", "sentinel", 1, 50, full=True)
     valves.check_listing("w", "sentinel", 0, valves.EMPTY_LISTING_MIN_OPEN - 1, full=True)
     valves.check_listing("w", "sentinel", 0, 50, full=True, force=True)
-    with pytest.raises(SafetyValveTripped) as caught:
+    with pytest.raises(SafetyValveTripped, match="safety valve 'empty_listing'") as caught:
         valves.check_listing("w", "sentinel", 0, 12, full=True)
     assert caught.value.check == "empty_listing"
     assert "returned 0 incidents while 12 linked incidents are open" in str(caught.value)

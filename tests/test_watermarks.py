@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -20,7 +21,9 @@ from agent.cli import parse_when
 from agent.emulators.stack import EmulatorStack
 from agent.errors import ConfigError, LockHeld
 from agent.lock import StateLock
-from agent.models import parse_arm_time
+from agent.log import log
+from agent.models import SnowRecord, parse_arm_time
+from agent.servicenow import ServiceNowClient
 from agent.shadow import Shadow, Watermark
 from tests.e2e import Env, reads, writes
 
@@ -39,7 +42,7 @@ async def setwm(
     force: bool = False,
     workspace: str = "soc",
 ) -> int:
-    return await watermarks.set_(
+    return await commands.watermark_set(
         env.config,
         workspace,
         modified=parse_when(modified) if modified else None,
@@ -177,22 +180,39 @@ async def test_set_refuses_a_running_agents_lock_unless_forced(
     assert "[soc] sentinel modification watermark" in capsys.readouterr().out
 
 
-async def test_an_operators_move_during_a_cycle_is_kept(env: Env) -> None:
+@pytest.mark.timeout(60)  # a gate that never opens hangs: fail fast instead
+async def test_an_operators_move_during_a_cycle_is_kept(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     await settled(env, 1)
     env.ws().create_incident(title="makes the cycle advance the watermark", labels=["snow"])
-    env.snow.faults.set("table.list", latency=0.5)
-    mark = env.stack.recorder.mark()
-    cycle = asyncio.create_task(env.stats())
-    for _ in range(1000):  # until the cycle has listed Sentinel and waits on ServiceNow
-        if any(c.route == "incidents.list" for c in env.calls_since(mark)):
-            break
-        await asyncio.sleep(0.01)
-    rewind = parse_when("-3h")
-    await watermarks.set_(env.config, "soc", modified=rewind, created=None, side="sentinel", force=False)
-    stats = await cycle
-    env.snow.faults.set("table.list", latency=0.0)
+    # The cycle has read the watermarks and listed Sentinel; it waits at its ServiceNow listing
+    # until the operator's move is saved.
+    listing, moved = asyncio.Event(), asyncio.Event()
+    list_records = ServiceNowClient.list_records
+
+    async def gated(self: ServiceNowClient, *args: Any, **kwargs: Any) -> AsyncIterator[SnowRecord]:
+        listing.set()
+        await moved.wait()
+        async for record in list_records(self, *args, **kwargs):
+            yield record
+
+    monkeypatch.setattr(ServiceNowClient, "list_records", gated)
+    kept: list[dict[str, Any]] = []
+    log.sinks.append(kept.append)
+    try:
+        cycle = asyncio.create_task(env.stats())
+        await listing.wait()
+        rewind = parse_when("-3h")
+        await watermarks.set_(env.config, "soc", modified=rewind, created=None, side="sentinel", force=False)
+        moved.set()
+        stats = await cycle
+    finally:
+        log.sinks.remove(kept.append)
     assert stats.created == 1
+    assert [(e["side"], e["reason"]) for e in kept if e["event"] == "watermark_kept"] == [
+        ("sentinel", "moved by an operator during the cycle")
+    ]
     assert (await marks(env))["sentinel"].modified == rewind  # not overwritten by the cycle
+    monkeypatch.undo()
     await env.stats()
     assert (await marks(env))["sentinel"].modified > rewind  # type: ignore[operator]
 

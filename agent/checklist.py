@@ -26,10 +26,9 @@ construction. Nothing is created, changed or deleted anywhere.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from agent import snowfields
 from agent.config import Config, ServiceNowInstance
@@ -580,19 +579,3 @@ def _snow_hint(exc: AgentError, inst: ServiceNowInstance) -> str:
         return f"check incident_table ({inst.incident_table}) and the field names in [servicenow]"
     return "a transient failure: try again" if isinstance(exc, TransientError) else ""
 
-
-def render(items: Iterable[Item], out: IO[str] | None = None) -> tuple[int, int]:
-    """Write the checklist, one line per item (hints indented below); returns (failed, total)."""
-    stream = out or sys.stdout
-    failed = total = 0
-    counts: dict[str, int] = {}
-    for item in items:
-        total += 1
-        counts[item.status] = counts.get(item.status, 0) + 1
-        failed += item.status == FAIL
-        stream.write(f"{item.status:<5} {item.subject} {item.text}\n")
-        if item.hint:
-            stream.write(f"      hint: {item.hint}\n")
-    summary = ", ".join(f"{counts[s]} {s}" for s in (OK, FAIL, WARN, SKIP) if counts.get(s))
-    stream.write(f"\n{total} checks: {summary}\n")
-    return failed, total

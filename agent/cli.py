@@ -11,15 +11,12 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-
-from agent import __version__
+from agent import __version__, commands
 from agent.config import Config, load_config
 from agent.errors import AgentError, ConfigError, ExitCode, LockHeld, SafetyValveTripped
 from agent.log import log
@@ -189,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return ExitCode.CONFIG
     if args.command == "demo":
-        from agent.demo import run_demo
-
-        return run_demo(args)
+        return _demo(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -237,9 +232,24 @@ def _run(coro: Any) -> int:
         return fallback
 
 
-async def _dispatch(args: argparse.Namespace, config: Config) -> int:
-    from agent import commands
+def _demo(args: argparse.Namespace) -> int:
+    # The emulators are test-side code, left out of the installed package: the demo runs from a
+    # source checkout (``make demo``), and only this command ever imports them.
+    try:
+        from agent.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("agent.emulators"):
+            raise
+        print(
+            "demo: the emulators are not part of the installed package; run `make demo` in a "
+            "checkout of the source repository",
+            file=sys.stderr,
+        )
+        return ExitCode.CONFIG
+    return run_demo(args)
 
+
+async def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "check":
         return await commands.check(config)
     if args.command == "once":
@@ -279,16 +289,6 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
             config, args.workspace, args.incidents, every=args.all, undo=args.undo, as_json=args.json
         )
     raise ConfigError([f"unknown command {args.command}"])
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
-    sys.stdout.flush()
-
-
-def install_signal_handlers(loop: asyncio.AbstractEventLoop, on_signal: Any) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,5 @@
-"""The commands behind the CLI. Each returns the process exit code."""
+"""The commands behind the CLI: each runs one operator command, shows its report on stdout (through
+:mod:`agent.render`) and returns the process exit code. The modules they call return data."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import asyncio
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from agent import render, watermarks
+from agent import resync as rebuild
+from agent import status as report
+from agent.checklist import Checklist
 from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
 from agent.errors import ConfigError, ExitCode, InstancePaused, SafetyValveTripped
 from agent.health import operations
 from agent.lock import StateLock
-from agent.log import log
+from agent.log import LEVELS, log
 from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
 
@@ -82,16 +87,12 @@ async def once(
             results = await run_workspaces(syncs, options)
     _report_left_behind(results)
     if since is not None:
-        from agent.watermarks import report_backfill
-
-        report_backfill(results, since)
+        watermarks.report_backfill(results, since)
     return _exit_code(results)
 
 
 async def plan(config: Config, *, workspaces: Sequence[str] | None = None) -> int:
     """Dry run: print the writes one cycle would make (JSON); nothing is written anywhere."""
-    from agent.cli import print_json
-
     async with Runtime(config) as rt:
         results = await run_workspaces(rt.syncs(workspaces), CycleOptions(dry_run=True))
     out: dict[str, Any] = {}
@@ -100,7 +101,7 @@ async def plan(config: Config, *, workspaces: Sequence[str] | None = None) -> in
             out[name] = {"summary": r.as_dict(), "writes": r.planned}
         else:
             out[name] = {"error": str(r)}
-    print_json(out)
+    render.json_out(out, sys.stdout)
     return _exit_code(results)
 
 
@@ -188,22 +189,22 @@ async def run(
 
 async def status(config: Config, *, as_json: bool = False) -> int:
     """Per workspace: links, open, last cycle, lag, failures and their reasons (``--json``)."""
-    from agent import status as report
-    from agent.cli import print_json
-
     data = await report.collect(config)
     if as_json:
-        print_json(data)
+        render.json_out(data, sys.stdout)
     else:
-        report.render(data, sys.stdout)
+        render.status(data, sys.stdout)
     return ExitCode.OK
 
 
 async def watermark_show(config: Config, workspace: str | None, *, as_json: bool = False) -> int:
     """Per workspace and side: the creation and modification watermarks and when each moved."""
-    from agent import watermarks
-
-    return await watermarks.show(config, workspace, as_json=as_json)
+    marks = await watermarks.show(config, workspace)
+    if as_json:
+        render.json_out(marks, sys.stdout)
+    else:
+        render.watermarks(marks, sys.stdout)
+    return ExitCode.OK
 
 
 async def watermark_set(
@@ -216,20 +217,23 @@ async def watermark_set(
     force: bool,
 ) -> int:
     """Rewind or advance a workspace's watermarks (see :mod:`agent.watermarks`)."""
-    from agent import watermarks
-
-    return await watermarks.set_(
+    moved = await watermarks.set_(
         config, workspace, modified=modified, created=created, side=side, force=force
     )
+    render.watermark_moved(moved, sys.stdout)
+    return ExitCode.OK
 
 
 async def resync(
     config: Config, *, workspaces: Sequence[str] | None = None, dry_run: bool = False, as_json: bool = False
 ) -> int:
     """Rebuild the shadow's links from both sides by unique key, writing nothing remote."""
-    from agent import resync as rebuild
-
-    return await rebuild.resync(config, workspaces=workspaces, dry_run=dry_run, as_json=as_json)
+    found = await rebuild.resync(config, workspaces=workspaces, dry_run=dry_run)
+    if as_json:
+        render.json_out(found.as_dict(), sys.stdout)
+    else:
+        render.resync(found, sys.stdout)
+    return ExitCode.OK
 
 
 async def unlink(
@@ -242,17 +246,17 @@ async def unlink(
     as_json: bool = False,
 ) -> int:
     """Stop syncing incidents (or a whole workspace), keeping both records (see agent.resync)."""
-    from agent import resync as rebuild
-
-    return await rebuild.unlink(config, workspace, incidents, every=every, undo=undo, as_json=as_json)
+    done = await rebuild.unlink(config, workspace, incidents, every=every, undo=undo)
+    if as_json:
+        render.json_out(done.as_dict(), sys.stdout)
+    else:
+        render.unlink(done, sys.stdout)
+    return ExitCode.OK
 
 
 async def check(config: Config) -> int:
     """A readable checklist (see :mod:`agent.checklist`): one line per probe, ok / FAIL / warn /
     skip, a hint under each failure; exit 1 when anything failed. Nothing is written anywhere."""
-    from agent.checklist import Checklist, render
-    from agent.log import LEVELS
-
     level = log.level
     if level > LEVELS["debug"]:
         log.level = LEVELS["error"]  # the checklist is the output; log lines would interleave
@@ -261,15 +265,5 @@ async def check(config: Config) -> int:
             items = await Checklist(config, rt).run()
     finally:
         log.level = level
-    failed, _total = render(items, sys.stdout)
+    failed, _total = render.checklist(items, sys.stdout)
     return ExitCode.TRANSIENT if failed else ExitCode.OK
-
-
-def _known(config: Config, names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in config.workspaces]
-    if unknown:
-        raise ConfigError([f"[workspace:{n}]: no such workspace in the config" for n in unknown])
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None

@@ -12,8 +12,8 @@ and matches them by the key:
 * a record whose key names no incident of any workspace, or an incident that already has a
   linked ticket (a duplicate), is reported and not linked.
 
-The report lists what was matched and what could not be (text, or JSON with ``--json``);
-``--dry-run`` reports without saving.
+The report lists what was matched and what could not be (the command line shows it as text, or
+JSON with ``--json``); ``--dry-run`` reports without saving.
 
 **unlink** stops syncing an incident (or every incident of a workspace) and keeps both records.
 The link goes, and a tombstone stays, so the engine never creates a new ticket for the incident
@@ -25,16 +25,15 @@ id or its ServiceNow number. Both commands hold the state lock: stop a running a
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from agent import mapping
 from agent.config import Config
 from agent.engine import WorkspaceSync
-from agent.errors import ConfigError, NotFound
+from agent.errors import ConfigError, DataError, NotFound
 from agent.lock import StateLock
 from agent.log import log
 from agent.models import SentinelIncident, SnowRecord
@@ -82,9 +81,40 @@ class Unmatched:
     reason: str
 
 
+@dataclass
+class ResyncReport:
+    """What a resync found (``dry_run``: what it would link); ``--json`` prints :meth:`as_dict`."""
+
+    dry_run: bool
+    conflict_policy: str
+    workspaces: list[WorkspaceReport]
+    unmatched: list[Unmatched]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "workspaces": {
+                r.workspace: {k: v for k, v in asdict(r).items() if k != "workspace"} for r in self.workspaces
+            },
+            "unmatched": [asdict(u) for u in self.unmatched],
+        }
+
+
+@dataclass
+class UnlinkReport:
+    """What ``unlink`` did per incident; ``--json`` prints :meth:`as_dict`."""
+
+    workspace: str
+    undo: bool
+    incidents: list[dict[str, str]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 async def resync(
-    config: Config, *, workspaces: Sequence[str] | None = None, dry_run: bool = False, as_json: bool = False
-) -> int:
+    config: Config, *, workspaces: Sequence[str] | None = None, dry_run: bool = False
+) -> ResyncReport:
     """Rebuild the shadow's links from both sides by unique key (see the module docstring)."""
     known(config, workspaces or [])
     with StateLock(config.agent.state_db):
@@ -95,8 +125,7 @@ async def resync(
                 raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
             assert rt.shadow is not None
             reports, unmatched = await _resync(syncs, rt.shadow, dry_run=dry_run)
-    _report(config, reports, unmatched, dry_run=dry_run, as_json=as_json)
-    return 0
+    return ResyncReport(dry_run, config.agent.conflict_policy, reports, unmatched)
 
 
 async def _resync(
@@ -196,7 +225,7 @@ async def _match(
 async def _get(sync: WorkspaceSync, name: str) -> SentinelIncident | None:
     try:
         return await sync.sentinel.get_incident(name)
-    except (NotFound, ValueError):
+    except (NotFound, DataError):  # deleted, or a key that names no incident we could ask for
         return None
 
 
@@ -239,64 +268,6 @@ def _unique_key(syncs: Sequence[WorkspaceSync], instance: str) -> str:
     return next(s.inst.unique_key for s in syncs if s.inst.name == instance)
 
 
-def _report(
-    config: Config,
-    reports: Sequence[WorkspaceReport],
-    unmatched: Sequence[Unmatched],
-    *,
-    dry_run: bool,
-    as_json: bool,
-) -> None:
-    if as_json:
-        from agent.cli import print_json
-
-        print_json(
-            {
-                "dry_run": dry_run,
-                "workspaces": {r.workspace: _as_dict(r) for r in reports},
-                "unmatched": [u.__dict__ for u in unmatched],
-            }
-        )
-        return
-    out = sys.stdout
-    verb = "would link" if dry_run else "linked"
-    for r in reports:
-        out.write(f"[{r.workspace}] servicenow:{r.instance}: {r.records} tickets with a unique key, ")
-        out.write(f"{r.incidents} Sentinel incidents listed\n")
-        split = sum(1 for m in r.linked if m.disagree)
-        out.write(f"  {verb} {len(r.linked)}")
-        if split:
-            policy = config.agent.conflict_policy
-            out.write(f" ({split} disagree on some field: the next cycle applies conflict_policy = {policy})")
-        out.write("\n")
-        for m in r.linked:
-            if m.disagree:
-                out.write(f"    {m.number} <-> {m.incident}: disagree on {', '.join(m.disagree)}\n")
-        out.write(f"  already linked {r.already_linked}\n")
-        if r.kept_unlinked:
-            out.write(f"  kept unlinked {len(r.kept_unlinked)}: {', '.join(r.kept_unlinked)}\n")
-        for d in r.duplicates:
-            out.write(
-                f"  DUPLICATE {d['number']}: incident {d['incident']} is already linked to {d['linked_to']}\n"
-            )
-    if unmatched:
-        out.write(f"not matched: {len(unmatched)}\n")
-        for u in unmatched:
-            out.write(f"  {u.number} (servicenow:{u.instance}, key {u.key}): {u.reason}\n")
-
-
-def _as_dict(r: WorkspaceReport) -> dict[str, Any]:
-    return {
-        "instance": r.instance,
-        "records": r.records,
-        "incidents": r.incidents,
-        "linked": [m.__dict__ for m in r.linked],
-        "already_linked": r.already_linked,
-        "kept_unlinked": r.kept_unlinked,
-        "duplicates": r.duplicates,
-    }
-
-
 NUMBER = re.compile(r"^[A-Z]{2,10}\d{4,12}$")
 UNLINK_REASON = "unlinked by an operator"
 
@@ -308,8 +279,7 @@ async def unlink(
     *,
     every: bool = False,
     undo: bool = False,
-    as_json: bool = False,
-) -> int:
+) -> UnlinkReport:
     """Stop syncing incidents of ``workspace`` (or all of them), keeping both records.
 
     ``incidents`` are Sentinel incident ids or ServiceNow numbers. ``undo`` removes the
@@ -340,17 +310,7 @@ async def unlink(
                 )
                 number = link.number if link else None
                 log.info("link_removed", workspace=workspace, incident=name, snow_number=number)
-    if as_json:
-        from agent.cli import print_json
-
-        print_json({"workspace": workspace, "undo": undo, "incidents": done})
-        return 0
-    for d in done:
-        number = f" ({d['number']})" if d.get("number") else ""
-        sys.stdout.write(f"[{workspace}] {d['incident']}{number}: {d['result']}\n")
-    if not undo and done:
-        sys.stdout.write(f"[{workspace}] both records are kept; the agent no longer syncs them\n")
-    return 0
+    return UnlinkReport(workspace, undo, done)
 
 
 async def _names(

@@ -1,5 +1,8 @@
 """``status``: what the shadow knows per workspace, read-only, safe while the agent runs.
 
+:func:`collect` returns the report as plain data; the command line renders it
+(:func:`agent.render.status`) or prints it as JSON.
+
 Per workspace: links and open links, the last cycle (when, ok, how long, what it did), the last
 successful cycle, the lag of each side's modification watermark (now minus the newest
 modification already seen), and the incidents waiting for a retry with the reason they failed.
@@ -9,15 +12,13 @@ Per ServiceNow instance: a rate-limit pause that still holds (REFERENCE E.8).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 from agent.config import Config
 from agent.lock import StateLock
 from agent.pause import iso as pause_iso
 from agent.pause import saved_pause
 from agent.shadow import Shadow
-
-SUMMARY_KEYS = ("created", "updated_snow", "updated_sentinel", "conflicts", "failures", "calls")
 
 
 async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
@@ -81,49 +82,6 @@ async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]
     return report
 
 
-def render(report: dict[str, Any], out: IO[str]) -> None:
-    """The report for a person: one block per workspace."""
-    agent = report.get("agent") or {}
-    running = f"yes (pid {agent.get('pid')} on {agent.get('host')})" if report["agent_running"] else "no"
-    out.write(f"agent running: {running}\nstate: {report['state_db']}\n")
-    for instance, pause in report.get("servicenow_paused", {}).items():
-        out.write(
-            f"servicenow:{instance} PAUSED until {pause['until']}: its hourly rate limit is used up "
-            f"({pause['reason']}); its workspaces resume then\n"
-        )
-    for name, r in report["workspaces"].items():
-        state = "enabled" if r["enabled"] else "DISABLED (frozen)"
-        out.write(f"\n[{name}] {state}, syncs with servicenow:{r['servicenow']}\n")
-        out.write(f"  links        {r['links']} ({r['open']} open)\n")
-        last = r["last_cycle"]
-        if last is None:
-            out.write("  last cycle   never\n")
-        else:
-            result = "ok" if last["ok"] else "FAILED"
-            done = ", ".join(f"{k} {last['summary'][k]}" for k in SUMMARY_KEYS if last["summary"].get(k))
-            out.write(
-                f"  last cycle   {last['finished']} ({_ago(last['seconds_ago'])}) {result}, "
-                f"{last['duration_ms']} ms{': ' + done if done else ''}\n"
-            )
-            if not last["ok"]:
-                out.write(f"  last success {r['last_success'] or 'never'}\n")
-        for side in ("sentinel", "servicenow"):
-            w = r["watermarks"][side]
-            lag = r["lag_seconds"][side]
-            out.write(
-                f"  {side:<12} newest change seen {w['modified'] or 'none yet'}"
-                f"{' (' + _ago(lag) + ')' if lag is not None else ''}\n"
-            )
-        if r["failures"]:
-            out.write(f"  failing      {len(r['failures'])} incident(s), retried with backoff:\n")
-            for f in r["failures"]:
-                label = f["snow_number"] or "not linked"
-                out.write(
-                    f"    {f['incident']} ({label}) attempts {f['attempts']}, next try {f['next_try']}\n"
-                    f"      {f['error']}\n"
-                )
-
-
 def _cycle(last: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
     if last is None:
         return None
@@ -141,19 +99,6 @@ def _cycle(last: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
 def _holder(lock: StateLock) -> dict[str, Any]:
     data = lock.holder()
     return {"pid": data.get("pid"), "host": data.get("host")}
-
-
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    s = int(seconds)
-    if s < 120:
-        return f"{s} s ago"
-    if s < 7200:
-        return f"{s // 60} min ago"
-    if s < 172800:
-        return f"{s // 3600} h ago"
-    return f"{s // 86400} days ago"
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -21,8 +21,8 @@ it is enabled again, and then syncing resumes from them.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,15 @@ SIDES = ("sentinel", "servicenow")
 FUTURE_SLACK = timedelta(minutes=5)  # clock skew between the operator's host and the agent's
 
 
+@dataclass(frozen=True, slots=True)
+class WatermarkMove:
+    """What ``watermark set`` did: one line per watermark moved, saying what the next cycle does."""
+
+    workspace: str
+    lines: list[str]
+    enabled: bool
+
+
 def iso(value: datetime | None) -> str | None:
     """UTC ISO 8601 with ``Z``, or None."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
@@ -48,8 +57,8 @@ def creation_floor(config: Config, workspace: str, created: datetime | None, now
     return max(max_age, created) if created is not None else max_age
 
 
-async def show(config: Config, workspace: str | None, *, as_json: bool = False) -> int:
-    """Print each workspace's watermarks per side, with when each last moved."""
+async def show(config: Config, workspace: str | None) -> dict[str, Any]:
+    """Each workspace's watermarks per side, with when each last moved (``watermark show``)."""
     names = [workspace] if workspace else list(config.workspaces)
     known(config, names)
     now = datetime.now(UTC)
@@ -66,24 +75,7 @@ async def show(config: Config, workspace: str | None, *, as_json: bool = False) 
             report[name]["sentinel"]["creation_floor"] = iso(
                 creation_floor(config, name, marks["sentinel"].created, now)
             )
-    if as_json:
-        from agent.cli import print_json
-
-        print_json(report)
-        return 0
-    out = sys.stdout
-    for name, r in report.items():
-        state = "enabled" if r["enabled"] else "DISABLED (watermarks frozen)"
-        out.write(f"[{name}] {state} -> servicenow:{r['instance']}\n")
-        for side in SIDES:
-            w = r[side]
-            moved = w["modified_moved_at"] or "-"
-            out.write(f"  {side:10} modified {w['modified'] or '-':32} moved {moved}\n")
-            if side == "sentinel":
-                note = f"tickets for incidents created since {w['creation_floor']}"
-                out.write(f"  {'':10} created  {w['created'] or '-':32} moved {w['created_moved_at'] or '-'}")
-                out.write(f"  ({note})\n")
-    return 0
+    return report
 
 
 async def set_(
@@ -94,8 +86,8 @@ async def set_(
     created: datetime | None,
     side: str,
     force: bool,
-) -> int:
-    """Rewind or advance a workspace's watermarks; print what the next cycle will re-read.
+) -> WatermarkMove:
+    """Rewind or advance a workspace's watermarks; says what the next cycle will re-read.
 
     Holds the state lock while writing, so no agent starts a cycle meanwhile. A running agent's
     lock is refused unless ``force``; that agent then leaves the new values alone at the end of
@@ -115,11 +107,7 @@ async def set_(
         lines = await _apply(config, workspace, modified=modified, created=created, side=side, now=now)
     finally:
         lock.release()
-    for line in lines:
-        sys.stdout.write(f"[{workspace}] {line}\n")
-    if not config.workspaces[workspace].enabled:
-        sys.stdout.write(f"[{workspace}] the workspace is disabled: this applies once enabled = true\n")
-    return 0
+    return WatermarkMove(workspace, lines, config.workspaces[workspace].enabled)
 
 
 def _check_request(modified: datetime | None, created: datetime | None, side: str, now: datetime) -> None:

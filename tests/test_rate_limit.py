@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import pause, status
+from agent import pause, render, status
 from agent.emulators.stack import EmulatorStack
 from agent.errors import InstancePaused
 from agent.health import operations
@@ -105,7 +105,7 @@ async def test_e8_an_hourly_limit_pauses_that_instance_until_its_reset_across_re
     # 3. status, /readyz and the gauges show it
     report = await status.collect(env.config)
     assert report["servicenow_paused"] == {"default": {"until": until, "reason": paused["reason"]}}
-    status.render(report, __import__("sys").stdout)
+    render.status(report, __import__("sys").stdout)
     assert f"servicenow:default PAUSED until {until}" in capsys.readouterr().out
     async with Runtime(env.config) as rt, operations(env.config, rt) as ops:
         assert ops is not None

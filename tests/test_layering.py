@@ -1,0 +1,149 @@
+"""What may import and print what, read from the source (every import counts, also one inside a
+function): no import cycles in ``agent/``; only the command line writes to stdout or stderr; the
+agent never imports its test-side code (emulators, bench, crash points), which the wheel leaves
+out."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from collections.abc import Iterator
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = ROOT / "agent"
+TEST_SIDE = ("agent.emulators", "agent.bench", "agent.testing")
+CLI = {"agent.cli", "agent.commands", "agent.render", "agent.demo", "agent.__main__"}
+# The logger writes its JSON lines to stdout and the live progress line to stderr: that is their job.
+OUTPUT = {"agent.log", "agent.progress"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(AGENT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+MODULES = modules()
+
+
+def imports(name: str) -> set[str]:
+    """The agent modules ``name`` imports, at the top or inside a function."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([node.module] if node.module else [])])
+            for alias in node.names:
+                qualified = f"{base}.{alias.name}"
+                found.add(qualified if qualified in MODULES else base)
+    return {m for m in found if m in MODULES and m != name}
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+def cycles() -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for name in GRAPH:
+        if name not in index:
+            visit(name)
+    return groups
+
+
+def test_the_agent_has_no_import_cycle() -> None:
+    assert cycles() == []
+
+
+def test_the_cycle_finder_sees_one() -> None:
+    GRAPH["agent.status"].add("agent.commands")  # what print_json in the CLI used to cause
+    try:
+        assert cycles() == [["agent.commands", "agent.status"]]
+    finally:
+        GRAPH["agent.status"].discard("agent.commands")
+
+
+def core() -> Iterator[str]:
+    yield from (name for name in MODULES if not name.startswith(TEST_SIDE))
+
+
+def writes_output(name: str) -> list[str]:
+    """``print(...)``, ``sys.stdout``, ``sys.stderr`` in a module, as ``line: code``."""
+    found = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        printing = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+        stream = (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("stdout", "stderr")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        )
+        if printing or stream:
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_only_the_command_line_writes_to_stdout() -> None:
+    printing = {name: writes_output(name) for name in core() if name not in CLI | OUTPUT}
+    assert {name: lines for name, lines in printing.items() if lines} == {}
+    assert writes_output("agent.commands") and writes_output("agent.cli")  # the finder finds them
+
+
+def test_the_agent_never_imports_its_test_side() -> None:
+    # agent.demo is the one bridge: only the `demo` command imports it, and only when it runs.
+    reached = {name: sorted(m for m in GRAPH[name] if m.startswith(TEST_SIDE)) for name in core()}
+    assert {name: found for name, found in reached.items() if found} == {
+        "agent.demo": ["agent.emulators.simulator", "agent.emulators.stack"]
+    }
+    assert [n for n in core() if "agent.demo" in GRAPH[n]] == ["agent.cli"]
+
+
+def test_the_wheel_leaves_the_test_side_out() -> None:
+    # setuptools' package finder: dotted package names matched against include/exclude patterns
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    find = setuptools["packages"]["find"]
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+
+    def shipped(name: str) -> bool:
+        included = any(fnmatchcase(name, p) for p in find["include"])
+        return included and not any(fnmatchcase(name, p) for p in find.get("exclude", ()))
+
+    assert {p for p in packages if not shipped(p)} == {p for p in packages if p.startswith(TEST_SIDE)}
+    assert "agent" in packages and shipped("agent")
+    # else setuptools ships the left-out packages' files anyway, as data of the agent package
+    assert setuptools["include-package-data"] is False

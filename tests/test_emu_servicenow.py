@@ -6,7 +6,7 @@ import base64
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -408,6 +408,34 @@ async def test_read_only_user_gets_acl_403_on_writes(env: Env) -> None:
     assert (await env.call("GET", path, auth=reader)).status == 200
     assert env.emu.record("incident", created["sys_id"]) == created
     assert len(env.emu.tables["incident"]) == 1
+
+
+async def test_e6_the_record_still_shows_its_journal_in_the_users_time_zone_and_format(env: Env) -> None:
+    """Without the journal ACL, the record's own display value still holds every entry (E.6),
+    dated as the reading user sees dates (C.4)."""
+    env.emu.add_api_user("blind", "pw-blind", journal_read=False)
+    env.emu.set_user_clock("blind", timedelta(hours=1), "%d.%m.%Y %H:%M:%S")
+    created = env.incident(work_notes="first")
+    env.clock.advance(61)
+    env.emu.analyst_update("incident", created["sys_id"], {"work_notes": "second"})
+    rows = env.emu.journal(created["sys_id"])
+    params = {"sysparm_fields": "work_notes,sys_updated_on", "sysparm_display_value": "all"}
+    reply = await env.call(
+        "GET", f"/api/now/table/incident/{created['sys_id']}", params=params, auth=("blind", "pw-blind")
+    )
+    result = reply.body["result"]
+
+    def shown(raw: str) -> str:
+        return (datetime.strptime(raw, "%Y-%m-%d %H:%M:%S") + timedelta(hours=1)).strftime(
+            "%d.%m.%Y %H:%M:%S"
+        )
+
+    assert result["sys_updated_on"]["display_value"] == shown(result["sys_updated_on"]["value"])
+    assert result["work_notes"]["value"] == ""  # raw journal fields read empty (C.4)
+    assert result["work_notes"]["display_value"] == (
+        f"{shown(rows[1]['sys_created_on'])} - System Administrator (Work notes)\nsecond\n\n"
+        f"{shown(rows[0]['sys_created_on'])} - System Administrator (Work notes)\nfirst\n\n"
+    )
 
 
 async def test_missing_journal_read_acl_looks_like_no_rows(env: Env) -> None:

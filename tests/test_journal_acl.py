@@ -85,9 +85,7 @@ async def test_e6_unreadable_journal_falls_back_to_display_values(
 
 
 async def test_e6_dates_in_the_users_time_zone_and_format_are_read_back_as_utc(env: Env) -> None:
-    user = env.snow._api_users[env.stack.snow_user]
-    user.utc_offset = timedelta(hours=5, minutes=30)
-    user.date_format = "%d.%m.%Y %I:%M:%S %p"
+    env.snow.set_user_clock(env.stack.snow_user, timedelta(hours=5, minutes=30), "%d.%m.%Y %I:%M:%S %p")
     env.snow.deny_journal_read(env.stack.snow_user)
     name, sys_id = await _linked(env)
     env.snow.analyst_update("incident", sys_id, {"work_notes": "timed note"}, by="bob.hunter")

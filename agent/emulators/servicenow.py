@@ -292,6 +292,11 @@ class ServiceNowEmulator:
         """A ``core_company`` row in ``domain``; returns its sys_id."""
         return self.insert("core_company", {"name": name, "sys_domain": domain})["sys_id"]
 
+    def set_user_clock(self, user_name: str, utc_offset: timedelta, date_format: str) -> None:
+        """The time zone (as an offset) and date format (strftime) the user's display values use."""
+        user = self._api_users[user_name]
+        user.utc_offset, user.date_format = utc_offset, date_format
+
     def deny_journal_read(self, user_name: str, denied: bool = True) -> None:
         """Take away (or give back) the user's read ACL on ``sys_journal_field``: its reads then
         answer 200 with no rows, as a real instance does (REFERENCE E.6)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.emulators.stack import EmulatorStack
+from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, props, writes
 
 ACME = "a" * 31 + "1"
@@ -65,6 +66,7 @@ async def doms(tmp_path: Path) -> AsyncIterator[Domains]:
         )
         secops = stack.snow_group_ids["default"]["Security Operations"]
         yield Domains(Env(stack, tmp_path, cfg, ["acme", "initech"]), companies, desks, tier2, secops)
+        assert_no_silent_drops(stack)
 
 
 async def test_new_tickets_land_in_their_workspaces_domain(doms: Domains) -> None:

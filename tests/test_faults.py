@@ -30,6 +30,7 @@ from agent.log import log
 from agent.retry import RetryPolicy
 from agent.runtime import Runtime
 from tests.agent_process import AgentProcess
+from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, writes
 from tests.sync_invariants import Checker, Findings, TimeTravel
 
@@ -136,6 +137,7 @@ async def _scenario(tmp: Path, seed: int, faulty: bool, travel: TimeTravel) -> O
                 injected[key] = injected.get(key, 0) + n
         keys = Counter(r["correlation_id"] for r in stack.snow["default"].tables["incident"].values())
         duplicates = sum(n - 1 for key, n in keys.items() if key)
+        assert_no_silent_drops(stack)
         return Outcome(len(stack.recorder.calls), injected, failed, findings, duplicates)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from agent.emulators.stack import EmulatorStack
 from agent.shadow import Shadow
+from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, props, writes
 
 TENANT2 = "0b6d3c1e-5a7f-4b2c-9d8e-1f2a3b4c5d6e"
@@ -47,6 +48,7 @@ async def two(tmp_path: Path) -> AsyncIterator[Env]:
             },
         )
         yield Env(stack, tmp_path, cfg, ["eu", "us"])
+        assert_no_silent_drops(stack)
 
 
 def tickets(env: Env, instance: str) -> dict[str, dict[str, str]]:

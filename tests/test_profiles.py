@@ -96,7 +96,7 @@ def _ini(tmp_path: Path, text: str) -> Path:
 
 
 def _problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match=r"^\[") as info:  # each problem names its section
         load_config(_ini(tmp_path, text))
     return info.value.problems
 

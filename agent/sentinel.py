@@ -401,12 +401,19 @@ def build_put_body(current: SentinelIncident, changes: Mapping[str, Any]) -> dic
 
 
 def _owner_reference(owner: Any) -> dict[str, Any]:
-    """The current owner as a PUT sends it: by objectId, else by UPN, else unassigned (A.6)."""
+    """The current owner as a PUT sends it: by objectId, else by UPN (A.6), else as it was read.
+
+    Automation can leave an owner with only ``email``/``assignedTo``; sending it as all-null
+    (or leaving it out) unassigns the incident (REFERENCE E.4; demisto/content PR #28920), so
+    such an owner goes back exactly as read. Only a real absence of an owner is sent as null.
+    """
     if isinstance(owner, dict):
         if owner.get("objectId"):
             return {"objectId": owner["objectId"]}
         if owner.get("userPrincipalName"):
             return {"userPrincipalName": owner["userPrincipalName"], "objectId": None}
+        if owner.get("email") or owner.get("assignedTo"):
+            return copy.deepcopy(owner)
     return dict(_NULL_OWNER)
 
 

@@ -1041,7 +1041,6 @@ async def test_owner_by_object_id_by_upn_and_unassign(h: SentinelHarness) -> Non
         {"objectId": str(uuid.uuid4())},
         {"objectId": "not-a-guid"},
         {"objectId": None, "userPrincipalName": "mallory@contoso.com"},
-        {"email": "alice@contoso.com"},
         {"objectId": 5},
     ],
 )
@@ -1050,6 +1049,24 @@ async def test_unknown_owner_is_400(h: SentinelHarness, owner: dict[str, Any]) -
     reply = await h.put_incident(inc["name"], full_body(inc, owner=owner))
     assert (reply.status, error_code(reply)) == (400, "BadRequest")
     assert h.ws.incidents[inc["name"]]["properties"]["owner"]["objectId"] == h.alice.object_id
+
+
+async def test_e4_owner_with_only_an_email_is_held_and_kept_when_echoed(h: SentinelHarness) -> None:
+    """E.4: automation can leave an owner without objectId/UPN; echoing it keeps it, an
+    all-null owner (or none) unassigns."""
+    inc = h.ws.create_incident(title="t")
+    email_only = {"objectId": None, "email": "soc-lead@contoso.com", "assignedTo": "SOC Lead",
+                  "userPrincipalName": None}  # fmt: skip
+    held = h.ws.analyst_update(inc["name"], owner=email_only)
+    assert held["properties"]["owner"] == email_only
+    reply = await h.put_incident(inc["name"], full_body(held, severity="High"))
+    assert reply.status == 200
+    assert {k: v for k, v in reply.body["properties"]["owner"].items() if v} == {
+        "email": "soc-lead@contoso.com",
+        "assignedTo": "SOC Lead",
+    }
+    reply = await h.put_incident(inc["name"], full_body(reply.body, owner=None))
+    assert not any(reply.body["properties"]["owner"].values())
 
 
 async def test_labels_are_replaced_as_user_labels(h: SentinelHarness) -> None:

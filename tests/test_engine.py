@@ -320,3 +320,21 @@ async def test_ticket_made_by_another_integration_is_adopted_and_kept_in_sync(en
     env.snow.analyst_update("incident", made["sys_id"], {"impact": "2"})
     await env.stats()
     assert props(ws, inc["name"])["severity"] == "Medium"
+
+
+async def test_e4_owner_with_only_an_email_survives_a_severity_change_from_servicenow(env: Env) -> None:
+    """REFERENCE E.4: an owner automation left with only e-mail and display name is sent back as
+    read by the full PUT (never as all-null, which would unassign), and still maps by e-mail."""
+    ws = env.ws()
+    inc = ws.create_incident(title="owned by e-mail", labels=["snow"])
+    email_only = {"objectId": None, "email": ALICE, "assignedTo": "Alice Analyst", "userPrincipalName": None}
+    ws.analyst_update(inc["name"], owner=email_only)
+    await env.stats()
+    rec = env.snow_record(inc["name"])
+    assert rec["assigned_to"] == env.stack.snow_user_ids["default"]["alice.analyst"]  # matched by e-mail
+    env.snow.analyst_update("incident", rec["sys_id"], {"impact": "1"})
+    stats = await env.stats()
+    assert stats.updated_sentinel == 1
+    p = props(ws, inc["name"])
+    assert p["severity"] == "High"
+    assert {k: v for k, v in p["owner"].items() if v} == {"email": ALICE, "assignedTo": "Alice Analyst"}

@@ -1127,7 +1127,10 @@ class SentinelEmulator:
                 raise _bad_request(f"The owner with userPrincipalName '{upn}' was not found in the tenant.")
             return _owner(user)
         if owner.get("email") or owner.get("assignedTo"):
-            raise _bad_request("The owner must be given by objectId or userPrincipalName.")
+            # E.4: automation leaves owners with only an e-mail / display name; a PUT that
+            # echoes one keeps it (only an all-null owner unassigns).
+            kept = {k: owner.get(k) for k in ("objectId", "email", "assignedTo", "userPrincipalName")}
+            return kept | {"ownerType": owner.get("ownerType")}
         return _owner(None)
 
     async def _incidents_delete(self, request: web.Request, ctx: _Ctx) -> web.StreamResponse:

@@ -284,11 +284,8 @@ class Conversation:
                 continue
             cid = comment_id(self.instance, e.sys_id)
             header = textfmt.journal_header(e.created_by, e.element, e.created_on, st.record.number)
-            message = textfmt.cap(
-                f"{header}\n\n{e.value.strip()}",
-                textfmt.SENTINEL_MAX,
-                f"ServiceNow {st.record.number}",
-                utf16=True,
+            message = textfmt.cap_html(  # the portal renders HTML (REFERENCE E.3)
+                f"{header}\n\n{e.value.strip()}", textfmt.SENTINEL_MAX, f"ServiceNow {st.record.number}"
             )
             try:
                 await self.sentinel.put_comment(st.incident.name, cid, message)

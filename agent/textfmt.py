@@ -6,8 +6,11 @@ entities); ServiceNow journal entries are plain text (REFERENCE C.9), unless wra
 
 * Sentinel -> ServiceNow: :func:`html_to_text` (``comment_format = text``) or :func:`code_block`
   (``comment_format = code``), below a one-line header naming author and time (UTC).
-* ServiceNow -> Sentinel: the journal text as it is, below a header naming the ServiceNow user,
-  the time and the kind of entry (work note or additional comment).
+* ServiceNow -> Sentinel: :func:`text_to_html` of the journal text below a header naming the
+  ServiceNow user, the time and the kind of entry (work note or additional comment). The portal
+  renders a comment as HTML (REFERENCE E.3): plain text with line breaks would read as one
+  run-on line and ``5 < 6 & <tag>`` would lose its ``<tag>``, so the text is escaped and its
+  line breaks become ``<br>``. Nothing from ServiceNow is ever rendered as markup in Sentinel.
 * Every message is capped. Sentinel counts a comment's length in UTF-16 code units and refuses
   more than 30,000 (REFERENCE A.8); an over-long text is **truncated with a visible notice**
   rather than split, because splitting would spend several of the incident's 100 comments on one
@@ -18,6 +21,7 @@ No visible marker is ever added for echo suppression; the shadow's comment links
 
 from __future__ import annotations
 
+import html
 import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -41,6 +45,7 @@ _BLOCK = frozenset(
 _SKIP = frozenset({"script", "style", "head", "title", "template"})
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_RUN_OF_SPACES = re.compile(r" {2,}")
 _PRE_SPACE = "\ue000"  # a private-use character standing in for a space inside <pre>
 
 
@@ -131,6 +136,39 @@ def html_to_text(text: str) -> str:
 
 def _tidy(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def text_to_html(text: str) -> str:
+    """Plain text as HTML that reads the same: ``&``, ``<``, ``>`` escaped, line breaks as
+    ``<br>``, runs of spaces kept (a browser would fold them into one)."""
+    escaped = html.escape(text.replace("\r\n", "\n").replace("\r", "\n"), quote=False)
+    escaped = _RUN_OF_SPACES.sub(_keep_spaces, escaped.replace("\t", "    "))
+    return escaped.replace("\n", "<br>")
+
+
+def _keep_spaces(run: re.Match[str]) -> str:
+    return "&nbsp;" * (len(run.group()) - 1) + " "
+
+
+def cap_html(text: str, limit: int, where: str) -> str:
+    """:func:`text_to_html` of ``text``, capped like :func:`cap` but measured after escaping
+    (Sentinel's limit counts the HTML it stores, in UTF-16 code units)."""
+    whole = text_to_html(text)
+    if utf16_len(whole) <= limit:
+        return whole
+    low, high = 0, len(text)  # the longest head whose HTML with the notice fits
+    while low < high:
+        mid = (low + high + 1) // 2
+        if utf16_len(text_to_html(_with_notice(text, mid, where))) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return text_to_html(_with_notice(text, low, where))
+
+
+def _with_notice(text: str, keep: int, where: str) -> str:
+    notice = f"[... truncated: {utf16_len(text):,} characters in total; the full text is in {where}]"
+    return text[:keep].rstrip() + "\n\n" + notice
 
 
 def code_block(text: str) -> str:

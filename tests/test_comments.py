@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from agent.conversation import comment_id
+from agent.emulators.sentinel import portal_text
 from agent.emulators.stack import DEFAULT_SNOW_USER
 from agent.errors import PermanentError
 from agent.log import log
 from agent.servicenow import ServiceNowClient
 from agent.shadow import CommentLink, Shadow
-from agent.textfmt import SENTINEL_MAX, utf16_len
+from agent.textfmt import SENTINEL_MAX, cap_html, utf16_len
 from tests.e2e import Env, writes
 
 ALICE = "alice@contoso.example"
@@ -54,7 +55,8 @@ def notes(env: Env, sys_id: str, element: str = "work_notes") -> list[dict[str, 
 
 
 def messages(env: Env, name: str) -> list[str]:
-    return [c["properties"]["message"] for c in env.ws().comments(name)]
+    """The incident's comments as the Sentinel portal shows them (HTML rendered, REFERENCE E.3)."""
+    return env.ws().portal_comments(name)
 
 
 async def test_sentinel_comment_becomes_one_work_note_with_header(
@@ -108,7 +110,7 @@ async def test_work_note_becomes_comment_with_deterministic_id(
     assert stats.comments_to_sentinel == 1
     [comment] = env.ws().comments(name)
     assert comment["name"] == comment_id(env.stack.workspace_instance("soc"), entry["sys_id"])
-    head, _, body = comment["properties"]["message"].partition("\n\n")
+    head, _, body = portal_text(comment["properties"]["message"]).partition("\n\n")
     number = env.snow_record(name)["number"]
     assert head.startswith(f"ServiceNow work note by bob.hunter on {number}, ")
     assert body == "Blocked 203.0.113.9 at the firewall"
@@ -149,6 +151,46 @@ async def test_html_and_unicode_round_trip_readably(env: Env) -> None:
     ]
     from_snow = [m for m in messages(env, name) if m.startswith("ServiceNow")]
     assert [m.partition("\n\n")[2] for m in from_snow] == [unicode_note]
+
+
+E3_TEXTS = ("line one\nline two\n\n- a\n- b", "5 < 6 & <tag>", "kept   three spaces")
+
+
+async def test_e3_journal_text_reads_the_same_in_the_sentinel_portal(env: Env) -> None:
+    """REFERENCE E.3: the portal renders comments as HTML; plain text would lose its line breaks
+    and its <tag>. The agent escapes the text and writes its line breaks as <br>."""
+    name, sys_id = await linked(env)
+    for text in E3_TEXTS:
+        assert portal_text(text) != text  # what sending the text as it is would show
+        env.snow.analyst_update("incident", sys_id, {"work_notes": text}, by="bob.hunter")
+    await env.stats()
+    shown = [m.partition("\n\n") for m in messages(env, name)]
+    assert sorted(body for _head, _, body in shown) == sorted(E3_TEXTS)
+    assert all(head.startswith("ServiceNow work note by bob.hunter on INC") for head, _, _ in shown)
+    raw = "".join(c["properties"]["message"] for c in env.ws().comments(name))
+    assert "5 &lt; 6 &amp; &lt;tag&gt;" in raw and "line one<br>line two<br><br>- a<br>- b" in raw
+    assert "<tag>" not in raw
+    for _ in range(2):  # and never echoed back as a work note
+        await env.stats()
+    assert len(notes(env, sys_id)) == len(E3_TEXTS)
+
+
+async def test_e3_portal_html_reaches_servicenow_as_the_same_text(env: Env) -> None:
+    """The other way round: what an analyst types in the portal (stored as HTML) arrives in
+    ServiceNow as the text the analyst saw."""
+    name, sys_id = await linked(env)
+    portal_html = [
+        "line one<br>line two<br><br>- a<br>- b",
+        "<p>5 &lt; 6 &amp; &lt;tag&gt;</p>",
+        "kept &nbsp; three spaces",
+    ]
+    for html in portal_html:
+        env.ws().analyst_comment(name, html, author_upn=ALICE)
+    await env.stats()
+    got = sorted(n["value"].partition("\n\n")[2] for n in notes(env, sys_id))
+    assert [portal_text(h) for h in portal_html[:2]] == list(E3_TEXTS[:2])
+    # runs of spaces fold in ServiceNow's plain text, as html_to_text always did
+    assert got == sorted([*E3_TEXTS[:2], "kept three spaces"])
 
 
 async def test_comment_field_and_code_format(env: Env) -> None:
@@ -424,6 +466,17 @@ def test_html_to_text(html: str, text: str) -> None:
     from agent.textfmt import html_to_text
 
     assert html_to_text(html) == text
+
+
+def test_cap_html_measures_after_escaping() -> None:
+    text = "a < b & c\n" * 5000  # 50,000 characters, about 115,000 once escaped
+    capped = cap_html(text, SENTINEL_MAX, "ServiceNow INC0010001")
+    assert utf16_len(capped) <= SENTINEL_MAX and utf16_len(capped) > SENTINEL_MAX - 40
+    shown = portal_text(capped)
+    assert shown.startswith("a < b & c\na < b & c\n")
+    notice = "[... truncated: 50,000 characters in total; the full text is in ServiceNow INC0010001]"
+    assert shown.endswith(notice)
+    assert cap_html("short & sweet", SENTINEL_MAX, "x") == "short &amp; sweet"
 
 
 def test_cap_counts_utf16_and_never_splits_a_character() -> None:

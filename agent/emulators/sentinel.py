@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
@@ -58,7 +59,7 @@ from agent.emulators.odata import (
     sort_items,
 )
 
-__all__ = ["API_VERSIONS", "SentinelEmulator", "SentinelWorkspace"]
+__all__ = ["API_VERSIONS", "SentinelEmulator", "SentinelWorkspace", "portal_text"]
 
 API_VERSIONS: tuple[str, ...] = (
     "2025-09-01",
@@ -566,6 +567,10 @@ class SentinelWorkspace:
     def comments(self, name: str) -> list[dict[str, Any]]:
         """The incident's comments, oldest first."""
         return copy.deepcopy(list(self._comment_store(self._require_key(name)).values()))
+
+    def portal_comments(self, name: str) -> list[str]:
+        """The incident's comments as the portal shows them (HTML rendered, E.3), oldest first."""
+        return [portal_text(c["properties"]["message"]) for c in self.comments(name)]
 
     def alerts(self, name: str) -> list[dict[str, Any]]:
         """The incident's SecurityAlert entities."""
@@ -1267,6 +1272,41 @@ class SentinelEmulator:
 
 
 # --- module helpers ---------------------------------------------------------------------------
+
+
+class _PortalRenderer(HTMLParser):
+    """How a browser shows a comment's HTML as text (REFERENCE E.3): runs of white space,
+    line breaks included, fold into one space; ``<br>`` breaks a line; block elements start
+    and end lines; unknown tags vanish; entities are decoded."""
+
+    _BLOCKS = frozenset({"p", "div", "ul", "ol", "li", "table", "tr", "h1", "h2", "h3", "pre", "blockquote"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "br":
+            self.out.append("\n")
+        elif tag in self._BLOCKS:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._BLOCKS:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        self.out.append(re.sub(r"[ \t\r\n]+", " ", data))
+
+
+def portal_text(message: str) -> str:
+    """The text the Sentinel portal shows for a comment's ``message`` (REFERENCE E.3)."""
+    renderer = _PortalRenderer()
+    renderer.feed(message)
+    renderer.close()
+    lines = [line.strip(" ").replace("\u00a0", " ") for line in "".join(renderer.out).split("\n")]
+    return "\n".join(lines).strip("\n")
+
 
 
 def _unauthenticated(code: str, message: str) -> _ArmError:

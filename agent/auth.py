@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.errors import AuthError, ConfigError, PermanentError, RateLimited, TransientError
-from agent.http import HttpClient, error_details, redact_url
+from agent.http import HttpClient, build_ssl_context, error_details, redact_url
 from agent.log import log, register_secret
 from agent.retry import RetryPolicy, parse_retry_after
 
@@ -80,20 +80,47 @@ def _environment_proxies() -> dict[str, str]:
     return {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https", "all")}
 
 
-class _MsalHttp:
-    """The ``http_client`` handed to msal: a requests session with our CA, proxy and timeout.
+def _trusting_adapter(context: ssl.SSLContext) -> Any:
+    """A requests transport that verifies with ``context`` (and nothing else)."""
+    from requests.adapters import HTTPAdapter
 
+    class TrustAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["ssl_context"] = context
+            super().init_poolmanager(*args, **kwargs)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            kwargs["ssl_context"] = context
+            return super().proxy_manager_for(proxy, **kwargs)
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            # requests would load certifi's bundle into the context here; the context already
+            # holds the trust (the OS store plus ca_bundle) and verifies.
+            super().cert_verify(conn, url, False, cert)
+            conn.cert_reqs = "CERT_REQUIRED"
+
+    return TrustAdapter()
+
+
+class _MsalHttp:
+    """The ``http_client`` handed to msal: a requests session with our trust, proxy and timeout.
+
+    requests trusts certifi's bundle, not the operating system's store, so behind a
+    TLS-inspecting proxy whose CA only the OS trusts, token calls would fail while ARM calls
+    work (REFERENCE E.10). The session therefore verifies with the same SSL context as the
+    aiohttp side (:func:`agent.http.build_ssl_context`: the OS store plus ``ca_bundle``).
     ``trust_env`` is off because ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment
-    would override ``verify`` (REFERENCE B.3); the proxy settings are therefore read from the
-    environment here, ``NO_PROXY`` included.
+    would override verification (REFERENCE B.3); the proxy settings are therefore read from
+    the environment here, ``NO_PROXY`` included.
     """
 
-    def __init__(self, verify: str | bool, timeout: float) -> None:
+    def __init__(self, ca_bundle: str | None, timeout: float) -> None:
         import requests  # msal's own dependency
 
         self.session = requests.Session()
         self.session.trust_env = False
-        self.session.verify = verify
+        self.session.verify = True
+        self.session.mount("https://", _trusting_adapter(build_ssl_context(ca_bundle)))
         self.session.proxies = _environment_proxies()
         self.timeout = timeout
         self.last_status: int | None = None
@@ -261,7 +288,7 @@ class EntraAuth(_CachedBearer):
         if self._app is None:
             import msal
 
-            self._http = _MsalHttp(self.ca_bundle or True, self.timeout)
+            self._http = _MsalHttp(self.ca_bundle, self.timeout)
             try:
                 self._app = msal.ConfidentialClientApplication(
                     self.client_id,
@@ -285,7 +312,8 @@ class EntraAuth(_CachedBearer):
 
         where = redact_url(self.authority)
         if isinstance(exc, requests.exceptions.SSLError):
-            detail = f"TLS verification failed for {where} (is the CA in [agent] ca_bundle?)"
+            detail = f"TLS verification failed talking to Entra ID at {where}"
+            detail += " (is the CA in [agent] ca_bundle?)"
             return AuthError("entra", detail, code="TLSVerifyFailed")
         if isinstance(exc, requests.exceptions.RequestException):
             return TransientError("entra", method, where, _status_of(exc), type(exc).__name__)

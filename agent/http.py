@@ -37,6 +37,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
 import orjson
+import truststore
 from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
@@ -373,8 +374,15 @@ class RequestPacer:
 
 
 def build_ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
-    """System trust store plus ``ca_bundle``; verification is always on."""
-    ctx = ssl.create_default_context()
+    """The operating system's trust store plus ``ca_bundle``; verification is always on.
+
+    ``truststore`` verifies with the platform's own verifier (the Keychain on macOS, CryptoAPI on
+    Windows, OpenSSL's default paths on Linux), where ``ssl.create_default_context()`` reads only
+    OpenSSL's paths, which on macOS and in many Python builds hold no proxy CA an IT department
+    installed. The same context serves every aiohttp session and msal's token requests
+    (REFERENCE E.10), so a CA trusted for ARM is trusted for Entra too.
+    """
+    ctx = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if ca_bundle:
         try:
             ctx.load_verify_locations(cafile=str(ca_bundle))

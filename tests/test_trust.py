@@ -86,7 +86,7 @@ async def test_e10_a_ca_nobody_was_given_fails_the_token_call_as_tls(
     stack: EmulatorStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     os_store(monkeypatch, tmp_path, Path(certifi.where()))
-    with pytest.raises(AuthError) as info:
+    with pytest.raises(AuthError, match="TLS verification failed") as info:
         await token_and_listing(stack, None)
     assert info.value.code == "TLSVerifyFailed" and "ca_bundle" in str(info.value)
     assert stack.recorder.count(system="entra", route="token.v2") == 0

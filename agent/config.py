@@ -172,6 +172,7 @@ class AgentSettings:
     custom_mapping: str | None
     overlap: float
     sweep_interval: float
+    open_check_interval: float
     max_close_ratio: float
     comment_field: str
     comment_format: str
@@ -748,6 +749,7 @@ def _read_agent(sec: _Section) -> AgentSettings:
         custom_mapping=sec.optional("custom_mapping", _entry_point),
         overlap=sec.get("overlap", _duration(0, 86400), 120.0),
         sweep_interval=sec.get("sweep_interval", _duration(1, 30 * 86400), 86400.0),
+        open_check_interval=sec.get("open_check_interval", _duration(0, 86400), 600.0),
         max_close_ratio=sec.get("max_close_ratio", _ratio, 0.5),
         comment_field=sec.get("comment_field", _choice("work_notes", "comments"), "work_notes"),
         comment_format=sec.get("comment_format", _choice("text", "code"), "text"),

@@ -104,6 +104,7 @@ class CycleStats:
     notes_to_snow: int = 0
     comments_deferred: int = 0
     sweep: bool = False
+    open_check: bool = False
     planned: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -295,6 +296,10 @@ class WorkspaceSync:
             self.shadow, inst, wsname, self.config.agent.sweep_interval, now, record=not options.dry_run
         )
         stats.sweep = sweeping
+        checking = not sweeping and await sweep.open_check_due(
+            self.shadow, inst, wsname, self.config.agent.open_check_interval, now
+        )
+        stats.open_check = checking
 
         # 1. list both sides (the only calls an idle cycle makes); a sweep lists Sentinel in full
         incidents: dict[str, SentinelIncident] = {}
@@ -304,6 +309,10 @@ class WorkspaceSync:
             page_size=self.config.agent.page_size,
         ):
             incidents[inc.name] = inc
+        # The watermark follows this listing only: the open check below is no complete listing.
+        newest_s = max((i.modified for i in incidents.values()), default=None)
+        if checking:
+            await self._open_check(incidents)
         stats.listed_sentinel = len(incidents)
         records: dict[str, SnowRecord] = {}
         if not first_run or wm_n.modified is not None:
@@ -398,18 +407,20 @@ class WorkspaceSync:
             await self._follow(planned, incidents)
             if sweeping:
                 await sweep.done(self.shadow, inst, wsname, now)
+            if sweeping or checking:  # a sweep lists the open incidents too
+                await sweep.open_check_done(self.shadow, inst, wsname, now)
 
         # 5. watermarks: the newest server time seen; failures are retried from their table.
         # Work deferred by a shutdown keeps both watermarks where they were, and a backfill
         # (``since``) never moves them: the regular cycles carry on from where they were.
         if not options.dry_run and not stats.deferred and options.since is None:
-            await self._advance_watermarks(wm_s, wm_n, incidents, records, s_since, now)
+            await self._advance_watermarks(wm_s, wm_n, newest_s, records, s_since, now)
 
     async def _advance_watermarks(
         self,
         wm_s: Watermark,
         wm_n: Watermark,
-        incidents: Mapping[str, SentinelIncident],
+        newest_s: datetime | None,
         records: Mapping[str, SnowRecord],
         start: datetime,
         now: datetime,
@@ -420,7 +431,6 @@ class WorkspaceSync:
         older on the ServiceNow side). A watermark an operator moved while the cycle ran
         (``watermark set --force``) is left where they put it.
         """
-        newest_s = max((i.modified for i in incidents.values()), default=None)
         newest_n = max((r.updated_on for r in records.values()), default=None)
         for side, read, newest in (("sentinel", wm_s, newest_s), ("servicenow", wm_n, newest_n)):
             if newest is None and read.modified is None:
@@ -432,6 +442,20 @@ class WorkspaceSync:
                 log.info("watermark_kept", side=side, reason="moved by an operator during the cycle")
                 continue
             await self.shadow.set_watermark(self.inst.name, self.ws.name, side, modified=newest, moved_at=now)
+
+    async def _open_check(self, incidents: dict[str, SentinelIncident]) -> None:
+        """Add every open incident of the workspace to this cycle's listing (REFERENCE E.2).
+
+        A new comment changes the incident's etag; whether it also moves
+        ``lastModifiedTimeUtc`` is not verified, and when it does not, the modification-time
+        listing never shows it. Every ``open_check_interval`` the open incidents are listed in
+        full, and the pairing keeps those whose etag differs from the shadow's (a comment, or
+        any change the listing missed); unchanged ones cost nothing but the listing.
+        """
+        async for inc in self.sentinel.list_incidents(
+            labels=self.ws.incident_filter, open_only=True, page_size=self.config.agent.page_size
+        ):
+            incidents[inc.name] = inc  # listed after the incremental listing: the fresher copy
 
     # --- pairing --------------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ class SentinelClient:
         modified_since: datetime | None = None,
         created_since: datetime | None = None,
         labels: Sequence[str] = (),
+        open_only: bool = False,
         page_size: int = 200,
     ) -> AsyncIterator[SentinelIncident]:
         """Incidents matching the filters, oldest modification first; each version once.
@@ -133,6 +134,7 @@ class SentinelClient:
         ``modified_since``/``created_since`` are inclusive (``ge``). ``labels``: incidents that
         carry any of these label names (exact, case-sensitive, A.7); one listing per label,
         merged here, since Sentinel refuses an ``or`` inside the lambda (REFERENCE E.1).
+        ``open_only``: status New or Active (``ne 'Closed'``).
 
         Paged by time, not by ``$skipToken``: the next page is the same query from the newest
         modification time seen (``ge``, so equal times come back and are dropped by name and
@@ -145,14 +147,20 @@ class SentinelClient:
             raise ValueError(f"page_size must be 1..{MAX_TOP}")
         seen: dict[str, str] = {}  # lower-cased name -> etag already yielded
         for label in dict.fromkeys(labels) or (None,):
-            async for incident in self._time_paged(label, modified_since, created_since, page_size):
+            listing = self._time_paged(label, modified_since, created_since, open_only, page_size)
+            async for incident in listing:
                 key = incident.name.lower()
                 if seen.get(key) != incident.etag:
                     seen[key] = incident.etag
                     yield incident
 
     async def _time_paged(
-        self, label: str | None, lower: datetime | None, created_since: datetime | None, page_size: int
+        self,
+        label: str | None,
+        lower: datetime | None,
+        created_since: datetime | None,
+        open_only: bool,
+        page_size: int,
     ) -> AsyncIterator[SentinelIncident]:
         url = f"{self.base_url}/incidents"
         requests = 0
@@ -160,7 +168,9 @@ class SentinelClient:
             params = self._params()
             params["$orderby"] = "properties/lastModifiedTimeUtc asc"
             params["$top"] = page_size
-            flt = incident_filter(label=label, modified_since=lower, created_since=created_since)
+            flt = incident_filter(
+                label=label, modified_since=lower, created_since=created_since, open_only=open_only
+            )
             if flt:
                 params["$filter"] = flt
             resp = await self.http.request("GET", url, params=params)
@@ -348,6 +358,7 @@ def incident_filter(
     label: str | None = None,
     modified_since: datetime | None = None,
     created_since: datetime | None = None,
+    open_only: bool = False,
 ) -> str | None:
     """The ``$filter`` of an incident listing; None when nothing is filtered.
 
@@ -363,6 +374,8 @@ def incident_filter(
         clauses.append(f"properties/lastModifiedTimeUtc ge {_odata_time(modified_since)}")
     if created_since is not None:
         clauses.append(f"properties/createdTimeUtc ge {_odata_time(created_since)}")
+    if open_only:
+        clauses.append("properties/status ne 'Closed'")
     return " and ".join(clauses) or None
 
 

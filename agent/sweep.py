@@ -11,6 +11,13 @@ safety valve applies to both of its listings.
 
 The time of the last sweep per workspace is a shadow mark; the first cycle of a workspace
 starts the clock rather than sweeping (there is nothing to compare yet).
+
+The **open check** is a lighter pass between sweeps (every ``[agent] open_check_interval``,
+default 10 min): the workspace's open incidents are listed without a modification filter and
+every one whose etag differs from the shadow's is synced. A new Sentinel comment always changes
+the incident's etag, but whether it moves ``lastModifiedTimeUtc`` is not verified (REFERENCE
+E.2); if it does not, the open check brings the comment over at most one interval (plus a
+poll) late instead of at the next sweep. Its cost is one listing of the open incidents.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from datetime import datetime, timedelta
 from agent.shadow import Shadow
 
 MARK_LAST_SWEEP = "last_sweep"
+MARK_LAST_OPEN_CHECK = "last_open_check"
 
 
 async def due(
@@ -37,3 +45,17 @@ async def due(
 async def done(shadow: Shadow, instance: str, workspace: str, now: datetime) -> None:
     """Remember that a sweep of this workspace completed at ``now``."""
     await shadow.set_mark(instance, workspace, MARK_LAST_SWEEP, now.isoformat(), now=now)
+
+
+async def open_check_due(
+    shadow: Shadow, instance: str, workspace: str, interval: float, now: datetime
+) -> bool:
+    """Whether the open incidents are due to be listed in full (``[agent] open_check_interval``;
+    0 = every cycle). The first cycle of a workspace runs one."""
+    mark = await shadow.get_mark(instance, workspace, MARK_LAST_OPEN_CHECK)
+    return mark is None or now - datetime.fromisoformat(mark[0]) >= timedelta(seconds=interval)
+
+
+async def open_check_done(shadow: Shadow, instance: str, workspace: str, now: datetime) -> None:
+    """Remember that the open incidents of this workspace were listed at ``now``."""
+    await shadow.set_mark(instance, workspace, MARK_LAST_OPEN_CHECK, now.isoformat(), now=now)

@@ -4,7 +4,7 @@ run through the real runtime (real msal, real aiohttp over TLS, real SQLite)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class Env:
     tmp: Path
     config_path: Path
     workspaces: list[str]
+    defaults: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def config(self) -> Config:
@@ -37,8 +38,12 @@ class Env:
         return self.stack.snow["default"]
 
     def rewrite(self, extra: dict[str, dict[str, str]]) -> None:
+        """Write the config anew with ``extra`` (on top of ``defaults``, a test module's own)."""
+        merged = {k: dict(v) for k, v in self.defaults.items()}
+        for section, values in extra.items():
+            merged.setdefault(section, {}).update(values)
         self.config_path = self.stack.write_config(
-            self.config_path, state_db=self.tmp / "state.db", workspaces=self.workspaces, extra=extra
+            self.config_path, state_db=self.tmp / "state.db", workspaces=self.workspaces, extra=merged
         )
 
     async def cycle(

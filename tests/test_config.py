@@ -178,6 +178,7 @@ def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
         custom_mapping=None,
         overlap=120.0,
         sweep_interval=86400.0,
+        open_check_interval=600.0,
         max_close_ratio=0.5,
         comment_field="work_notes",
         comment_format="text",

@@ -19,7 +19,10 @@
     │   └── HookFailed         the custom mapping hook raised or returned something unusable
     ├── SyncError              the engine refused to go on for one workspace
     │   └── SafetyValveTripped a safety check failed before any write; needs --force; exit 7
-    └── LockHeld               another agent holds the state database
+    ├── LockHeld               another agent holds the state database (or the lease)
+    └── StoreError             the state store refused a write (a bug or a lost lease: stops the cycle)
+        ├── DuplicateKey       a second link for one ticket, a comment or journal entry linked twice
+        └── Fenced             a newer leader holds the lease: this agent's commit was refused
 
 Remote and data errors are about one incident: the engine records them as that incident's
 failure and retries it with backoff. Anything else raised while syncing an incident is a bug
@@ -191,3 +194,21 @@ class SafetyValveTripped(SyncError):
 
 class LockHeld(AgentError):
     """Another agent process holds the state database lock."""
+
+
+class StoreError(AgentError):
+    """The state store refused an operation. Neither remote nor data: it stops the cycle."""
+
+
+class DuplicateKey(StoreError):
+    """A write would break a uniqueness rule of the store: one ServiceNow record linked to two
+    incidents, or a Sentinel comment or journal entry linked twice. Nothing of it was written."""
+
+
+class Fenced(StoreError):
+    """A newer leader took the lease: this agent's commit was refused and it must stop writing."""
+
+    def __init__(self, epoch: int, current: int) -> None:
+        self.epoch = epoch
+        self.current = current
+        super().__init__(f"lease epoch {epoch} was superseded by epoch {current}: another agent leads now")

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,37 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DuplicateKey
+from agent.store.records import (
+    COMMENT_STATES,
+    CONFLICTS_KEPT,
+    CYCLES_KEPT,
+    ERROR_TEXT_MAX,
+    SIDES,
+    UNSET,
+    CommentLink,
+    Failure,
+    Link,
+    Tombstone,
+    Unset,
+    Watermark,
+    check_comment,
+    check_side,
+    check_state,
+)
+
+__all__ = [
+    "COMMENT_STATES",
+    "SCHEMA_VERSION",
+    "SIDES",
+    "UNSET",
+    "CommentLink",
+    "Failure",
+    "Link",
+    "Shadow",
+    "Tombstone",
+    "Watermark",
+]
 
 # Each entry is one schema version (index 0 -> version 1). Never edit a released entry: add one.
 MIGRATIONS: tuple[str, ...] = (
@@ -165,9 +194,6 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 CHUNK = 500  # names per IN (...) query: far below SQLite's bound-parameter limit
-CYCLES_KEPT = 1000  # per instance and workspace (the last successful one is always kept too)
-CONFLICTS_KEPT = 10_000
-ERROR_TEXT_MAX = 2000
 
 _LINK_COLUMNS = (
     "instance, workspace, incident, sys_id, number, fields, sentinel_etag, snow_mod_count, open, "
@@ -189,110 +215,8 @@ _INSERT_COMMENT_LINK = """
          state, text_hash, note_ids)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-COMMENT_STATES = ("pending", "posted", "confirmed", "unconfirmed")
 _BY_INCIDENT = "instance = ? AND workspace = ? AND incident = ?"
 _FAILURE_COLUMNS = "instance, workspace, incident, error, attempts, next_try, last_at"
-SIDES = ("sentinel", "servicenow")
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One linked pair and what the two sides last agreed on.
-
-    ``fields`` maps each synced field to the agreed ``(sentinel, servicenow)`` pair (the planner's
-    base); ``open`` is False once both sides are closed; ``extra`` holds small forward-compatible
-    string key/values.
-    """
-
-    instance: str
-    workspace: str
-    incident: str
-    sys_id: str
-    number: str
-    fields: Mapping[str, tuple[str, str]]
-    sentinel_etag: str | None
-    snow_mod_count: int | None
-    open: bool
-    alerts_posted: frozenset[str] = frozenset()
-    entities_posted: frozenset[str] = frozenset()
-    created_at: datetime | None = None
-    enrich_after: datetime | None = None
-    extra: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class CommentLink:
-    """A Sentinel comment and the journal entry it was copied to or from (``direction``).
-
-    ``state`` is ``confirmed`` once the journal sys_id is known. A journal entry the agent writes
-    is recorded *before* the PATCH as ``pending`` (``journal_sys_id`` a placeholder,
-    ``text_hash`` the hash of the exact text), becomes ``posted`` when the PATCH succeeded, then
-    ``confirmed`` from a journal read, or ``unconfirmed`` when the journal cannot show it (it
-    is then never written again). ``note_ids`` are the alert/entity ids an agent note lists, so
-    they count as posted exactly when the note's link exists.
-    """
-
-    instance: str
-    workspace: str
-    incident: str
-    sentinel_comment: str
-    journal_sys_id: str
-    direction: str  # "to_snow" | "to_sentinel"
-    created_at: datetime
-    state: str = "confirmed"
-    text_hash: str | None = None
-    note_ids: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Watermark:
-    """One side's watermarks and when they last moved.
-
-    ``modified``: the newest modification time already seen (the engine moves it every cycle).
-    ``created``: the creation floor on the Sentinel side; only an operator moves it.
-    """
-
-    instance: str
-    workspace: str
-    side: str  # "sentinel" | "servicenow"
-    created: datetime | None
-    modified: datetime | None
-    moved_at: datetime | None
-    created_moved_at: datetime | None = None
-    modified_moved_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Tombstone:
-    """An incident unlinked on purpose: the ticket it had (``sys_id``/``number``, "" if none),
-    why, and when. The engine never creates or adopts a ticket for it again."""
-
-    incident: str
-    sys_id: str
-    number: str
-    reason: str
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """An incident whose sync failed ``attempts`` times in a row; not retried before ``next_try``."""
-
-    instance: str
-    workspace: str
-    incident: str
-    error: str
-    attempts: int
-    next_try: datetime
-    last_at: datetime
-
-
-class _Unset(enum.Enum):
-    UNSET = enum.auto()
-
-
-UNSET = _Unset.UNSET
-"""Default of :meth:`Shadow.set_watermark`'s optional times: "leave this one as it is"."""
 
 
 class Shadow:
@@ -337,6 +261,11 @@ class Shadow:
             raise
         _chmod_private(path)
         return cls(db, path)
+
+    @property
+    def location(self) -> str:
+        """``sqlite:PATH``, for messages and ``status``."""
+        return f"sqlite:{self.path}"
 
     async def close(self) -> None:
         """Close the connection (safe to call twice)."""
@@ -422,7 +351,7 @@ class Shadow:
         ``(field, sentinel, servicenow, winner)`` and clear its failure row.
 
         Nothing is written if any part fails; a comment link already stored (same journal entry
-        or same Sentinel comment) raises :class:`sqlite3.IntegrityError`, as does linking a
+        or same Sentinel comment) raises :class:`~agent.errors.DuplicateKey`, as does linking a
         sys_id that is already linked to another incident. ``now`` stamps the conflict log
         (default: the current time). A stored ``created_at`` is kept when ``link.created_at`` is
         None.
@@ -545,7 +474,7 @@ class Shadow:
         return [_comment_from_row(row) for row in rows]
 
     async def add_comment_link(self, link: CommentLink) -> None:
-        """Store one comment link; a duplicate raises :class:`sqlite3.IntegrityError`."""
+        """Store one comment link; a duplicate raises :class:`~agent.errors.DuplicateKey`."""
         async with self._batch() as db:
             await db.execute(_INSERT_COMMENT_LINK, _comment_row(link))
 
@@ -567,10 +496,9 @@ class Shadow:
     ) -> CommentLink:
         """Move one comment link to ``state`` (and to its real journal sys_id); returns it.
 
-        Linking a journal entry that is already linked raises :class:`sqlite3.IntegrityError`.
+        Linking a journal entry that is already linked raises :class:`~agent.errors.DuplicateKey`.
         """
-        if state not in COMMENT_STATES:
-            raise ValueError(f"comment link state must be one of {', '.join(COMMENT_STATES)}: {state!r}")
+        check_state(state)
         new_id = journal_sys_id or link.journal_sys_id
         async with self._batch() as db:
             await db.execute(
@@ -629,7 +557,7 @@ class Shadow:
 
     async def get_watermark(self, instance: str, workspace: str, side: str) -> Watermark:
         """The watermark of one side; all times None if it was never set."""
-        _check_side(side)
+        check_side(side)
         rows = await self._read(
             "SELECT created, modified, moved_at, created_moved_at, modified_moved_at FROM watermarks "
             "WHERE instance = ? AND workspace = ? AND side = ?",
@@ -655,13 +583,13 @@ class Shadow:
         workspace: str,
         side: str,
         *,
-        created: datetime | _Unset | None = UNSET,
-        modified: datetime | _Unset | None = UNSET,
+        created: datetime | Unset | None = UNSET,
+        modified: datetime | Unset | None = UNSET,
         moved_at: datetime,
     ) -> None:
         """Move a watermark. Only the times passed change (``None`` clears one); ``moved_at`` always,
         and ``created_moved_at`` / ``modified_moved_at`` with the time they belong to."""
-        _check_side(side)
+        check_side(side)
         values: dict[str, str | None] = {"moved_at": _ts(moved_at)}
         if created is not UNSET:
             values["created"] = _ts_opt(created)
@@ -835,8 +763,11 @@ class Shadow:
         if not batch.statements:
             return
         async with self._lock:
-            # aiosqlite has no public call for "run this in the connection's thread".
-            await self._db._execute(_run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
+            try:
+                # aiosqlite has no public call for "run this in the connection's thread".
+                await self._db._execute(_run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateKey(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -846,9 +777,11 @@ class Shadow:
             try:
                 yield self._db
                 await self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 if self._db.in_transaction:
                     await self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise DuplicateKey(str(exc)) from exc
                 raise
 
 
@@ -934,11 +867,6 @@ def _chunks(names: Iterable[str]) -> Iterable[list[str]]:
         yield unique[i : i + CHUNK]
 
 
-def _check_side(side: str) -> None:
-    if side not in SIDES:
-        raise ValueError(f"side must be 'sentinel' or 'servicenow': {side!r}")
-
-
 def _ts(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: the shadow stores only aware (UTC) times")
@@ -1003,10 +931,7 @@ def _link_from_row(row: sqlite3.Row) -> Link:
 
 
 def _comment_row(c: CommentLink) -> tuple[Any, ...]:
-    if c.direction not in ("to_snow", "to_sentinel"):
-        raise ValueError(f"comment link direction must be 'to_snow' or 'to_sentinel': {c.direction!r}")
-    if c.state not in COMMENT_STATES:
-        raise ValueError(f"comment link state must be one of {', '.join(COMMENT_STATES)}: {c.state!r}")
+    check_comment(c)
     return (
         c.instance,
         c.workspace,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import agent.shadow as shadow_module
-from agent.errors import ConfigError
+from agent.errors import ConfigError, DuplicateKey
 from agent.shadow import SCHEMA_VERSION, CommentLink, Link, Shadow
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -101,9 +101,9 @@ async def test_comment_links_round_trip(shadow: Shadow) -> None:
 
 async def test_add_comment_link_refuses_duplicates(shadow: Shadow) -> None:
     await shadow.add_comment_link(comment("j1", "c-1"))
-    with pytest.raises(sqlite3.IntegrityError, match=ONE_JOURNAL_ENTRY):
+    with pytest.raises(DuplicateKey, match=ONE_JOURNAL_ENTRY):
         await shadow.add_comment_link(comment("j1", "c-other"))
-    with pytest.raises(sqlite3.IntegrityError, match=ONE_SENTINEL_COMMENT):
+    with pytest.raises(DuplicateKey, match=ONE_SENTINEL_COMMENT):
         await shadow.add_comment_link(comment("j-other", "c-1"))
     assert len(await shadow.comment_links(INST, WS, "inc-1")) == 1
 
@@ -177,7 +177,7 @@ async def test_save_link_is_atomic(shadow: Shadow) -> None:
     await shadow.save_link(original, comment_links=[comment("j1", "c-1")])
     await shadow.record_failure(INST, WS, "inc-1", "boom", now=T0)
     changed = make_link(fields={"severity": ("Low", "3")}, snow_mod_count=4)
-    with pytest.raises(sqlite3.IntegrityError, match=ONE_JOURNAL_ENTRY):
+    with pytest.raises(DuplicateKey, match=ONE_JOURNAL_ENTRY):
         await shadow.save_link(
             changed,
             comment_links=[comment("j2", "c-2"), comment("j1", "c-3")],  # j1 is already linked
@@ -214,7 +214,7 @@ async def test_instances_are_separate(shadow: Shadow) -> None:
 
 async def test_one_servicenow_record_links_one_incident(shadow: Shadow) -> None:
     await shadow.save_link(make_link("inc-1"))
-    with pytest.raises(sqlite3.IntegrityError, match=ONE_LINK_PER_RECORD):
+    with pytest.raises(DuplicateKey, match=ONE_LINK_PER_RECORD):
         await shadow.save_link(make_link("inc-2"))
     assert await shadow.count_links(INST, WS) == (1, 1)
 

@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Programs the tests run (PROBE=DEBIAN_PACKAGE): `make tools` installs the missing ones.
+# postgresql-15: the throw-away database server of the shared-state tests (tests/pg.py).
 OS_TOOLS := \
 	promtool=prometheus \
 	rsyslogd=rsyslog \
 	'/usr/lib/*/rsyslog/lmnsd_gtls.so=rsyslog-gnutls' \
-	systemd-analyze=systemd
+	systemd-analyze=systemd \
+	/usr/lib/postgresql/15/bin/initdb=postgresql-15
 
 tools:
 	@.ci/os-tools $(OS_TOOLS)

@@ -114,9 +114,11 @@ class Checklist:
         for name, ws in self.config.workspaces.items():
             links += (await shadow.count_links(ws.servicenow, name))[0]
         version = await shadow.schema_version()
-        self.add(
-            OK, "[agent] state_db", f"{self.config.agent.state_db} opened (schema v{version}, {links} links)"
-        )
+        if self.config.agent.store is None:
+            subject, where = "[agent] state_db", str(self.config.agent.state_db)
+        else:
+            subject, where = "[agent] state", shadow.location
+        self.add(OK, subject, f"{where} opened (schema v{version}, {links} links)")
 
     # -- Entra ID and Sentinel --
 

@@ -22,7 +22,7 @@ from agent.errors import AgentError, ConfigError, ExitCode, LockHeld, SafetyValv
 from agent.log import log
 
 DEFAULT_CONFIG = "agent.ini"
-REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark", "resync", "unlink"})
+REPORT_COMMANDS = frozenset({"check", "plan", "status", "watermark", "resync", "unlink", "migrate-state"})
 
 DESCRIPTION = """\
 Keep Microsoft Sentinel incidents and ServiceNow incidents in sync, both ways.
@@ -128,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every linked incident of the workspace")
     p.add_argument("--undo", action="store_true", help="allow these incidents to be linked again")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "migrate-state",
+        help="copy the whole state between SQLite and PostgreSQL (stop the agents first)",
+        description="Copy every link, comment link, watermark, failure, tombstone and the history "
+        "from one state to another, empty one, and verify the counts. STATE is sqlite:PATH or "
+        "postgresql://user@host/dbname; the side not given is the config's state.",
+    )
+    p.add_argument("--from", dest="source", metavar="STATE", help="copy from (default: the config's state)")
+    p.add_argument("--to", dest="target", metavar="STATE", help="copy into (default: the config's state)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
 
     p = sub.add_parser(
         "demo", help="start the built-in emulators, sync while they change, show what happened"
@@ -288,6 +299,8 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return await commands.unlink(
             config, args.workspace, args.incidents, every=args.all, undo=args.undo, as_json=args.json
         )
+    if args.command == "migrate-state":
+        return await commands.migrate_state(config, args.source, args.target, as_json=args.json)
     raise ConfigError([f"unknown command {args.command}"])
 
 

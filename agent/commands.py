@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from agent.config import Config
 from agent.engine import CycleOptions, CycleStats, run_workspaces
 from agent.errors import ConfigError, ExitCode, InstancePaused, SafetyValveTripped
 from agent.health import operations
-from agent.lock import StateLock
+from agent.leadership import Leadership, exclusive
 from agent.log import LEVELS, log
 from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
@@ -76,15 +77,15 @@ async def once(
 ) -> int:
     """One cycle of every enabled workspace (``backfill``: also create incidents since ``since``;
     ``sweep``: compare every open linked pair in full)."""
-    with StateLock(config.agent.state_db):
-        async with Runtime(config) as rt:
-            syncs = rt.syncs(workspaces)
-            if backfill and not syncs:
-                raise ConfigError(
-                    [f"[workspace:{workspaces[0] if workspaces else '?'}] enabled: workspace is disabled"]
-                )
-            options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since, sweep=sweep)
-            results = await run_workspaces(syncs, options)
+    async with exclusive(config) as lead, Runtime(config) as rt:
+        lead.bind(rt)
+        syncs = rt.syncs(workspaces)
+        if backfill and not syncs:
+            raise ConfigError(
+                [f"[workspace:{workspaces[0] if workspaces else '?'}] enabled: workspace is disabled"]
+            )
+        options = CycleOptions(dry_run=config.agent.dry_run, force=force, since=since, sweep=sweep)
+        results = await run_workspaces(syncs, options)
     _report_left_behind(results)
     if since is not None:
         watermarks.report_backfill(results, since)
@@ -134,51 +135,55 @@ async def run(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    lock = StateLock(config.agent.state_db, ttl=max(600.0, 3 * config.agent.poll_interval))
-    lock.acquire()
     code: int = ExitCode.OK
     cycles = 0
     try:
-        async with Runtime(config) as rt, operations(config, rt, workspaces):
-            syncs = rt.syncs(workspaces)
-            log.info(
-                "agent_started",
-                workspaces=[s.ws.name for s in syncs],
-                poll_interval=config.agent.poll_interval,
-            )
+        async with (
+            Runtime(config) as rt,
+            Leadership(config) as lead,
+            operations(config, rt, workspaces, lead),
+        ):
+            names = [s.ws.name for s in rt.syncs(workspaces)]
+            log.info("agent_started", workspaces=names, poll_interval=config.agent.poll_interval)
             options = CycleOptions(dry_run=config.agent.dry_run, force=force)
-            while not stop.is_set():
-                for s in syncs:
-                    s.stopping = stop
-                current = asyncio.create_task(run_workspaces(syncs, options))
-                stopper = asyncio.create_task(stop.wait())
-                try:
-                    await asyncio.wait({current, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if not current.done():
-                        # Signalled mid-cycle: no new incident work starts; in-flight writes
-                        # and their shadow commits get `grace` seconds.
-                        try:
-                            await asyncio.wait_for(asyncio.shield(current), timeout=grace)
-                        except TimeoutError:
-                            log.warning("shutdown_grace_expired", grace=grace)
-                            current.cancel()
-                    results = await current
-                except asyncio.CancelledError:
-                    log.warning("cycle_cancelled")
-                    break
-                finally:
-                    stopper.cancel()
-                code = _exit_code(results)
-                cycles += 1
-                lock.renew()
-                if max_cycles and cycles >= max_cycles:
-                    break
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=config.agent.poll_interval)
-                except TimeoutError:
-                    pass
+            done = False
+            # A standby waits in wait_to_lead; a leader that lost its lease comes back to it.
+            while not done and await lead.wait_to_lead(stop):
+                lead.bind(rt)
+                syncs = rt.syncs(workspaces)  # fresh per term: nothing cached from an old one
+                while lead.leading and not stop.is_set():
+                    for s in syncs:
+                        s.stopping = stop
+                    current = asyncio.create_task(run_workspaces(syncs, options))
+                    stopper = asyncio.create_task(lead.interrupted(stop))
+                    try:
+                        await asyncio.wait({current, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                        if not current.done() and not lead.leading:
+                            current.cancel()  # another agent may lead by now: no grace
+                        elif not current.done():
+                            # Signalled mid-cycle: no new incident work starts; in-flight writes
+                            # and their shadow commits get `grace` seconds.
+                            try:
+                                await asyncio.wait_for(asyncio.shield(current), timeout=grace)
+                            except TimeoutError:
+                                log.warning("shutdown_grace_expired", grace=grace)
+                                current.cancel()
+                        results = await current
+                    except asyncio.CancelledError:
+                        log.warning("cycle_cancelled", lease_lost=not lead.leading and not stop.is_set())
+                        break
+                    finally:
+                        stopper.cancel()
+                    code = _exit_code(results)
+                    cycles += 1
+                    lead.renew_file_lock()
+                    if max_cycles and cycles >= max_cycles:
+                        done = True
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lead.interrupted(stop), timeout=config.agent.poll_interval)
+                await lead.step_down()
     finally:
-        lock.release()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("agent_stopped", cycles=cycles)
@@ -267,3 +272,17 @@ async def check(config: Config) -> int:
         log.level = level
     failed, _total = render.checklist(items, sys.stdout)
     return ExitCode.TRANSIENT if failed else ExitCode.OK
+
+
+async def migrate_state(
+    config: Config, source: str | None, target: str | None, *, as_json: bool = False
+) -> int:
+    """Copy the whole state between SQLite and PostgreSQL (see :mod:`agent.migrate_state`)."""
+    from agent.migrate_state import migrate
+
+    report = await migrate(config, source, target)
+    if as_json:
+        render.json_out(report, sys.stdout)
+    else:
+        render.migrated(report, sys.stdout)
+    return ExitCode.OK

@@ -38,11 +38,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from agent.errors import ConfigError
 from agent.log import register_secret
 from agent.profiles import ITSM, PROFILES, TABLE_PROFILES, TableProfile
+from agent.store import StoreTarget, parse_target
 
 __all__ = [
     "CLASSIFICATIONS",
@@ -157,7 +158,11 @@ class Secret:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """``[agent]``: process-wide settings. Durations are seconds."""
+    """``[agent]``: process-wide settings. Durations are seconds.
+
+    ``state`` names the state store (``state_db`` is its SQLite path, or the default path when
+    the state is elsewhere); ``failover_timeout`` applies to a shared PostgreSQL state.
+    """
 
     state_db: Path
     poll_interval: float
@@ -178,6 +183,13 @@ class AgentSettings:
     comment_format: str
     writeback_label: bool
     enrichment_delay: float
+    failover_timeout: float = 30.0
+    store: StoreTarget | None = None  # set for a state other than a SQLite file
+
+    @property
+    def state(self) -> StoreTarget:
+        """The state store to open: ``store``, or the SQLite file ``state_db``."""
+        return self.store or StoreTarget("sqlite", str(self.state_db))
 
 
 @dataclass(frozen=True)
@@ -675,7 +687,9 @@ class _Section:
 
 # --- Section readers ------------------------------------------------------------------------
 
-_AGENT_KEYS = tuple(AgentSettings.__dataclass_fields__)
+_STATE_PG_KEYS = ("state_password_env", "state_password_file", "state_sslmode", "state_sslrootcert")
+_AGENT_KEYS = (*(k for k in AgentSettings.__dataclass_fields__ if k != "store"), "state", *_STATE_PG_KEYS)
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _OAUTH_KEYS = (
     "tenant_id",
     "client_id",
@@ -730,12 +744,70 @@ _NAMED_SECTIONS = ("oauth", "servicenow", "workspace", "owners", "assignment_gro
 _NO_DEFAULT_SECTION = "\x00"  # makes a literal [DEFAULT] an ordinary (and so unknown) section
 
 
+def _read_state(sec: _Section) -> StoreTarget:
+    """``state`` / ``state_db`` and, for PostgreSQL, its password and TLS keys."""
+    default = sec.resolve("sentinel-snow-sync.db")
+    if sec.is_set("state") and sec.is_set("state_db"):
+        sec.problem("state", "set either state or state_db (which means a SQLite file), not both")
+    key = "state" if sec.is_set("state") else "state_db"
+    if key == "state":
+        fallback = StoreTarget("sqlite", str(default))
+        target = sec.get("state", lambda text: parse_target(text, sec.resolve), fallback)
+    else:
+        target = StoreTarget("sqlite", str(sec.get("state_db", sec.resolve, default)))
+    if target.kind == "memory":
+        sec.problem(key, "memory: keeps nothing across restarts (it is for tests); use a file or postgresql://")
+    if target.path is not None and not target.path.parent.is_dir():
+        sec.problem(key, f"folder {target.path.parent} does not exist")
+    if target.kind != "postgresql":
+        for name in _STATE_PG_KEYS:
+            if sec.is_set(name):
+                sec.problem(name, "only for a shared state (state = postgresql://...)")
+        return target
+    return _postgres_target(sec, target.value)
+
+
+def _postgres_target(sec: _Section, url: str) -> StoreTarget:
+    """The URL with the TLS keys folded into its query (as libpq reads them) and the password."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name in ("sslmode", "sslrootcert"):
+        if sec.is_set(f"state_{name}"):
+            if name in query:
+                sec.problem(f"state_{name}", f"{name} is already in the URL; set it in one place")
+            query[name] = sec.text(f"state_{name}") or ""
+    mode = query.get("sslmode")
+    if mode is not None and mode not in _SSLMODES:
+        key = "state_sslmode" if sec.is_set("state_sslmode") else "state"
+        hint = _did_you_mean(mode, _SSLMODES)
+        sec.problem(key, f"sslmode {mode!r} is not one of {', '.join(_SSLMODES)}{hint}")
+    root = query.get("sslrootcert")
+    if root and root != "system":
+        key = "state_sslrootcert" if sec.is_set("state_sslrootcert") else "state"
+        path = sec.resolve(root)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            sec.problem(key, f"sslrootcert {path} is not a readable file")
+        query["sslrootcert"] = str(path)
+    if not parts.path.strip("/"):
+        sec.problem("state", "name the database: postgresql://user@host/dbname")
+    password = sec.secret("state_password")
+    if parts.password is not None:
+        if password is not None:
+            sec.problem("state", "the URL has a password and state_password_* is set; keep one")
+        password = Secret(unquote(parts.password))
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}@{host}")
+    # libpq decodes %XX in a URI but not "+": spaces stay %20.
+    url = urlunsplit(parts._replace(query=urlencode(query, safe="/:", quote_via=quote)))
+    return StoreTarget("postgresql", url, password)
+
+
 def _read_agent(sec: _Section) -> AgentSettings:
-    state_db = sec.get("state_db", sec.resolve, sec.resolve("sentinel-snow-sync.db"))
-    if not state_db.parent.is_dir():
-        sec.problem("state_db", f"folder {state_db.parent} does not exist")
+    state = _read_state(sec)
     return AgentSettings(
-        state_db=state_db,
+        state_db=state.path or sec.resolve("sentinel-snow-sync.db"),
+        store=None if state.kind == "sqlite" else state,
+        failover_timeout=sec.get("failover_timeout", _duration(3, 3600), 30.0),
         poll_interval=sec.get("poll_interval", _duration(0.1, 86400), 60.0),
         max_concurrency=sec.get("max_concurrency", _integer(1, 64), 8),
         # Sentinel's $top is capped at 1000 (REFERENCE A.7).

@@ -65,7 +65,8 @@ from agent.models import (
 )
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
-from agent.shadow import CommentLink, Link, Shadow
+from agent.shadow import CommentLink, Link
+from agent.store import Store
 
 COMMENT_NAMESPACE = uuid.UUID("9f3c2a71-4d8e-5b60-8e2f-6a1b7c0d9e42")
 """Namespace of the deterministic Sentinel comment ids. Never change it: ids already written
@@ -148,7 +149,7 @@ class Conversation:
         workspace: str,
         sentinel: SentinelClient,
         snow: ServiceNowClient,
-        shadow: Shadow,
+        shadow: Store,
         fields: Sequence[str],
         comment_field: str = "work_notes",
         comment_format: str = "text",

@@ -33,8 +33,9 @@ from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Link, Shadow
+from agent.shadow import Link
 from agent.snowquery import Q
+from agent.store import Store
 
 REDIRECTED = "redirected"
 EXTRA_MERGED_INTO = "merged_into"
@@ -68,7 +69,7 @@ class Merges:
     workspace: str
     sentinel: SentinelClient
     snow: ServiceNowClient
-    shadow: Shadow
+    shadow: Store
     maps: mapping.Maps
     fields: Sequence[str]
     scope: Q

@@ -59,8 +59,9 @@ from agent.reconcile import Plan, Policy, plan
 from agent.routing import Routing
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Link, Shadow, Watermark
+from agent.shadow import Link, Watermark
 from agent.snowquery import Q
+from agent.store import Store
 
 SNOW_FIELDS_BASE = (
     "sys_id",
@@ -139,7 +140,7 @@ class WorkspaceSync:
         instance: ServiceNowInstance,
         sentinel: SentinelClient,
         snow: ServiceNowClient,
-        shadow: Shadow,
+        shadow: Store,
         *,
         calls: Callable[[], int] | None = None,
     ) -> None:

@@ -20,9 +20,11 @@
     ├── SyncError              the engine refused to go on for one workspace
     │   └── SafetyValveTripped a safety check failed before any write; needs --force; exit 7
     ├── LockHeld               another agent holds the state database (or the lease)
+    │   └── LeaseLost          this agent's lease ran out: it must stop writing anywhere
     └── StoreError             the state store refused a write (a bug or a lost lease: stops the cycle)
         ├── DuplicateKey       a second link for one ticket, a comment or journal entry linked twice
-        └── Fenced             a newer leader holds the lease: this agent's commit was refused
+        ├── Fenced             a newer leader holds the lease: this agent's commit was refused
+        └── StoreUnavailable   the state database cannot be reached (the next call reconnects)
 
 Remote and data errors are about one incident: the engine records them as that incident's
 failure and retries it with backoff. Anything else raised while syncing an incident is a bug
@@ -196,6 +198,11 @@ class LockHeld(AgentError):
     """Another agent process holds the state database lock."""
 
 
+class LeaseLost(LockHeld):
+    """This agent's lease as leader ran out (or another agent took it): no remote write may
+    start and no state may be committed; the agent goes back to standby."""
+
+
 class StoreError(AgentError):
     """The state store refused an operation. Neither remote nor data: it stops the cycle."""
 
@@ -212,3 +219,8 @@ class Fenced(StoreError):
         self.epoch = epoch
         self.current = current
         super().__init__(f"lease epoch {epoch} was superseded by epoch {current}: another agent leads now")
+
+
+class StoreUnavailable(StoreError):
+    """The state database could not be reached or dropped the connection; nothing was half-written
+    (every write is one transaction) and the next call reconnects."""

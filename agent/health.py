@@ -7,6 +7,8 @@
 * ``GET /readyz``: 200 when every enabled workspace had a successful cycle within
   2 x ``poll_interval`` and its ServiceNow instance is not paused by a rate limit (REFERENCE
   E.8); otherwise 503 with a JSON body naming the lagging workspaces and the paused instances.
+  A standby agent (a shared PostgreSQL state, another agent leads) answers 200 with the body
+  ``standby``: it is healthy and ready to take over, so a load balancer must not replace it.
 
 Plain HTTP: bind it to 127.0.0.1 (or a management interface) and let the local Prometheus
 agent or a reverse proxy carry it further. It serves numbers, never incident data or secrets.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -31,6 +33,9 @@ from agent.log import log
 from agent.metrics import AgentMetrics, HttpSource, TokenSource
 from agent.pause import iso as pause_iso
 from agent.runtime import Runtime
+
+if TYPE_CHECKING:
+    from agent.leadership import Leadership
 
 
 class Readiness:
@@ -90,10 +95,17 @@ class Readiness:
 class Operations:
     """Metrics, health and readiness for one ``run``: an aiohttp server inside the agent process."""
 
-    def __init__(self, config: Config, rt: Runtime, workspaces: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rt: Runtime,
+        workspaces: Sequence[str] | None = None,
+        lead: Leadership | None = None,
+    ) -> None:
         assert config.agent.metrics_listen is not None
         self.config = config
         self.rt = rt
+        self.lead = lead
         self.host, self.port = config.agent.metrics_listen
         enabled = {
             name: ws.servicenow
@@ -108,6 +120,7 @@ class Operations:
             http=self._http_sources,
             tokens=self._token_sources,
             pauses=self._pauses,
+            leadership=self._leadership,
         )
         self.readiness = Readiness(
             list(enabled), config.agent.poll_interval, instance_of=enabled, pauses=self._pauses
@@ -115,6 +128,11 @@ class Operations:
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.url = ""
+
+    def _leadership(self) -> tuple[bool, int]:
+        if self.lead is None:
+            return True, 0
+        return self.lead.leading, self.lead.transitions
 
     def _http_sources(self) -> Iterator[HttpSource]:
         for name, http in self.rt.arm.items():
@@ -152,6 +170,8 @@ class Operations:
         return _json({"status": "ok", "uptime_seconds": round(time.monotonic() - self.started, 1)}, 200)
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self.lead is not None and not self.lead.leading:
+            return web.Response(text="standby", status=200)
         ready, body = self.readiness.report()
         return _json(body, 200 if ready else 503)
 
@@ -189,13 +209,13 @@ class Operations:
 
 @contextlib.asynccontextmanager
 async def operations(
-    config: Config, rt: Runtime, workspaces: Sequence[str] | None = None
+    config: Config, rt: Runtime, workspaces: Sequence[str] | None = None, lead: Leadership | None = None
 ) -> AsyncIterator[Operations | None]:
     """Serve metrics and health while the block runs; yields ``None`` when metrics are off."""
     if config.agent.metrics_listen is None:
         yield None
         return
-    ops = Operations(config, rt, workspaces)
+    ops = Operations(config, rt, workspaces, lead)
     await ops.start()
     try:
         yield ops

@@ -440,6 +440,9 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._proxies: dict[tuple[str, str | None, int | None], _Proxy] = {}
+        # Called before every request that is not a GET/HEAD (retries included); it raises to
+        # refuse the write, e.g. when this agent no longer holds the leader lease.
+        self.write_gate: Callable[[], None] | None = None
 
     # -- lifecycle --
 
@@ -592,6 +595,8 @@ class HttpClient:
         payload: bytes | Mapping[str, str] | None,
         headers: dict[str, str],
     ) -> tuple[int, CIMultiDict[str], bytes]:
+        if self.write_gate is not None and method not in ("GET", "HEAD"):
+            self.write_gate()
         session = self._get_session()
         proxy, proxy_auth = self._proxy_for(target)
         self.requests += 1

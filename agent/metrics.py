@@ -30,7 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from agent import __version__
 from agent.http import HttpClient
-from agent.shadow import Shadow
+from agent.store import Store
 from agent.valves import CHECKS
 
 PREFIX = "sentinel_snow_sync"
@@ -85,6 +85,8 @@ METRICS: Mapping[str, str] = {
     f"{PREFIX}_rate_limit_pause_until_timestamp_seconds": (
         "gauge {client}: Unix time the rate-limit pause of that ServiceNow instance ends, 0 when none"
     ),
+    f"{PREFIX}_leader": "gauge: 1 while this agent leads (writes), 0 while it waits as standby",
+    f"{PREFIX}_lease_transitions_total": "counter: times this agent took or lost the leader lease",
 }
 """Every metric the agent exports (besides the standard ``process_*``/``python_*``), with its help."""
 
@@ -128,6 +130,7 @@ class AgentMetrics:
         http: Callable[[], Iterable[HttpSource]] = tuple,
         tokens: Callable[[], Iterable[TokenSource]] = tuple,
         pauses: Callable[[], Mapping[str, float]] = dict,
+        leadership: Callable[[], tuple[bool, int]] = lambda: (True, 0),
         clock: Callable[[], float] = time.time,
         process: bool = True,
     ) -> None:
@@ -189,6 +192,7 @@ class AgentMetrics:
         registry.register(self.shadow_view)
         registry.register(_HttpCollector(http, tokens))
         registry.register(_PauseCollector(pauses))
+        registry.register(_LeaderCollector(leadership))
         if process:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
@@ -229,7 +233,7 @@ class AgentMetrics:
 
     # -- the shadow --
 
-    async def refresh(self, shadow: Shadow) -> None:
+    async def refresh(self, shadow: Store) -> None:
         """Read links, failures and watermarks of every workspace (called before each scrape)."""
         now = datetime.fromtimestamp(self._clock(), UTC)
         rows: list[tuple[str, str, dict[str, float]]] = []
@@ -271,6 +275,20 @@ class _ShadowView:
                     lag.add_metric([workspace, side], values[f"lag:{side}"])
         yield from families.values()
         yield lag
+
+
+class _LeaderCollector:
+    """Leader or standby, and how often that changed (read when Prometheus scrapes)."""
+
+    def __init__(self, leadership: Callable[[], tuple[bool, int]]) -> None:
+        self._leadership = leadership
+
+    def collect(self) -> Iterator[Metric]:
+        leading, transitions = self._leadership()
+        yield GaugeMetricFamily(f"{PREFIX}_leader", _help("leader"), value=1.0 if leading else 0.0)
+        yield CounterMetricFamily(
+            f"{PREFIX}_lease_transitions", _help("lease_transitions_total"), value=transitions
+        )
 
 
 class _HttpCollector:

@@ -23,7 +23,7 @@ import orjson
 
 from agent.errors import InstancePaused
 from agent.log import log
-from agent.shadow import Shadow
+from agent.store import Store
 
 MARK_PAUSE = "rate_limit_pause"
 """Instance-wide mark (workspace ""): ``{"until": <epoch>, "reason": <text>}``."""
@@ -88,7 +88,7 @@ class PauseGate:
 
     # -- persistence --
 
-    async def load(self, shadow: Shadow) -> None:
+    async def load(self, shadow: Store) -> None:
         """Take over a pause an earlier run saved (it still holds if its end is in the future)."""
         mark = await shadow.get_mark(self.instance, "", MARK_PAUSE)
         if mark is None:
@@ -104,7 +104,7 @@ class PauseGate:
         if self.active():
             log.info("snow_rate_limit_pause_resumed", instance=self.instance, until=iso(until))
 
-    async def save(self, shadow: Shadow) -> None:
+    async def save(self, shadow: Store) -> None:
         """Write the pause to the state database when it changed (a pause that ended is removed)."""
         current = (self.until, self.reason) if self.active() else (0.0, "")
         if current == self._saved:
@@ -118,7 +118,7 @@ class PauseGate:
         self._saved = current
 
 
-async def saved_pause(shadow: Shadow, instance: str, now: float | None = None) -> tuple[float, str] | None:
+async def saved_pause(shadow: Store, instance: str, now: float | None = None) -> tuple[float, str] | None:
     """``(until, reason)`` of a pause kept for ``instance`` that has not ended yet, else None."""
     mark = await shadow.get_mark(instance, "", MARK_PAUSE)
     if mark is None:

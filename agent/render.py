@@ -48,11 +48,29 @@ def checklist(items: Iterable[Item], out: IO[str]) -> tuple[int, int]:
 # --- status -----------------------------------------------------------------------------------
 
 
+def _roles(report: dict[str, Any], out: IO[str]) -> None:
+    """A shared (PostgreSQL) state: who leads, who waits as standby."""
+    leader = report["leader"]
+    if leader is None:
+        out.write("leader: none yet\n")
+    else:
+        state = "" if leader["live"] else f" (lease expired {leader['lease_expires']}: none leads now)"
+        who = f"pid {leader['pid']} on {leader['host']}"
+        out.write(f"leader: {who} since {leader['since']}, epoch {leader['epoch']}{state}\n")
+    for s in report["standby"]:
+        out.write(f"standby: pid {s['pid']} on {s['host']} since {s['since']}, last seen {s['seen']}\n")
+    if not report["standby"]:
+        out.write("standby: none\n")
+
+
+
 def status(report: dict[str, Any], out: IO[str]) -> None:
     """The status report for a person: one block per workspace."""
     agent = report.get("agent") or {}
     running = f"yes (pid {agent.get('pid')} on {agent.get('host')})" if report["agent_running"] else "no"
     out.write(f"agent running: {running}\nstate: {report['state_db']}\n")
+    if "leader" in report:
+        _roles(report, out)
     for instance, pause in report.get("servicenow_paused", {}).items():
         out.write(
             f"servicenow:{instance} PAUSED until {pause['until']}: its hourly rate limit is used up "
@@ -172,3 +190,13 @@ def unlink(report: UnlinkReport, out: IO[str]) -> None:
         out.write(f"[{report.workspace}] {d['incident']}{number}: {d['result']}\n")
     if not report.undo and report.incidents:
         out.write(f"[{report.workspace}] both records are kept; the agent no longer syncs them\n")
+
+
+# --- migrate-state ----------------------------------------------------------------------------
+
+
+def migrated(report: dict[str, Any], out: IO[str]) -> None:
+    """What ``migrate-state`` copied, table by table (counted on both sides)."""
+    out.write(f"copied {report['from']} -> {report['to']}, counts verified:\n")
+    for table, count in report["rows"].items():
+        out.write(f"  {table:<14} {count}\n")

@@ -34,12 +34,13 @@ from agent import mapping
 from agent.config import Config
 from agent.engine import WorkspaceSync
 from agent.errors import ConfigError, DataError, NotFound
-from agent.lock import StateLock
+from agent.leadership import exclusive
 from agent.log import log
 from agent.models import SentinelIncident, SnowRecord
 from agent.reconcile import plan
 from agent.runtime import Runtime
-from agent.shadow import Link, Shadow
+from agent.shadow import Link
+from agent.store import Store, open_store
 from agent.watermarks import known
 
 AGREE = "no_base_agree"
@@ -117,19 +118,19 @@ async def resync(
 ) -> ResyncReport:
     """Rebuild the shadow's links from both sides by unique key (see the module docstring)."""
     known(config, workspaces or [])
-    with StateLock(config.agent.state_db):
-        async with Runtime(config) as rt:
-            syncs = rt.syncs(workspaces)
-            disabled = [w for w in workspaces or () if not config.workspaces[w].enabled]
-            if disabled:
-                raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
-            assert rt.shadow is not None
-            reports, unmatched = await _resync(syncs, rt.shadow, dry_run=dry_run)
+    async with exclusive(config) as lead, Runtime(config) as rt:
+        lead.bind(rt)
+        syncs = rt.syncs(workspaces)
+        disabled = [w for w in workspaces or () if not config.workspaces[w].enabled]
+        if disabled:
+            raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
+        assert rt.shadow is not None
+        reports, unmatched = await _resync(syncs, rt.shadow, dry_run=dry_run)
     return ResyncReport(dry_run, config.agent.conflict_policy, reports, unmatched)
 
 
 async def _resync(
-    syncs: Sequence[WorkspaceSync], shadow: Shadow, *, dry_run: bool
+    syncs: Sequence[WorkspaceSync], shadow: Store, *, dry_run: bool
 ) -> tuple[list[WorkspaceReport], list[Unmatched]]:
     reports: list[WorkspaceReport] = []
     pool: dict[tuple[str, str], SnowRecord] = {}  # (instance, sys_id) -> not placed by any workspace
@@ -171,7 +172,7 @@ async def _resync(
 
 async def _match(
     sync: WorkspaceSync,
-    shadow: Shadow,
+    shadow: Store,
     records: Sequence[SnowRecord],
     incidents: dict[str, SentinelIncident],
     report: WorkspaceReport,
@@ -291,30 +292,30 @@ async def unlink(
     inst = config.workspaces[workspace].servicenow
     now = datetime.now(UTC)
     done: list[dict[str, str]] = []
-    with StateLock(config.agent.state_db):
-        async with await Shadow.open(config.agent.state_db) as shadow:
-            names = await _names(shadow, inst, workspace, incidents, every=every, undo=undo)
-            for name in names:
-                if undo:
-                    forgot = await shadow.forget_unlinked(inst, workspace, name)
-                    result = "may be linked again" if forgot else "was not unlinked"
-                    done.append({"incident": name, "result": result})
-                    continue
-                link = await shadow.unlink(inst, workspace, name, reason=UNLINK_REASON, now=now)
-                done.append(
-                    {
-                        "incident": name,
-                        "number": link.number if link else "",
-                        "result": "unlinked" if link else "had no ticket; none will be created",
-                    }
-                )
-                number = link.number if link else None
-                log.info("link_removed", workspace=workspace, incident=name, snow_number=number)
+    async with exclusive(config) as lead, await open_store(config.agent.state) as shadow:
+        lead.fence(shadow)
+        names = await _names(shadow, inst, workspace, incidents, every=every, undo=undo)
+        for name in names:
+            if undo:
+                forgot = await shadow.forget_unlinked(inst, workspace, name)
+                result = "may be linked again" if forgot else "was not unlinked"
+                done.append({"incident": name, "result": result})
+                continue
+            link = await shadow.unlink(inst, workspace, name, reason=UNLINK_REASON, now=now)
+            done.append(
+                {
+                    "incident": name,
+                    "number": link.number if link else "",
+                    "result": "unlinked" if link else "had no ticket; none will be created",
+                }
+            )
+            number = link.number if link else None
+            log.info("link_removed", workspace=workspace, incident=name, snow_number=number)
     return UnlinkReport(workspace, undo, done)
 
 
 async def _names(
-    shadow: Shadow, instance: str, workspace: str, given: Sequence[str], *, every: bool, undo: bool
+    shadow: Store, instance: str, workspace: str, given: Sequence[str], *, every: bool, undo: bool
 ) -> list[str]:
     if every:
         if undo:

@@ -36,8 +36,9 @@ from agent.errors import PermanentError, RemoteError
 from agent.log import bind, log
 from agent.models import SentinelIncident, SnowRecord
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Link, Shadow
+from agent.shadow import Link
 from agent.snowquery import Q
+from agent.store import Store
 
 EXTRA_GROUP = "assignment_group"
 """``Link.extra`` key: the group name routing chose last ("" when none applied)."""
@@ -145,7 +146,7 @@ class Routing:
 
     async def follow(
         self,
-        shadow: Shadow,
+        shadow: Store,
         incidents: Iterable[SentinelIncident],
         fields: Sequence[str],
         sem: asyncio.Semaphore,
@@ -167,7 +168,7 @@ class Routing:
         return sum(await asyncio.gather(*(one(link) for link in links.values())))
 
     async def _follow_one(
-        self, shadow: Shadow, link: Link, incident: SentinelIncident, fields: Sequence[str]
+        self, shadow: Store, link: Link, incident: SentinelIncident, fields: Sequence[str]
     ) -> int:
         name = self.group_name(incident) or ""
         known = link.extra.get(EXTRA_GROUP)

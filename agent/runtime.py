@@ -18,7 +18,7 @@ from agent.pause import PauseGate
 from agent.retry import RetryPolicy
 from agent.sentinel import SentinelClient
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Shadow
+from agent.store import Store, open_store
 
 
 class Runtime:
@@ -27,7 +27,7 @@ class Runtime:
     def __init__(self, config: Config, *, retry: RetryPolicy | None = None) -> None:
         self.config = config
         self.retry = retry or RetryPolicy()
-        self.shadow: Shadow | None = None
+        self.shadow: Store | None = None
         self.arm: dict[str, HttpClient] = {}
         self.snow_http: dict[str, HttpClient] = {}
         self.entra: dict[str, EntraAuth] = {}
@@ -82,7 +82,7 @@ class Runtime:
             )
             self.snow_http[name] = http
             self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)
-        self.shadow = await Shadow.open(cfg.agent.state_db)
+        self.shadow = await open_store(cfg.agent.state)
         for gate in self.snow_gates.values():
             await gate.load(self.shadow)  # a rate-limit pause an earlier run began (REFERENCE E.8)
 

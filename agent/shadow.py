@@ -39,7 +39,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from agent.errors import ConfigError, DuplicateKey
+from agent.errors import ConfigError
 from agent.store.records import (
     COMMENT_STATES,
     CONFLICTS_KEPT,
@@ -56,6 +56,7 @@ from agent.store.records import (
     check_comment,
     check_side,
     check_state,
+    duplicate,
 )
 
 __all__ = [
@@ -743,6 +744,48 @@ class Shadow:
         )
         return _dt_req(rows[0]["finished"]) if rows else None
 
+    # --- whole-state copy (migrate-state) ---------------------------------------------------------
+
+    async def tables(self) -> dict[str, list[str]]:
+        """Every data table and its columns (see :mod:`agent.store.transfer`)."""
+        rows = await self._read(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%' "
+            "AND name != 'schema_version' ORDER BY name"
+        )
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            cols = await self._read(f"PRAGMA table_info({row['name']})")
+            out[row["name"]] = [c["name"] for c in cols if not (c["pk"] and c["type"] == "INTEGER")]
+        return out
+
+    async def export_rows(self, table: str, columns: Sequence[str]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The rows of ``table`` in insertion order, a page at a time, as stored (text times, JSON text)."""
+        after = -1
+        while True:
+            rows = await self._read(
+                f"SELECT rowid AS rowid_, {', '.join(columns)} FROM {table} WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?",
+                (after, CHUNK),
+            )
+            if rows:
+                yield [{c: row[c] for c in columns} for row in rows]
+            if len(rows) < CHUNK:
+                return
+            after = rows[-1]["rowid_"]
+
+    async def import_rows(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows as :meth:`export_rows` gives them, in one transaction."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        async with self._batch() as db:
+            await db.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
+
+    async def count_rows(self, table: str) -> int:
+        rows = await self._read(f"SELECT count(*) AS n FROM {table}")
+        return int(rows[0]["n"])
+
     # --- plumbing -------------------------------------------------------------------------------
 
     async def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[sqlite3.Row]:
@@ -767,7 +810,7 @@ class Shadow:
                 # aiosqlite has no public call for "run this in the connection's thread".
                 await self._db._execute(_run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
             except sqlite3.IntegrityError as exc:
-                raise DuplicateKey(str(exc)) from exc
+                raise duplicate(str(exc)) from exc
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -781,7 +824,7 @@ class Shadow:
                 if self._db.in_transaction:
                     await self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.IntegrityError):
-                    raise DuplicateKey(str(exc)) from exc
+                    raise duplicate(str(exc)) from exc
                 raise
 
 

@@ -24,8 +24,8 @@ from agent.errors import ConfigError
 from agent.log import log
 from agent.models import SnowRecord
 from agent.servicenow import ServiceNowClient
-from agent.shadow import Shadow
 from agent.snowquery import Q
+from agent.store import Store
 
 MARK_FIELDS = "fields_proven"
 """Instance-wide mark (workspace ""): ``<digest of table and fields>`` when every field was seen."""
@@ -90,7 +90,7 @@ def _digest(inst: ServiceNowInstance, fields: Mapping[str, str]) -> str:
 
 
 async def ensure(
-    config: Config, inst: ServiceNowInstance, snow: ServiceNowClient, shadow: Shadow, now: datetime
+    config: Config, inst: ServiceNowInstance, snow: ServiceNowClient, shadow: Store, now: datetime
 ) -> None:
     """Prove the configured fields exist (at most once a day per configuration).
 
@@ -115,7 +115,7 @@ async def ensure_from_created(
     config: Config,
     inst: ServiceNowInstance,
     snow: ServiceNowClient,
-    shadow: Shadow,
+    shadow: Store,
     record: SnowRecord,
     now: datetime,
 ) -> None:
@@ -132,7 +132,7 @@ async def ensure_from_created(
 async def _conclude(
     inst: ServiceNowInstance,
     snow: ServiceNowClient,
-    shadow: Shadow,
+    shadow: Store,
     fields: Mapping[str, str],
     missing: Mapping[str, str],
     now: datetime,

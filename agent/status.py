@@ -15,25 +15,35 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
+from agent.leadership import new_lease, shared
 from agent.lock import StateLock
 from agent.pause import iso as pause_iso
 from agent.pause import saved_pause
-from agent.shadow import Shadow
+from agent.store import open_store
 
 
 async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]:
     """The status report as plain JSON-ready data (``status --json`` prints exactly this)."""
     now = now or datetime.now(UTC)
-    lock = StateLock(config.agent.state_db)
-    running = lock.held_by_other()
+    if shared(config):
+        roles = await leaders(config)
+        running = roles["leader"] is not None and roles["leader"]["live"]
+        agent = roles["leader"] if running else None
+    else:
+        lock = StateLock(config.agent.state_db)
+        running = lock.held_by_other()
+        agent = _holder(lock) if running else None
+        roles = None
     report: dict[str, Any] = {
         "agent_running": running,
-        "agent": _holder(lock) if running else None,
-        "state_db": str(config.agent.state_db),
+        "agent": agent,
+        "state_db": config.agent.state.location if shared(config) else str(config.agent.state_db),
         "servicenow_paused": {},
         "workspaces": {},
     }
-    async with await Shadow.open(config.agent.state_db) as shadow:
+    if roles is not None:
+        report["leader"], report["standby"] = roles["leader"], roles["standby"]
+    async with await open_store(config.agent.state) as shadow:
         for instance in config.servicenow:
             pause = await saved_pause(shadow, instance, now.timestamp())
             if pause is not None:  # REFERENCE E.8: the instance's hourly rate limit is used up
@@ -80,6 +90,32 @@ async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]
                 ],
             }
     return report
+
+
+async def leaders(config: Config) -> dict[str, Any]:
+    """Who leads a shared state (host, pid, since, epoch, live) and which agents wait as standby."""
+    lease = new_lease(config)
+    try:
+        holder = await lease.holder()
+        standby = [a for a in await lease.agents() if a.role == "standby"]
+    finally:
+        await lease.close()
+    leader = None
+    if holder is not None:
+        leader = {
+            "host": holder.host,
+            "pid": holder.pid,
+            "since": _iso(holder.since),
+            "epoch": holder.epoch,
+            "live": holder.live,
+            "lease_expires": _iso(holder.expires_at),
+        }
+    return {
+        "leader": leader,
+        "standby": [
+            {"host": a.host, "pid": a.pid, "since": _iso(a.started), "seen": _iso(a.seen)} for a in standby
+        ],
+    }
 
 
 def _cycle(last: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from agent.shadow import Shadow
+from agent.store import Store
 
 MARK_LAST_SWEEP = "last_sweep"
 MARK_LAST_OPEN_CHECK = "last_open_check"
 
 
 async def due(
-    shadow: Shadow, instance: str, workspace: str, interval: float, now: datetime, *, record: bool
+    shadow: Store, instance: str, workspace: str, interval: float, now: datetime, *, record: bool
 ) -> bool:
     """Whether a periodic sweep is due; starts the clock (when ``record``) if none ran yet."""
     mark = await shadow.get_mark(instance, workspace, MARK_LAST_SWEEP)
@@ -42,13 +42,13 @@ async def due(
     return now - datetime.fromisoformat(mark[0]) >= timedelta(seconds=interval)
 
 
-async def done(shadow: Shadow, instance: str, workspace: str, now: datetime) -> None:
+async def done(shadow: Store, instance: str, workspace: str, now: datetime) -> None:
     """Remember that a sweep of this workspace completed at ``now``."""
     await shadow.set_mark(instance, workspace, MARK_LAST_SWEEP, now.isoformat(), now=now)
 
 
 async def open_check_due(
-    shadow: Shadow, instance: str, workspace: str, interval: float, now: datetime
+    shadow: Store, instance: str, workspace: str, interval: float, now: datetime
 ) -> bool:
     """Whether the open incidents are due to be listed in full (``[agent] open_check_interval``;
     0 = every cycle). The first cycle of a workspace runs one."""
@@ -56,6 +56,6 @@ async def open_check_due(
     return mark is None or now - datetime.fromisoformat(mark[0]) >= timedelta(seconds=interval)
 
 
-async def open_check_done(shadow: Shadow, instance: str, workspace: str, now: datetime) -> None:
+async def open_check_done(shadow: Store, instance: str, workspace: str, now: datetime) -> None:
     """Remember that the open incidents of this workspace were listed at ``now``."""
     await shadow.set_mark(instance, workspace, MARK_LAST_OPEN_CHECK, now.isoformat(), now=now)

@@ -28,10 +28,11 @@ from typing import Any
 
 from agent.config import Config
 from agent.engine import CycleStats
-from agent.errors import ConfigError, LockHeld
-from agent.lock import StateLock
+from agent.errors import ConfigError, LeaseLost, LockHeld
+from agent.leadership import exclusive
 from agent.log import log
-from agent.shadow import Shadow, Watermark
+from agent.shadow import Watermark
+from agent.store import open_store
 
 SIDES = ("sentinel", "servicenow")
 FUTURE_SLACK = timedelta(minutes=5)  # clock skew between the operator's host and the agent's
@@ -63,7 +64,7 @@ async def show(config: Config, workspace: str | None) -> dict[str, Any]:
     known(config, names)
     now = datetime.now(UTC)
     report: dict[str, Any] = {}
-    async with await Shadow.open(config.agent.state_db) as shadow:
+    async with await open_store(config.agent.state) as shadow:
         for name in names:
             inst = config.workspaces[name].servicenow
             marks = {side: await shadow.get_watermark(inst, name, side) for side in SIDES}
@@ -96,17 +97,14 @@ async def set_(
     known(config, [workspace])
     now = datetime.now(UTC)
     _check_request(modified, created, side, now)
-    lock = StateLock(config.agent.state_db)
     try:
-        lock.acquire()
+        async with exclusive(config):
+            lines = await _apply(config, workspace, modified=modified, created=created, side=side, now=now)
     except LockHeld as exc:
-        if not force:
+        if not force or isinstance(exc, LeaseLost):
             raise LockHeld(f"{exc}; stop the agent first, or use --force") from None
         log.warning("watermark_set_forced", workspace=workspace, message=str(exc))
-    try:
         lines = await _apply(config, workspace, modified=modified, created=created, side=side, now=now)
-    finally:
-        lock.release()
     return WatermarkMove(workspace, lines, config.workspaces[workspace].enabled)
 
 
@@ -139,7 +137,7 @@ async def _apply(
     overlap = timedelta(seconds=config.agent.overlap)
     sides = SIDES if side == "both" else (side,)
     lines: list[str] = []
-    async with await Shadow.open(config.agent.state_db) as shadow:
+    async with await open_store(config.agent.state) as shadow:
         before = {s: await shadow.get_watermark(inst, workspace, s) for s in SIDES}
         targets: dict[str, datetime] = {}
         if modified is not None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ from hypothesis import settings
 from agent.emulators.stack import EmulatorStack
 from tests.e2e import Env
 from tests.ops_run import OpsRun, capture
+from tests.pg import Cluster, cluster
 from tests.sentinel_spec import require_spec
 
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -52,3 +53,10 @@ def assert_no_silent_drops(stack: EmulatorStack) -> None:
 def ops_run(tmp_path_factory: pytest.TempPathFactory) -> OpsRun:
     """One real ``run`` of the agent against the emulators, for the operations kit's tests."""
     return capture(tmp_path_factory.mktemp("ops-run"))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """A throw-away PostgreSQL server for the whole test session (see tests/pg.py)."""
+    with cluster() as running:
+        yield running

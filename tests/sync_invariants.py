@@ -95,6 +95,38 @@ def read_shadow(path: Path, instance: str = "default") -> tuple[list[ShadowLink]
         db.close()
 
 
+def read_postgres(config: Config, instance: str = "default") -> tuple[list[ShadowLink], int]:
+    """:func:`read_shadow` for a PostgreSQL state (a blocking read: the emulators stand still)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    target = config.agent.state
+    password = target.password.reveal() if target.password else None
+    with psycopg.connect(target.value, password=password, row_factory=dict_row, connect_timeout=10) as db:
+        links = [
+            ShadowLink(
+                workspace=row["workspace"],
+                incident=row["incident"],
+                sys_id=row["sys_id"],
+                number=row["number"],
+                fields={k: (str(v[0]), str(v[1])) for k, v in row["fields"].items()},
+                sentinel_etag=row["sentinel_etag"],
+                snow_mod_count=row["snow_mod_count"],
+                open=bool(row["open"]),
+                created_at=row["created_at"],
+            )
+            for row in db.execute("SELECT * FROM links WHERE instance = %s", (instance,))
+        ]
+        row = db.execute("SELECT count(*) AS n FROM comment_links").fetchone()
+        return links, int(row["n"]) if row else 0
+
+
+def read_state(config: Config, instance: str = "default") -> tuple[list[ShadowLink], int]:
+    if config.agent.state.kind == "postgresql":
+        return read_postgres(config, instance)
+    return read_shadow(config.agent.state_db, instance)
+
+
 class Checker:
     """Checks one stack + config + state database (one ServiceNow instance)."""
 
@@ -127,7 +159,7 @@ class Checker:
         comment links. ``strict_shadow`` also requires etag / mod count to be the current ones
         (true once a fault-free cycle found nothing to do)."""
         found = Findings()
-        links, comment_links = read_shadow(self.config.agent.state_db, self.instance)
+        links, comment_links = read_state(self.config, self.instance)
         found.comment_links = comment_links
         comments_on = comment_links > 0 if comments is None else comments
         found.links = len(links)

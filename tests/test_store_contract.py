@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import Secret
 from agent.shadow import Shadow
 from agent.store import Store, StoreTarget, open_store, parse_target
 from agent.store.memory import MemoryStore
+from agent.store.postgres import PostgresStore
 from tests.contract.store import StoreTests
+from tests.pg import Cluster
 
 
 class TestSqliteStore(StoreTests):
@@ -103,3 +106,27 @@ async def test_a_bad_factory_is_a_config_error() -> None:
 
 async def make_nothing(arg: str) -> object:
     return object()
+
+
+class TestPostgresStore(StoreTests):
+    TABLES = "links, comment_links, watermarks, failures, conflict_log, cycles, marks, unlinked"
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def database(cls, pg_cluster: Cluster) -> tuple[str, str]:
+        url, _user, password = pg_cluster.database("contract")
+        return url, password
+
+    @pytest.fixture
+    async def store(self, database: tuple[str, str]) -> AsyncIterator[Store]:
+        url, password = database
+        async with await open_store(StoreTarget("postgresql", url, Secret(password))) as s:
+            assert isinstance(s, PostgresStore)
+            async with s._write() as conn:
+                await conn.execute(f"TRUNCATE {self.TABLES} RESTART IDENTITY")
+            yield s
+
+    async def cycles_kept(self, store: Store) -> int:
+        assert isinstance(store, PostgresStore)
+        [row] = await store._read("SELECT count(*) AS n FROM cycles")
+        return int(row["n"])

@@ -35,6 +35,7 @@ from agent.config import load_config
 from agent.engine import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
 from agent.log import log
 from agent.runtime import Runtime
+from agent.shadow import Shadow
 
 
 def peak_rss_mb() -> float:
@@ -108,7 +109,7 @@ async def serve(config_path: Path) -> None:
     log.configure(level="warning", stream=sys.stderr)
     loop = asyncio.get_running_loop()
     async with Runtime(config) as rt:
-        assert rt.shadow is not None
+        assert isinstance(rt.shadow, Shadow)  # the bench times the SQLite store's lock
         lock = rt.shadow._lock = TimedLock()
         syncs = rt.syncs()
         pollers: list[PollingSync] | None = None

@@ -27,18 +27,21 @@ from agent.errors import ConfigError
 from agent.store.base import Store
 
 if TYPE_CHECKING:
-    from agent.config import Secret
     from agent.shadow import Shadow
     from agent.store.memory import MemoryStore
+    from agent.store.postgres import PostgresStore
+    from agent.store.records import Secret
 
-    def _implementations(sqlite: Shadow, memory: MemoryStore) -> list[Store]:
-        return [sqlite, memory]  # mypy checks here that each one satisfies the Protocol
+    def _implementations(sqlite: Shadow, memory: MemoryStore, postgres: PostgresStore) -> list[Store]:
+        return [sqlite, memory, postgres]  # mypy checks here that each one satisfies the Protocol
+
 
 __all__ = ["STORES", "Store", "StoreTarget", "open_store", "parse_target"]
 
 STORES: dict[str, str] = {
     "sqlite": "agent.shadow:Shadow.open",
     "memory": "agent.store.memory:MemoryStore.open",
+    "postgresql": "agent.store.postgres:PostgresStore.open",
 }
 """Built-in kinds -> ``module:attribute`` of an async ``open(target_text)``."""
 

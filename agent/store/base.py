@@ -181,8 +181,11 @@ class Store(Protocol):
         now: datetime,
         base_delay: float = 60.0,
         max_delay: float = 6 * 3600,
+        grace: int = 0,
     ) -> datetime:
-        """Count one more failure; returns the next try, ``now + min(max_delay, base_delay * 2**(n-1))``."""
+        """Count one more failure; returns the next try, ``now + min(max_delay, base_delay * 2**(n-1))``,
+        or ``now`` for the first ``grace`` failures in a row (the exponent then counts from the
+        first failure after the grace)."""
         ...
 
     async def clear_failure(self, instance: str, workspace: str, incident: str) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from agent.errors import DuplicateKey
 from agent.store import records as R
 from agent.store.records import UNSET, CommentLink, Failure, Link, Tombstone, Unset, Watermark
 
@@ -205,7 +204,7 @@ class MemoryStore:
             if c.sentinel_comment == link.sentinel_comment:
                 if new_id != c.journal_sys_id:
                     if (c.instance, new_id) in self._journals:
-                        raise DuplicateKey(f"journal entry {new_id} is already linked")
+                        raise R.duplicate(f"comment_links.journal_sys_id {new_id}")
                     self._journals.discard((c.instance, c.journal_sys_id))
                     self._journals.add((c.instance, new_id))
                 rows[i] = replace(c, state=state, journal_sys_id=new_id)
@@ -276,11 +275,13 @@ class MemoryStore:
         now: datetime,
         base_delay: float = 60.0,
         max_delay: float = 6 * 3600,
+        grace: int = 0,
     ) -> datetime:
         key = (instance, workspace, incident)
         old = self.failure_rows.get(key)
         attempts = (old.attempts if old else 0) + 1
-        delay = min(max_delay, base_delay * 2.0 ** min(attempts - 1, 64))
+        over = attempts - grace
+        delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
         now = _utc(now)
         next_try = now + timedelta(seconds=delay)
         error = error[: R.ERROR_TEXT_MAX]
@@ -361,7 +362,7 @@ class MemoryStore:
             ticket = (link.instance, link.sys_id)
             holder = holders[ticket] if ticket in holders else self._by_sys_id.get(ticket)
             if holder is not None and holder != key:
-                raise DuplicateKey(f"ServiceNow record {link.sys_id} is already linked to {holder[2]}")
+                raise R.duplicate(f"links.sys_id {link.sys_id}: linked to {holder[2]}")
             if old is not None and old.sys_id != link.sys_id:
                 holders[(old.instance, old.sys_id)] = None
             holders[ticket] = key
@@ -384,11 +385,10 @@ class MemoryStore:
             journal = (c.instance, c.journal_sys_id)
             name = (*_key(c), c.sentinel_comment)
             known = {x.sentinel_comment for x in self.comments.get(_key(c), [])}
-            taken = journal in self._journals or journal in journals
-            if taken or name in names or c.sentinel_comment in known:
-                raise DuplicateKey(
-                    f"comment {c.sentinel_comment} or journal entry {c.journal_sys_id} is already linked"
-                )
+            if journal in self._journals or journal in journals:
+                raise R.duplicate(f"comment_links.journal_sys_id {c.journal_sys_id}")
+            if name in names or c.sentinel_comment in known:
+                raise R.duplicate(f"comment_links.sentinel_comment {c.sentinel_comment}")
             journals.add(journal)
             names.add(name)
 

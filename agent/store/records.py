@@ -12,6 +12,16 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
+
+from agent.errors import DuplicateKey
+
+
+class Secret(Protocol):
+    """A password as the config holds it (``agent.config.Secret``): revealed only where sent."""
+
+    def reveal(self) -> str: ...
+
 
 SIDES = ("sentinel", "servicenow")
 DIRECTIONS = ("to_snow", "to_sentinel")
@@ -153,3 +163,19 @@ def check_link(link: Link) -> None:
     """Refuse a link carrying a naive datetime."""
     check_aware(link.created_at)
     check_aware(link.enrich_after)
+
+
+_UNIQUE = (
+    ("journal_sys_id", "a journal entry is linked to one Sentinel comment only"),
+    ("sentinel_comment", "a Sentinel comment is linked to one journal entry only"),
+    ("sys_id", "a ServiceNow record is linked to one incident only"),
+)
+
+
+def duplicate(detail: str) -> DuplicateKey:
+    """The store's uniqueness error, in the same words for every store; ``detail`` is the
+    database's own (a constraint or column names), kept in parentheses."""
+    for key, rule in _UNIQUE:
+        if key in detail:
+            return DuplicateKey(f"{rule} ({detail})")
+    return DuplicateKey(detail)

@@ -19,6 +19,9 @@ from agent.store import records as R
 from agent.store.records import CommentLink, Link
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+ONE_INCIDENT = "a ServiceNow record is linked to one incident only"
+ONE_COMMENT = "a journal entry is linked to one Sentinel comment only"
+ONE_JOURNAL_ENTRY = "a Sentinel comment is linked to one journal entry only"
 INST = "contoso.service-now.com"
 WS = "soc-eu"
 
@@ -95,9 +98,9 @@ class StoreTests:
 
     async def test_one_servicenow_record_links_one_incident(self, store: Store) -> None:
         await store.save_link(make_link("inc-1"))
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_INCIDENT):
             await store.save_link(make_link("inc-2"))
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_INCIDENT):
             await store.save_links([make_link("inc-3", "t" * 32), make_link("inc-4", "t" * 32)])
         assert await store.count_links(INST, WS) == (1, 1)  # the bulk save wrote nothing
 
@@ -174,7 +177,7 @@ class StoreTests:
         await store.save_link(original, comment_links=[comment("j1", "c-1")])
         await store.record_failure(INST, WS, "inc-1", "boom", now=T0)
         changed = make_link(fields={"severity": ("Low", "3")}, snow_mod_count=4)
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_COMMENT):
             await store.save_link(
                 changed,
                 comment_links=[comment("j2", "c-2"), comment("j1", "c-3")],  # j1 is already linked
@@ -234,12 +237,12 @@ class StoreTests:
 
     async def test_add_comment_link_refuses_duplicates(self, store: Store) -> None:
         await store.add_comment_link(comment("j1", "c-1"))
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_COMMENT):
             await store.add_comment_link(comment("j1", "c-other"))
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_JOURNAL_ENTRY):
             await store.add_comment_link(comment("j-other", "c-1"))
         # A journal entry is unique per instance, across workspaces and incidents.
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_COMMENT):
             await store.add_comment_link(replace(comment("j1", "c-5", incident="inc-5"), workspace="soc-us"))
         await store.add_comment_link(replace(comment("j1", "c-1"), instance="fabrikam.service-now.com"))
         assert len(await store.comment_links(INST, WS, "inc-1")) == 1
@@ -263,7 +266,7 @@ class StoreTests:
         posted = await store.set_comment_link(pending, state="posted")
         assert posted == replace(pending, state="posted")
         assert await store.unconfirmed_comment_links(INST, WS) == [posted]
-        with pytest.raises(DuplicateKey):
+        with pytest.raises(DuplicateKey, match=ONE_COMMENT):
             await store.set_comment_link(posted, state="confirmed", journal_sys_id="j-taken")
         confirmed = await store.set_comment_link(posted, state="confirmed", journal_sys_id="j-real")
         assert confirmed.journal_sys_id == "j-real"
@@ -351,6 +354,14 @@ class StoreTests:
         assert (failure.incident, failure.error, failure.attempts) == ("inc-1", "HTTP 503", 6)
         assert failure.next_try == T0 + timedelta(seconds=1000)
         assert failure.last_at == T0
+
+    async def test_failure_grace_retries_at_once_then_backs_off(self, store: Store) -> None:
+        delays = []
+        for _ in range(4):
+            next_try = await store.record_failure(INST, WS, "inc-1", "HTTP 502", now=T0, grace=2)
+            delays.append((next_try - T0).total_seconds())
+        assert delays == [0, 0, 60, 120]
+        assert (await store.failures())[0].attempts == 4
 
     async def test_failure_backoff_survives_many_attempts(self, store: Store) -> None:
         for _ in range(70):

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from agent.config import Config
 from agent.errors import LockHeld, StoreUnavailable
@@ -45,16 +43,13 @@ def new_lease(config: Config) -> Lease:
 
 
 class Leadership:
-    """The ``run`` loop's view: wait to lead, know when leading ended, report the role."""
+    """The ``run`` loop's view: wait to lead, and know when leading ended."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.lease = new_lease(config) if shared(config) else None
         self.file_lock: StateLock | None = None
         self.lost = asyncio.Event()
-        self.role = "starting"
-        self.since: float | None = None
-        self.takeovers = 0
         self._keeper: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Leadership:
@@ -63,7 +58,6 @@ class Leadership:
                 self.config.agent.state_db, ttl=max(600.0, 3 * self.config.agent.poll_interval)
             )
             self.file_lock.acquire()
-            self._lead()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -104,7 +98,6 @@ class Leadership:
                     log.info("standby", leader_host=holder.host if holder else None,
                              leader_pid=holder.pid if holder else None)  # fmt: skip
                     announced = True
-                self.role = "standby"
                 await lease.announce("standby")
                 wait = min(lease.timing.poll_every, max(0.05, await lease.seconds_to_expiry()))
             except StoreUnavailable as exc:
@@ -114,9 +107,7 @@ class Leadership:
                 await asyncio.wait_for(stop.wait(), timeout=wait)
         if stop.is_set():
             return False
-        self.takeovers += 1
         self.lost.clear()
-        self._lead()
         log.info("lease_acquired", epoch=lease.epoch, failover_timeout=self.config.agent.failover_timeout)
         with contextlib.suppress(StoreUnavailable):
             await lease.announce("leader")
@@ -150,21 +141,10 @@ class Leadership:
     async def step_down(self) -> None:
         """After losing the lease: stop renewing; the caller goes back to :meth:`wait_to_lead`."""
         await self._stop_keeper()
-        if self.lease is not None:
-            self.role = "standby"
-            self.since = None
-
-    def report(self) -> dict[str, Any]:
-        """For ``/readyz`` and metrics: the role and since when (monotonic seconds)."""
-        return {"role": self.role, "since": self.since, "transitions": self.transitions}
 
     @property
     def transitions(self) -> int:
         return self.lease.transitions if self.lease is not None else 0
-
-    def _lead(self) -> None:
-        self.role = "leader"
-        self.since = time.monotonic()
 
     async def _keep(self, lease: Lease) -> None:
         """Renew every ``renew_every``. At the lease's own deadline without a renewal, give up at
@@ -193,7 +173,6 @@ class Leadership:
                 left = round(lease.seconds_left(), 2)
                 log.warning("lease_renewal_failed", error=str(exc), seconds_left=left)
         lease.lost()
-        self.role = "standby"
         log.warning("lease_lost", reason=reason)
         self.lost.set()
         if hung is not None:
@@ -228,8 +207,6 @@ async def exclusive(config: Config) -> AsyncIterator[Leadership]:
             holder = await lease.holder()
             who = f"PID {holder.pid} on {holder.host}" if holder else "another agent"
             raise LockHeld(f"state database {config.agent.state.location} is in use by {who} (the leader)")
-        leadership.takeovers = 1
-        leadership._lead()
         leadership._keeper = asyncio.create_task(leadership._keep(lease))
         yield leadership
     finally:

@@ -90,8 +90,8 @@ def test_every_variable_used_is_defined_and_every_panel_uses_the_datasource_vari
 
 def test_the_issue_s_panels_are_there() -> None:
     """Cycle lag, last success age, writes by kind and direction, conflicts, failing incidents,
-    429s and rate-limit pauses, token refreshes, safety-valve trips and links open: each one
-    queried by some panel."""
+    429s and rate-limit pauses, token refreshes, safety-valve trips and links open, and which
+    agent of an active/standby pair leads: each one queried by some panel."""
     queried = set().union(*(metric_names(t["expr"]) for _, t in targets(dashboard())))
     for name in (
         "last_cycle_timestamp_seconds",
@@ -106,6 +106,8 @@ def test_the_issue_s_panels_are_there() -> None:
         "token_requests_total",
         "safety_valve_trips_total",
         "links_open",
+        "leader",
+        "lease_transitions_total",
     ):
         assert f"sentinel_snow_sync_{name}" in queried, name
 

@@ -91,11 +91,12 @@ def test_rules_read_only_what_the_agent_exports(ops_run: OpsRun) -> None:
 
 
 def test_the_issue_s_rules_are_there() -> None:
-    """Stale sync, failing incidents, safety-valve trips, token failures and a rate-limit pause
-    (a standby without a leader waits for the HA metrics)."""
+    """Stale sync, failing incidents, safety-valve trips, token failures, a rate-limit pause and
+    agents of an active/standby pair without a leader."""
     read = {rule["alert"]: metric_names(rule["expr"]) for rule in rules()}
     assert "sentinel_snow_sync_poll_interval_seconds" in read["SentinelSnowSyncStale"]
     assert "sentinel_snow_sync_failing_incidents" in read["SentinelSnowSyncIncidentsFailing"]
     assert "sentinel_snow_sync_safety_valve_trips_total" in read["SentinelSnowSyncSafetyValveTripped"]
     assert "sentinel_snow_sync_token_requests_total" in read["SentinelSnowSyncTokenFailures"]
     assert "sentinel_snow_sync_rate_limit_paused" in read["SentinelSnowSyncRateLimitPaused"]
+    assert "sentinel_snow_sync_leader" in read["SentinelSnowSyncNoLeader"]

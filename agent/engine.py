@@ -937,7 +937,8 @@ class WorkspaceSync:
 
         A 409 on the PUT means an analyst changed the incident after we read it: re-read it and
         re-plan against the same last-agreed base (with the ServiceNow record as it is after our
-        PATCH), so the analyst's change is copied, never overwritten.
+        PATCH), so the analyst's change is copied, never overwritten; the pair then counts as
+        changed in Sentinel, so a comment that caused the 409 is copied too.
         """
         assert pair.incident is not None and pair.record is not None
         inc, rec = pair.incident, pair.record
@@ -993,6 +994,9 @@ class WorkspaceSync:
                     raise
                 log.info("sentinel_conflict_replan", attempt=attempt + 1)
                 inc = await self.sentinel.get_incident(inc.name)
+                # The incident changed since it was listed: whatever changed it (a new comment
+                # among them) is this cycle's to handle, or the etag stored below hides it.
+                s_changed = pair.link is None or pair.link.sentinel_etag != inc.etag
                 await self._resolve([inc], [rec])
                 p = plan(
                     base_before, mapping.sentinel_side(inc), mapping.snow_side(rec, self.maps), self._policy()

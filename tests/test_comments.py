@@ -268,6 +268,28 @@ async def test_comment_limit_warns_once_and_fields_keep_syncing(
     assert len(named(events, "sentinel_comment_limit")) == 1
 
 
+async def test_comment_that_makes_our_put_conflict_reaches_servicenow_in_that_cycle(
+    env: Env, events: list[dict[str, Any]]
+) -> None:
+    """An analyst comments after the listing, before the agent's PUT of a ServiceNow change:
+    the PUT gets 409 and is re-planned on the incident as it is now. That incident changed, so
+    its comments are looked at in the same cycle; before, the re-read count was taken as seen
+    and the etag stored, and the comment never reached ServiceNow."""
+    name, sys_id = await linked(env, severity="Low")
+    env.snow.analyst_update("incident", sys_id, {"impact": "1"}, by="bob.hunter")
+    env.ws().race_next_put(name, comment="Written while the agent was copying the impact")
+    stats = await env.stats()
+    assert len(named(events, "sentinel_conflict_replan")) == 1
+    assert (stats.updated_sentinel, stats.comments_to_snow) == (1, 1)
+    assert env.ws().incidents[name]["properties"]["severity"] == "High"
+    [note] = notes(env, sys_id)
+    assert note["value"].endswith("\n\nWritten while the agent was copying the impact")
+    for _ in range(2):
+        await env.stats()
+    assert len(notes(env, sys_id)) == 1  # exactly once
+    assert len(env.ws().comments(name)) == 1  # and never echoed back
+
+
 async def test_crash_between_comment_put_and_link_commit_does_not_duplicate(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1104,6 +1104,17 @@ async def test_race_next_put_with_analyst_changes(h: SentinelHarness) -> None:
     )
 
 
+async def test_race_next_put_with_an_analyst_comment(h: SentinelHarness) -> None:
+    inc = h.ws.create_incident(title="t")
+    h.ws.race_next_put(inc["name"], comment="added while the PUT was on its way")
+    assert (await h.put_incident(inc["name"], full_body(inc, severity="High"))).status == 409
+    current = h.ws.incidents[inc["name"]]["properties"]
+    assert (current["additionalData"]["commentsCount"], current["severity"]) == (1, "Medium")
+    assert [c["properties"]["message"] for c in h.ws.comments(inc["name"])] == [
+        "added while the PUT was on its way"
+    ]
+
+
 async def test_put_timestamps_are_normalised_to_7_digits(h: SentinelHarness) -> None:
     reply = await h.put_incident(
         str(uuid.uuid4()), new_body(firstActivityTimeUtc="2024-05-22T12:09:26+02:00")

@@ -272,7 +272,7 @@ class SentinelWorkspace:
         self._comments: dict[str, dict[str, dict[str, Any]]] = {}
         self._alerts: dict[str, list[dict[str, Any]]] = {}
         self._entities: dict[str, list[dict[str, Any]]] = {}
-        self._races: dict[str, dict[str, Any]] = {}
+        self._races: dict[str, Callable[[], object]] = {}
         # Listing visibility (indexing lag): name -> versions in write order (visible from,
         # snapshot); only for incidents with a delayed change pending.
         self._index: dict[str, list[tuple[float, dict[str, Any]]]] = {}
@@ -608,17 +608,22 @@ class SentinelWorkspace:
             self._list_races.remove(race)
             race[1]()
 
-    def race_next_put(self, name: str, **props: Any) -> None:
+    def race_next_put(self, name: str, *, comment: str | None = None, **props: Any) -> None:
         """One-shot: just before the next PUT to this incident is handled, apply
-        ``analyst_update(name, **props)`` (default: move lastActivityTimeUtc), so that PUT's
-        etag is stale and it gets 409."""
-        self._races[self._require_key(name)] = dict(props)
+        ``analyst_update(name, **props)`` (default: move lastActivityTimeUtc), or with ``comment``
+        add that analyst comment instead, so that PUT's etag is stale and it gets 409."""
+        key = self._require_key(name)
+        if comment is not None:
+            self._races[key] = lambda: self.analyst_comment(key, comment)
+        else:
+            self._races[key] = lambda: self.analyst_update(
+                key, **(props or {"lastActivityTimeUtc": self._now()})
+            )
 
     def _run_race(self, key: str) -> None:
-        props = self._races.pop(key, None)
-        if props is None:
-            return
-        self.analyst_update(key, **(props or {"lastActivityTimeUtc": self._now()}))
+        race = self._races.pop(key, None)
+        if race is not None:
+            race()
 
 
 # --- the HTTP emulator ------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ class Rig:
     config_path: Path
     sim: Simulator
     rng: random.Random
+    seed: int = 0
     tally: dict[str, int] = field(default_factory=dict)
     agents: list[AgentProcess] = field(default_factory=list)
 
@@ -75,6 +78,58 @@ class Rig:
     def comment_sync(self) -> bool:
         return self.checker.check(["soc"]).comment_links > 0
 
+    def explain(self, findings: Findings) -> str:
+        """What a failed check needs to be diagnosed: the seed, the trial, and for each incident a
+        problem names, both sides' comments, its rows in the state db and every agent log line
+        about it (all runs, killed ones included)."""
+        out = [f"seed {self.seed}, after {self.tally.get('trials', 0)} trials: {findings.problems[:10]}"]
+        ws = self.stack.workspaces["soc"]
+        named = dict.fromkeys(n for p in findings.problems for n in _GUID.findall(p) if n in ws.incidents)
+        for name in list(named)[:3]:
+            out += [f"--- incident {name}", *self._sides(name)]
+            out += [f"shadow {row}" for row in _shadow_rows(self.checker.config.agent.state_db, name)]
+            for run, agent in enumerate(self.agents):
+                out += [f"run {run}: {e}" for e in agent.events if e.get("incident") == name]
+        return "\n".join(out)
+
+    def _sides(self, name: str) -> list[str]:
+        """The incident's etag and comments, its ticket's mod count and journal."""
+        out: list[str] = []
+        ws, snow = self.stack.workspaces["soc"], self.stack.snow["default"]
+        inc = ws.incidents[name]
+        out.append(f"etag {inc['etag']} modified {inc['properties'].get('lastModifiedTimeUtc')}")
+        for c in ws.comments(name):
+            p = c["properties"]
+            author = (p.get("author") or {}).get("userPrincipalName") or "-"
+            out.append(f"comment {c['name']} {p['createdTimeUtc']} {author}: {p['message']!r}")
+        for rec in (r for r in snow.tables["incident"].values() if r.get("correlation_id") == name):
+            out.append(f"record {rec['number']} sys_mod_count {rec.get('sys_mod_count')}")
+            out += [
+                f"journal {j['sys_id']} {j['sys_created_on']} {j['sys_created_by']} {j['element']}: "
+                f"{j['value'][-120:]!r}"
+                for j in snow.journal(rec["sys_id"])
+            ]
+        return out
+
+
+_GUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def _shadow_rows(path: Path, incident: str) -> list[dict[str, Any]]:
+    """The incident's link and comment links, read directly (the agent may still hold the db)."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        db.row_factory = sqlite3.Row
+        return [
+            {"table": table, **dict(row)}
+            for table in ("links", "comment_links")
+            for row in db.execute(f"SELECT * FROM {table} WHERE incident = ?", (incident,))
+        ]
+    finally:
+        db.close()
+
 
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
@@ -94,7 +149,7 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
                 }
             },
         )
-        rig = Rig(stack, cfg, Simulator(stack, seed=seed), random.Random(seed))
+        rig = Rig(stack, cfg, Simulator(stack, seed=seed), random.Random(seed), seed)
         try:
             yield rig
         finally:
@@ -119,7 +174,7 @@ async def converged(rig: Rig, agent: AgentProcess) -> Findings:
             rig.count("duplicate_tickets", rig.duplicates())
             rig.count("comment_checks", findings.comments_checked)
             return findings
-    raise AssertionError(f"no convergence after {CONVERGE_CYCLES} cycles: {findings.problems[:10]}")
+    raise AssertionError(f"no convergence after {CONVERGE_CYCLES} cycles: {rig.explain(findings)}")
 
 
 async def stop(rig: Rig, agent: AgentProcess) -> Findings:
@@ -127,7 +182,7 @@ async def stop(rig: Rig, agent: AgentProcess) -> Findings:
     agent.kill(signal.SIGTERM)
     assert await agent.wait() == 0, agent.output()
     final = rig.checker.check(["soc"])
-    assert final, final.problems[:10]
+    assert final, rig.explain(final)
     return final
 
 
@@ -293,3 +348,21 @@ async def test_ticket_of_a_crashed_create_is_adopted_after_the_incident_closed(r
     assert found.links == found.records == 1
     rec = rig.stack.snow["default"].record("incident", records[0]["sys_id"])
     assert rec["state"] == "6" and rec["close_code"]
+
+
+async def test_a_failed_check_names_the_seed_and_what_the_incident_looks_like(rig: Rig) -> None:
+    """The trials' failure message carries what diagnosing a lost comment takes."""
+    ws = rig.stack.workspaces["soc"]
+    inc = ws.create_incident(title="explained", severity="High", labels=["snow"])
+    ws.analyst_comment(inc["name"], "copied before the stop", author_upn=rig.stack.analysts[0].upn)
+    await converge(rig)
+    ws.analyst_comment(inc["name"], "written while no agent runs", author_upn=rig.stack.analysts[1].upn)
+    found = rig.checker.check(["soc"])
+    assert "'written while no agent runs' missing on ServiceNow (0 of 1)" in found.problems[-1]
+    text = rig.explain(found)
+    assert text.startswith(f"seed {rig.seed}, after 0 trials: ")
+    assert f"--- incident {inc['name']}" in text and text.count("--- incident") == 1
+    assert "'written while no agent runs'" in text  # both sides' comments ...
+    assert "copied before the stop" in text.split("journal ", 1)[1]
+    assert "shadow {'table': 'comment_links'" in text  # ... the shadow's rows, the agent's lines
+    assert "run 0: {'ts'" in text and "'event': 'comment_to_snow'" in text

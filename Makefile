@@ -36,14 +36,14 @@ soak: $(STAMP)
 	HYPOTHESIS_PROFILE=soak SNOW_SYNC_SOAK=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m soak
 
 bench: $(STAMP)
-	$(BIN)/python -m agent.bench
+	$(BIN)/python -m agent.testing.bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests
 	$(BIN)/mypy
 
 emulators: $(STAMP)
-	$(BIN)/python -m agent.emulators
+	$(BIN)/python -m agent.testing.emulators
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -118,7 +118,8 @@ class NotSent(TransientError):
 
 class InstancePaused(NotSent):
     """A call to a ServiceNow instance whose hourly rate-limit window is used up was not sent
-    (REFERENCE E.8): ``until`` is the Unix time the pause ends (see :mod:`agent.pause`)."""
+    (REFERENCE E.8): ``until`` is the Unix time the pause ends (see
+    :mod:`agent.connectors.servicenow.pause`)."""
 
     def __init__(
         self, instance: str, method: str, url: str, until: float, now: float, until_text: str

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from agent.emulators.stack import EmulatorStack
+from agent.testing.emulators.stack import EmulatorStack
 from tests.e2e import Env
 from tests.ops_run import OpsRun, capture
 from tests.pg import Cluster, cluster

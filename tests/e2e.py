@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.app.runtime import Runtime
 from agent.config import Config, load_config
-from agent.emulators.common import Call
-from agent.emulators.sentinel import SentinelWorkspace
-from agent.emulators.servicenow import ServiceNowEmulator
-from agent.emulators.stack import EmulatorStack
-from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.connectors.retry import RetryPolicy
+from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.testing.emulators.common import Call
+from agent.testing.emulators.sentinel import SentinelWorkspace
+from agent.testing.emulators.servicenow import ServiceNowEmulator
+from agent.testing.emulators.stack import EmulatorStack
 
 
 @dataclass

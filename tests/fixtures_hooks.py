@@ -1,7 +1,7 @@
 """Custom mapping hooks: the two worked examples of the README, plus a few used only by tests.
 
 Configure one with ``[agent] custom_mapping = tests.fixtures_hooks:label_to_group`` (any
-importable ``package.module:function`` works the same way). See :mod:`agent.hooks` for the
+importable ``package.module:function`` works the same way). See :mod:`agent.sync.hooks` for the
 contract.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.models import SentinelIncident, SnowRecord
+from agent.connectors.sentinel.models import SentinelIncident
+from agent.connectors.servicenow.models import SnowRecord
 
 # --- README example 1: a Sentinel label picks the ServiceNow assignment group ----------------
 

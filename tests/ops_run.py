@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from agent.emulators.stack import EmulatorStack
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 
 RESOLVE = {"state": "6", "close_code": "Solution provided", "close_notes": "bulk close"}

@@ -27,10 +27,11 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import engine
 from agent.config import Config
-from agent.emulators.stack import EmulatorStack
-from agent.models import parse_arm_time, parse_snow_time
+from agent.connectors.sentinel.models import parse_arm_time
+from agent.connectors.servicenow.models import parse_snow_time
+from agent.sync import engine
+from agent.testing.emulators.stack import EmulatorStack
 
 JOURNAL_ELEMENTS = ("work_notes", "comments")
 

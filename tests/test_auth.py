@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 import trustme
 
-from agent.auth import EntraAuth, ServiceNowBasicAuth, ServiceNowOAuth, load_certificate
-from agent.emulators.common import Clock, EmulatorServer, Recorder, TLSMaterial, TokenRegistry
-from agent.emulators.entra import EntraEmulator
-from agent.emulators.servicenow import ServiceNowEmulator
+from agent.connectors.entra import EntraAuth, load_certificate
+from agent.connectors.http import HttpClient
+from agent.connectors.retry import RetryPolicy
+from agent.connectors.servicenow.auth import ServiceNowBasicAuth, ServiceNowOAuth
 from agent.errors import AuthError, ConfigError, PermanentError, TransientError
-from agent.http import HttpClient
 from agent.log import log
-from agent.retry import RetryPolicy
+from agent.testing.emulators.common import Clock, EmulatorServer, Recorder, TLSMaterial, TokenRegistry
+from agent.testing.emulators.entra import EntraEmulator
+from agent.testing.emulators.servicenow import ServiceNowEmulator
 from tests.test_http import ConnectProxy, use_proxy
 
 TENANT = "5d0f2a9c-1b3e-4c5d-8e7f-0a1b2c3d4e5f"

@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import commands
-from agent.cli import parse_when
+from agent.cli import commands
+from agent.cli.main import parse_when
+from agent.core.records import Watermark
 from agent.errors import ConfigError
 from agent.log import log
-from agent.shadow import Shadow, Watermark
+from agent.store.sqlite.store import Shadow
 from tests.e2e import Env, writes
 
 

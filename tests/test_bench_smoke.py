@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench.__main__ import SECTIONS, build_parser, main, options_from, run
-from agent.bench.calls import Calls, kind
-from agent.bench.profiling import OTHER, category, measure
-from agent.bench.report import render
-from agent.emulators.common import Call
+from agent.testing.bench.__main__ import SECTIONS, build_parser, main, options_from, run
+from agent.testing.bench.calls import Calls, kind
+from agent.testing.bench.profiling import OTHER, category, measure
+from agent.testing.bench.report import render
+from agent.testing.emulators.common import Call
 
 
 async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
         ]
     )
     options = options_from(args, tmp_path / "work")
-    results = await run(options, SECTIONS, "python -m agent.bench (test)")
+    results = await run(options, SECTIONS, "python -m agent.testing.bench (test)")
 
     steady = results.steady
     assert steady is not None and steady.initial is not None
@@ -85,7 +85,7 @@ def test_main_writes_the_report_and_refuses_unknown_sections(
     argv = ["--only", "scale", "--scale", "30", "--output", str(out), "--workdir", str(tmp_path / "w")]
     assert main(argv) == 0
     text = out.read_text()
-    assert "`python -m agent.bench --only scale --scale 30" in text and "## 4. Scale" in text
+    assert "`python -m agent.testing.bench --only scale --scale 30" in text and "## 4. Scale" in text
     assert "## 1. Initial sync" not in text
     assert text in capsys.readouterr().out
 
@@ -113,7 +113,7 @@ def test_profile_counts_library_time_for_its_caller() -> None:
     ours = sample.breakdown["our code (agent/)"]
     # The dict and Counter work done for Calls.of is counted as ours, not as "other".
     assert ours > 0 and sample.breakdown.get(OTHER, 0.0) < ours
-    assert sample.top and sample.top[0][0].startswith("agent/bench/calls.py")
+    assert sample.top and sample.top[0][0].startswith("agent/testing/bench/calls.py")
     assert sample.loop_cpu > 0
     assert category("~", "<built-in method orjson.loads>") == "JSON (orjson)"
     assert category("/x/site-packages/aiohttp/client.py", "_request").startswith("HTTP library")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent import commands
-from agent.checklist import FAIL, OK, SKIP, WARN
-from agent.emulators.servicenow_tables import CHOICES
+from agent.app.check import FAIL, OK, SKIP, WARN
+from agent.cli import commands
+from agent.testing.emulators.servicenow_tables import CHOICES
 from tests.e2e import Env, writes
 from tests.test_cli import run_cli
 

@@ -20,10 +20,7 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from agent.emulators.graph_tenant import NEWER_PROPERTIES, DefenderTenant, ip_evidence
-from agent.emulators.stack import DEFAULT_APP_NAME, GRAPH_ROLES, EmulatorStack
-from agent.errors import ConfigError, Forbidden, NotFound, PermanentError, TransientError
-from agent.graph import (
+from agent.connectors.graph.client import (
     GRAPH_CLOUDS,
     PACE_MARGIN,
     GraphClient,
@@ -36,8 +33,11 @@ from agent.graph import (
     missing_roles,
     parse_ticks,
 )
-from agent.http import HttpClient, RequestPacer
-from agent.retry import RetryPolicy
+from agent.connectors.http import HttpClient, RequestPacer
+from agent.connectors.retry import RetryPolicy
+from agent.errors import ConfigError, Forbidden, NotFound, PermanentError, TransientError
+from agent.testing.emulators.graph_tenant import NEWER_PROPERTIES, DefenderTenant, ip_evidence
+from agent.testing.emulators.stack import DEFAULT_APP_NAME, GRAPH_ROLES, EmulatorStack
 
 OWN = f"API-App:{DEFAULT_APP_NAME}"
 

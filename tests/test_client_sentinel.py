@@ -11,15 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.auth import EntraAuth
-from agent.emulators.sentinel import SentinelWorkspace
-from agent.emulators.stack import EmulatorStack
-from agent.errors import EditConflict, Forbidden, NotFound, PermanentError
-from agent.http import HttpClient
-from agent.log import log
-from agent.models import Owner, format_arm_time, parse_arm_time
-from agent.retry import RetryPolicy
-from agent.sentinel import (
+from agent.connectors.entra import EntraAuth
+from agent.connectors.http import HttpClient
+from agent.connectors.retry import RetryPolicy
+from agent.connectors.sentinel.client import (
     WRITABLE,
     SentinelClient,
     build_put_body,
@@ -30,6 +25,11 @@ from agent.sentinel import (
     parse_entity,
     parse_incident,
 )
+from agent.connectors.sentinel.models import Owner, format_arm_time, parse_arm_time
+from agent.errors import EditConflict, Forbidden, NotFound, PermanentError
+from agent.log import log
+from agent.testing.emulators.sentinel import SentinelWorkspace
+from agent.testing.emulators.stack import EmulatorStack
 from tests.sentinel_spec import STABLE, needs_spec
 
 API_VERSION = "2025-09-01"

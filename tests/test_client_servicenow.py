@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.auth import ServiceNowBasicAuth
-from agent.emulators.common import Clock, EmulatorServer, Recorder, TLSMaterial, TokenRegistry
-from agent.emulators.servicenow import ServiceNowEmulator
+from agent.connectors.http import HttpClient
+from agent.connectors.retry import RetryPolicy
+from agent.connectors.servicenow.auth import ServiceNowBasicAuth
+from agent.connectors.servicenow.client import ServiceNowClient
+from agent.connectors.servicenow.models import parse_snow_time
+from agent.connectors.servicenow.query import Q
 from agent.errors import Forbidden, NotFound, PermanentError, RateLimited, TransientError
-from agent.http import HttpClient
-from agent.models import parse_snow_time
-from agent.retry import RetryPolicy
-from agent.servicenow import ServiceNowClient
-from agent.snowquery import Q
+from agent.testing.emulators.common import Clock, EmulatorServer, Recorder, TLSMaterial, TokenRegistry
+from agent.testing.emulators.servicenow import ServiceNowEmulator
 
 USER = "svc_sentinel_sync"
 PASSWORD = "snow-password-for-client-tests"

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from agent.app.runtime import Runtime
 from agent.config import load_config
-from agent.engine import CycleOptions, run_workspaces
 from agent.errors import ConfigError, PermanentError
-from agent.runtime import Runtime
+from agent.sync.engine import CycleOptions, run_workspaces
 from tests.e2e import Env, props, writes
 
 ALICE = "alice@contoso.example"

@@ -10,15 +10,16 @@ from typing import Any
 
 import pytest
 
-from agent import engine
-from agent.conversation import comment_id
-from agent.emulators.sentinel import portal_text
-from agent.emulators.stack import DEFAULT_SNOW_USER
+from agent.connectors.servicenow.client import ServiceNowClient
+from agent.core.records import CommentLink
+from agent.core.text import SENTINEL_MAX, cap_html, utf16_len
 from agent.errors import PermanentError
 from agent.log import log
-from agent.servicenow import ServiceNowClient
-from agent.shadow import CommentLink, Shadow
-from agent.textfmt import SENTINEL_MAX, cap_html, utf16_len
+from agent.store.sqlite.store import Shadow
+from agent.sync import engine
+from agent.sync.conversation import comment_id
+from agent.testing.emulators.sentinel import portal_text
+from agent.testing.emulators.stack import DEFAULT_SNOW_USER
 from tests.e2e import Env, writes
 
 ALICE = "alice@contoso.example"
@@ -512,7 +513,7 @@ async def test_calls_for_one_comment_each_way(env: Env, comment_mode: str) -> No
     ],
 )
 def test_html_to_text(html: str, text: str) -> None:
-    from agent.textfmt import html_to_text
+    from agent.core.text import html_to_text
 
     assert html_to_text(html) == text
 
@@ -529,7 +530,7 @@ def test_cap_html_measures_after_escaping() -> None:
 
 
 def test_cap_counts_utf16_and_never_splits_a_character() -> None:
-    from agent.textfmt import cap
+    from agent.core.text import cap
 
     text = "😀" * 100  # 200 UTF-16 units
     assert cap(text, 200, "there", utf16=True) == text
@@ -557,7 +558,7 @@ async def test_simulated_analysts_many_seeds_with_faults(env: Env, seed: int) ->
 
 
 async def simulate_and_check(env: Env, *, seed: int, faulty: bool) -> None:
-    from agent.emulators.simulator import Simulator
+    from agent.testing.emulators.simulator import Simulator
 
     sim = Simulator(env.stack, seed=seed)
     sim.seed(["soc"], 12)

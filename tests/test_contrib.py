@@ -8,7 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 from tests.os_tools import run, tool
 
 UNIT = Path(__file__).parents[1] / "contrib" / "sentinel-snow-sync.service"

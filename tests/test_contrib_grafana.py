@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.metrics import METRICS
+from agent.app.metrics import METRICS
 from tests.ops_run import OpsRun
 from tests.promql_check import TARGET_LABELS, Exported, metric_names, problems
 

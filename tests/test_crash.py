@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
+from agent.app.metrics import WRITE_EVENTS as WRITE_EVENTS_BY_KIND
 from agent.config import load_config
-from agent.emulators.simulator import Simulator
-from agent.emulators.stack import EmulatorStack
-from agent.metrics import WRITE_EVENTS as WRITE_EVENTS_BY_KIND
+from agent.testing.emulators.simulator import Simulator
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.sync_invariants import Checker, Findings
 

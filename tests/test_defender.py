@@ -1,17 +1,18 @@
 """The Defender portal: provider ids, portal links, and incidents merged in the unified portal.
 
 A merge closes the source incident, moves its tags (our ServiceNow number label among them) to
-the surviving incident and adds the ``Redirected`` tag to the source (see agent.defender). The
-source's ticket then gets one work note naming the survivor, ``parent_incident`` pointing at the
-survivor's ticket, and is resolved.
+the surviving incident and adds the ``Redirected`` tag to the source (see
+agent.connectors.sentinel.merges). The source's ticket then gets one work note naming the
+survivor, ``parent_incident`` pointing at the survivor's ticket, and is resolved.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.routing import EXTRA_PROVIDER_ID
-from agent.shadow import Link, Shadow
+from agent.connectors.servicenow.routing import EXTRA_PROVIDER_ID
+from agent.core.records import Link
+from agent.store.sqlite.store import Shadow
 from tests.e2e import Env, props, writes
 
 DEFENDER = "https://security.microsoft.com/incidents/"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulators.stack import EmulatorStack
+from agent.testing.emulators.stack import EmulatorStack
 from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, props, writes
 

@@ -35,8 +35,8 @@ from jsonschema import Draft4Validator, FormatChecker, validators
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from agent.emulators.common import TLSMaterial
-from agent.emulators.odata import parse_instant
+from agent.testing.emulators.common import TLSMaterial
+from agent.testing.emulators.odata import parse_instant
 from tests.sentinel_spec import SPEC_ROOT, STABLE, needs_spec
 from tests.test_emu_sentinel import SentinelHarness, full_body
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from agent.emulators.common import Clock, EmulatorServer, Faults, Recorder, TLSMaterial, TokenRegistry
-from agent.emulators.entra import CLIENT_ASSERTION_TYPE, EntraEmulator
+from agent.testing.emulators.common import Clock, EmulatorServer, Faults, Recorder, TLSMaterial, TokenRegistry
+from agent.testing.emulators.entra import CLIENT_ASSERTION_TYPE, EntraEmulator
 
 TENANT = "0b6c0f3e-3c54-4f3c-9a4e-5b2f1c9d8e7a"
 CLIENT_ID = "7d3f4a1b-2c5e-4f60-8a9b-0c1d2e3f4a5b"

@@ -16,10 +16,10 @@ import aiohttp
 import orjson
 import pytest
 
-from agent.emulators.common import Clock, EmulatorServer, TLSMaterial, TokenRegistry
-from agent.emulators.entra import EntraEmulator
-from agent.emulators.graph import PROFILES, GraphEmulator, GraphOptions
-from agent.emulators.graph_tenant import (
+from agent.testing.emulators.common import Clock, EmulatorServer, TLSMaterial, TokenRegistry
+from agent.testing.emulators.entra import EntraEmulator
+from agent.testing.emulators.graph import PROFILES, GraphEmulator, GraphOptions
+from agent.testing.emulators.graph_tenant import (
     AUTO_RESOLVE_COMMENT,
     SYSTEM_CORRELATION,
     DefenderTenant,
@@ -27,7 +27,7 @@ from agent.emulators.graph_tenant import (
     graph_time,
     ip_evidence,
 )
-from agent.emulators.odata import parse_instant
+from agent.testing.emulators.odata import parse_instant
 
 TENANT = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
 OTHER_TENANT = "0d9e8f7a-6b5c-4d3e-2f1a-0b9c8d7e6f5a"

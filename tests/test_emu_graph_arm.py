@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.emulators.graph_arm import SentinelCoupling
-from agent.emulators.graph_tenant import DefenderTenant
-from agent.emulators.sentinel import SentinelWorkspace
-from agent.emulators.stack import GRAPH_ROLES, EmulatorStack
+from agent.testing.emulators.graph_arm import SentinelCoupling
+from agent.testing.emulators.graph_tenant import DefenderTenant
+from agent.testing.emulators.sentinel import SentinelWorkspace
+from agent.testing.emulators.stack import GRAPH_ROLES, EmulatorStack
 
 API = "2025-09-01"
 

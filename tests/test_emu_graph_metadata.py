@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from agent.emulators.common import TLSMaterial
-from agent.emulators.graph_tenant import (
+from agent.testing.emulators.common import TLSMaterial
+from agent.testing.emulators.graph_tenant import (
     ALERT_STATUSES,
     CLASSIFICATIONS,
     DETECTION_SOURCES,

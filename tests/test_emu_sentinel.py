@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 import pytest
 
-from agent.emulators.common import Clock, Directory, EmulatorServer, TLSMaterial, TokenRegistry
-from agent.emulators.odata import parse_instant
-from agent.emulators.sentinel import API_VERSIONS, SentinelEmulator, SentinelWorkspace
+from agent.testing.emulators.common import Clock, Directory, EmulatorServer, TLSMaterial, TokenRegistry
+from agent.testing.emulators.odata import parse_instant
+from agent.testing.emulators.sentinel import API_VERSIONS, SentinelEmulator, SentinelWorkspace
 
 SUB = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
 RG = "soc-rg"

@@ -13,10 +13,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from agent.emulators.common import Clock, EmulatorServer, Faults, Recorder, TLSMaterial, TokenRegistry
-from agent.emulators.encoded_query import escape
-from agent.emulators.servicenow import ServiceNowEmulator
-from agent.models import parse_snow_time
+from agent.connectors.servicenow.models import parse_snow_time
+from agent.testing.emulators.common import Clock, EmulatorServer, Faults, Recorder, TLSMaterial, TokenRegistry
+from agent.testing.emulators.encoded_query import escape
+from agent.testing.emulators.servicenow import ServiceNowEmulator
 
 USER, PASSWORD = "svc.sync", "s3cret-pass"
 SYS_ID = re.compile(r"^[0-9a-f]{32}$")

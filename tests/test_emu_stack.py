@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from agent.config import load_config
-from agent.emulators.__main__ import build_parser, workspace_names
-from agent.emulators.stack import ANALYSTS, EmulatorStack
+from agent.testing.emulators.__main__ import build_parser, workspace_names
+from agent.testing.emulators.stack import ANALYSTS, EmulatorStack
 
 REPO = Path(__file__).resolve().parents[1]
 API = "api-version=2025-09-01"
@@ -236,7 +236,7 @@ async def test_temporary_folder_is_removed_on_stop() -> None:
     assert not folder.exists()
 
 
-# --- python -m agent.emulators -----------------------------------------------------------------
+# --- python -m agent.testing.emulators -----------------------------------------------------------------
 
 
 def test_help_describes_the_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -271,7 +271,7 @@ async def test_module_serves_until_sigterm(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "agent.emulators",
+        "agent.testing.emulators",
         "--state-dir",
         str(state),
         "--workspaces",

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.emulators.encoded_query import (
+from agent.testing.emulators.encoded_query import (
     DATETIME,
     INTEGER,
     STRING,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.shadow import Shadow
+from agent.store.sqlite.store import Shadow
 from tests.e2e import Env, props, reads, writes
 
 ALICE = "alice@contoso.example"

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from agent.emulators.stack import DEFAULT_SNOW_USER
-from agent.shadow import Link, Shadow
+from agent.core.records import Link
+from agent.store.sqlite.store import Shadow
+from agent.testing.emulators.stack import DEFAULT_SNOW_USER
 from tests.e2e import Env, writes
 from tests.test_comments import backoff_passed
 

@@ -17,15 +17,16 @@ from typing import Any
 import pytest
 
 import agent
-from agent import errors, mapping
-from agent.engine import CycleStats
+from agent import errors
 from agent.errors import AgentError, DataError, HookFailed, PermanentError
 from agent.log import log
-from agent.shadow import Shadow
+from agent.store.sqlite.store import Shadow
+from agent.sync import mapping
+from agent.sync.engine import CycleStats
 from tests.e2e import Env
 
-TEST_SIDE = ("agent.emulators", "agent.bench", "agent.testing")
-NOT_CORE = ("agent.__main__", "agent.demo", "agent.errors")
+TEST_SIDE = ("agent.testing",)
+NOT_CORE = ("agent.__main__", "agent.cli.demo", "agent.errors")
 
 
 def documented_tree() -> dict[str, str]:
@@ -142,8 +143,8 @@ async def test_a_data_error_fails_that_incident_only(env: Env, records: list[dic
 
 
 def test_unreadable_answers_are_named_remote_errors() -> None:
-    from agent.sentinel import parse_incident
-    from agent.servicenow import _record
+    from agent.connectors.sentinel.client import parse_incident
+    from agent.connectors.servicenow.client import _record
 
     with pytest.raises(errors.InvalidResponse, match="InvalidIncident") as sentinel:
         parse_incident({"name": "x", "properties": {}})

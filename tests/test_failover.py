@@ -29,12 +29,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent import commands, render
-from agent import status as agent_status
+from agent.app import status as agent_status
+from agent.cli import commands, render
 from agent.config import load_config
-from agent.emulators.simulator import Simulator
-from agent.emulators.stack import EmulatorStack
 from agent.errors import LockHeld
+from agent.testing.emulators.simulator import Simulator
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.pg import Cluster
 from tests.tcp_proxy import TcpProxy

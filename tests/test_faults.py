@@ -21,14 +21,14 @@ from typing import Any
 import orjson
 import pytest
 
+from agent.app.runtime import Runtime
 from agent.config import load_config
-from agent.emulators.simulator import Simulator
-from agent.emulators.stack import EmulatorStack
-from agent.engine import CycleOptions, CycleStats, run_workspaces
+from agent.connectors.retry import RetryPolicy
 from agent.errors import TransientError
 from agent.log import log
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.testing.emulators.simulator import Simulator
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, writes
@@ -261,7 +261,7 @@ async def test_permanent_errors_are_parked_with_backoff_not_retried_hot(
 
 
 async def _failures(env: Env) -> list[Any]:
-    from agent.shadow import Shadow
+    from agent.store.sqlite.store import Shadow
 
     async with await Shadow.open(env.config.agent.state_db) as shadow:
         return await shadow.failures()

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from agent import hooks
+from agent.app.runtime import Runtime
 from agent.errors import ConfigError
-from agent.runtime import Runtime
-from agent.shadow import Shadow
+from agent.store.sqlite.store import Shadow
+from agent.sync import hooks
 from tests import fixtures_hooks
 from tests.e2e import Env, props
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
-from agent.emulators.sentinel import SentinelWorkspace
 from agent.errors import TransientError
+from agent.testing.emulators.sentinel import SentinelWorkspace
 from tests.e2e import Env, props
 from tests.sync_invariants import Checker, TimeTravel
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.emulators.common import EmulatorServer, TLSMaterial, json_response
+from agent.connectors.http import HttpClient, error_details, redact_url
+from agent.connectors.retry import RetryPolicy, parse_retry_after
 from agent.errors import (
     ConfigError,
     EditConflict,
@@ -24,9 +25,8 @@ from agent.errors import (
     RateLimited,
     TransientError,
 )
-from agent.http import HttpClient, error_details, redact_url
 from agent.log import log, register_secret
-from agent.retry import RetryPolicy, parse_retry_after
+from agent.testing.emulators.common import EmulatorServer, TLSMaterial, json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

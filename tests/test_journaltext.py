@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.journaltext import DISPLAY_KEY, UserClock, keyed, learn, parse
+from agent.connectors.servicenow.journaltext import DISPLAY_KEY, UserClock, keyed, learn, parse
 
 RAW = datetime(2026, 3, 4, 17, 5, 9, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from agent.config import Secret
 from agent.errors import Fenced, LeaseLost, StoreUnavailable
 from agent.store import StoreTarget, open_store
 from agent.store.lease import Lease, Timings, timings
-from agent.store.postgres import PostgresStore
+from agent.store.postgres.store import PostgresStore
 from tests.contract.store import INST, WS, make_link
 from tests.pg import Cluster
 

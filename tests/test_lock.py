@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent.lock import StateLock
+from agent.store.sqlite.lock import StateLock
 from tests.agent_process import AgentProcess
 from tests.e2e import Env
 

@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.engine import CycleOptions, run_workspaces
+from agent.app.health import Operations, Readiness, operations
+from agent.app.metrics import METRICS, AgentMetrics
+from agent.app.runtime import Runtime
+from agent.connectors.retry import RetryPolicy
 from agent.errors import AuthError, ConfigError
-from agent.health import Operations, Readiness, operations
 from agent.log import log
-from agent.metrics import METRICS, AgentMetrics
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.sync.engine import CycleOptions, run_workspaces
 from tests.e2e import Env
 from tests.test_cli import AGENT
 

@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import commands
+from agent.app.leadership import exclusive
+from agent.app.migrate_state import migrate
+from agent.cli import commands
 from agent.config import load_config
 from agent.errors import ConfigError, LockHeld
-from agent.leadership import exclusive
-from agent.migrate_state import migrate
-from agent.shadow import Shadow
 from agent.store import open_store
+from agent.store.sqlite.store import Shadow
 from agent.store.transfer import Transferable
 from tests.e2e import Env
 from tests.pg import Cluster

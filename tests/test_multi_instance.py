@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.emulators.stack import EmulatorStack
-from agent.shadow import Shadow
+from agent.store.sqlite.store import Shadow
+from agent.testing.emulators.stack import EmulatorStack
 from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env, props, writes
 

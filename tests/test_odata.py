@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.emulators.odata import (
+from agent.testing.emulators.odata import (
     Coll,
     Obj,
     ODataError,
@@ -20,7 +20,7 @@ from agent.emulators.odata import (
     parse_orderby,
     sort_items,
 )
-from agent.emulators.sentinel import COMMENT_SCHEMA, INCIDENT_SCHEMA
+from agent.testing.emulators.sentinel import COMMENT_SCHEMA, INCIDENT_SCHEMA
 
 S, DT, INT = Prim("string"), Prim("datetime"), Prim("int")
 SCHEMA = Obj(

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
+from agent.connectors.servicenow.profiles import ITSM, SIR
 from agent.errors import ConfigError
 from agent.log import log
-from agent.profiles import ITSM, SIR
 from tests.e2e import Env, props, writes
 
 ALICE, BOB, CAROL = "alice@contoso.example", "bob@contoso.example", "carol@contoso.example"

@@ -15,12 +15,14 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import pause, render, status
-from agent.emulators.stack import EmulatorStack
+from agent.app import status
+from agent.app.health import operations
+from agent.app.runtime import Runtime
+from agent.cli import render
+from agent.connectors.servicenow import pause
 from agent.errors import InstancePaused
-from agent.health import operations
 from agent.log import log
-from agent.runtime import Runtime
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.conftest import assert_no_silent_drops
 from tests.e2e import Env

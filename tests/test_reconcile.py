@@ -16,8 +16,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import agent.reconcile as reconcile
-from agent.reconcile import FIELDS, FieldConflict, Plan, Policy, SideState, plan
+import agent.core.merge as reconcile
+from agent.core.merge import FIELDS, FieldConflict, Plan, Policy, SideState, plan
 
 _PROFILES = {
     "dev": settings(max_examples=200, deadline=None),

@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import commands
+from agent.cli import commands
 from agent.errors import ConfigError, LockHeld
-from agent.lock import StateLock
-from agent.shadow import Shadow
+from agent.store.sqlite.lock import StateLock
+from agent.store.sqlite.store import Shadow
 from tests.e2e import Env, props, writes
 
 

@@ -24,14 +24,14 @@ import orjson
 import pytest
 import trustme
 
+from agent.app.runtime import Runtime
 from agent.config import load_config
-from agent.emulators.stack import EmulatorStack
-from agent.engine import CycleOptions, run_workspaces
+from agent.connectors.http import build_ssl_context
+from agent.connectors.retry import RetryPolicy
 from agent.errors import ConfigError
-from agent.http import build_ssl_context
 from agent.log import log
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.sync.engine import CycleOptions, run_workspaces
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 
 RETRY = RetryPolicy(attempts=3, total=5, base=0.01, cap=0.05)

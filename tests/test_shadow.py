@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import agent.shadow as shadow_module
+import agent.store.sqlite.store as shadow_module
+from agent.core.records import CommentLink, Link
 from agent.errors import ConfigError, DuplicateKey
-from agent.shadow import SCHEMA_VERSION, CommentLink, Link, Shadow
+from agent.store.sqlite.store import SCHEMA_VERSION, Shadow
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 INST = "contoso.service-now.com"

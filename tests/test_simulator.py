@@ -12,9 +12,9 @@ import aiohttp
 import orjson
 import pytest
 
-from agent.emulators.simulator import CLOSURES, Simulator
-from agent.emulators.stack import EmulatorStack
-from agent.models import parse_arm_time
+from agent.connectors.sentinel.models import parse_arm_time
+from agent.testing.emulators.simulator import CLOSURES, Simulator
+from agent.testing.emulators.stack import EmulatorStack
 
 API = "api-version=2025-09-01"
 

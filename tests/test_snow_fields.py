@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.checklist import FAIL, OK, SKIP
+from agent.app.check import FAIL, OK, SKIP
 from agent.errors import ConfigError
 from agent.log import log
 from tests.e2e import Env

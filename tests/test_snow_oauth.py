@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from agent.auth import ServiceNowOAuth
-from agent.checklist import FAIL, OK
+from agent.app.check import FAIL, OK
+from agent.app.runtime import Runtime
+from agent.connectors.servicenow.auth import ServiceNowOAuth
 from agent.errors import AuthError, ExitCode
 from agent.log import log
-from agent.runtime import Runtime
-from agent.shadow import Shadow
+from agent.store.sqlite.store import Shadow
 from tests.e2e import Env
 from tests.test_check import _check, _hint_after, _lines
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.emulators.encoded_query import parse
-from agent.snowquery import Q, encode_value, field_name
+from agent.connectors.servicenow.query import Q, encode_value, field_name
+from agent.testing.emulators.encoded_query import parse
 
 INJECTION = "x^ORDERBYsys_id^NQactive=true"
 

@@ -27,13 +27,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from agent import engine
+from agent.app.runtime import Runtime
 from agent.config import load_config
-from agent.emulators.simulator import CLOSE_CODES, CLOSURES
-from agent.emulators.stack import EmulatorStack
-from agent.engine import CycleOptions, CycleStats, run_workspaces
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.connectors.retry import RetryPolicy
+from agent.sync import engine
+from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.testing.emulators.simulator import CLOSE_CODES, CLOSURES
+from agent.testing.emulators.stack import EmulatorStack
 from tests.sync_invariants import Checker
 
 RETRY = RetryPolicy(attempts=4, total=2, base=0.001, cap=0.005)

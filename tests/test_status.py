@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from agent import commands
+from agent.cli import commands
 from tests.e2e import Env
 from tests.test_cli import run_cli
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import Secret
-from agent.shadow import Shadow
 from agent.store import Store, StoreTarget, open_store, parse_target
 from agent.store.memory import MemoryStore
-from agent.store.postgres import PostgresStore
+from agent.store.postgres.store import PostgresStore
+from agent.store.sqlite.store import Shadow
 from tests.contract.store import StoreTests
 from tests.pg import Cluster
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 from agent.errors import SafetyValveTripped
-from agent.shadow import Shadow
-from agent.sweep import MARK_LAST_SWEEP
+from agent.store.sqlite.store import Shadow
+from agent.sync.sweep import MARK_LAST_SWEEP
 from tests.e2e import Env, props, writes
 
 

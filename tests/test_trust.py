@@ -14,14 +14,14 @@ from pathlib import Path
 import certifi
 import pytest
 
-from agent import commands
-from agent.auth import EntraAuth
-from agent.checklist import FAIL
-from agent.emulators.stack import EmulatorStack
+from agent.app.check import FAIL
+from agent.app.runtime import Runtime
+from agent.cli import commands
+from agent.connectors.entra import EntraAuth
+from agent.connectors.http import HttpClient
+from agent.connectors.retry import RetryPolicy
 from agent.errors import AuthError
-from agent.http import HttpClient
-from agent.retry import RetryPolicy
-from agent.runtime import Runtime
+from agent.testing.emulators.stack import EmulatorStack
 
 
 @pytest.fixture

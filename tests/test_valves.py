@@ -1,4 +1,4 @@
-"""Safety valves (agent.valves): an empty full listing and a mass close abort the workspace's
+"""Safety valves (agent.core.valves): an empty full listing and a mass close abort the workspace's
 cycle before any write, name the check and the numbers, exit 7, and yield to ``--force``;
 other workspaces sync as usual."""
 
@@ -14,13 +14,14 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import commands, valves
+from agent.app.runtime import Runtime
+from agent.cli import commands
 from agent.config import Config, load_config
-from agent.emulators.stack import EmulatorStack
-from agent.engine import CycleOptions, CycleStats, run_workspaces
+from agent.core import valves
 from agent.errors import ExitCode, SafetyValveTripped
 from agent.log import log
-from agent.runtime import Runtime
+from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.e2e import props, writes
 

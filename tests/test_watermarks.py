@@ -16,15 +16,18 @@ from typing import Any
 import orjson
 import pytest
 
-from agent import commands, watermarks
-from agent.cli import parse_when
-from agent.emulators.stack import EmulatorStack
+from agent.app import watermarks
+from agent.cli import commands
+from agent.cli.main import parse_when
+from agent.connectors.sentinel.models import parse_arm_time
+from agent.connectors.servicenow.client import ServiceNowClient
+from agent.connectors.servicenow.models import SnowRecord
+from agent.core.records import Watermark
 from agent.errors import ConfigError, LockHeld
-from agent.lock import StateLock
 from agent.log import log
-from agent.models import SnowRecord, parse_arm_time
-from agent.servicenow import ServiceNowClient
-from agent.shadow import Shadow, Watermark
+from agent.store.sqlite.lock import StateLock
+from agent.store.sqlite.store import Shadow
+from agent.testing.emulators.stack import EmulatorStack
 from tests.e2e import Env, reads, writes
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent.emulators.common import TLSMaterial
 from agent.errors import LeaseLost
 from agent.store.lease import Lease
+from agent.testing.emulators.common import TLSMaterial
 from tests.test_http import client, ok, sequence, serve, tls  # noqa: F401  (fixtures)
 from tests.test_lease import FAST, Clock
 

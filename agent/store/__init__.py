@@ -27,10 +27,10 @@ from agent.errors import ConfigError
 from agent.store.base import Store
 
 if TYPE_CHECKING:
-    from agent.shadow import Shadow
+    from agent.store.base import Secret
     from agent.store.memory import MemoryStore
-    from agent.store.postgres import PostgresStore
-    from agent.store.records import Secret
+    from agent.store.postgres.store import PostgresStore
+    from agent.store.sqlite.store import Shadow
 
     def _implementations(sqlite: Shadow, memory: MemoryStore, postgres: PostgresStore) -> list[Store]:
         return [sqlite, memory, postgres]  # mypy checks here that each one satisfies the Protocol
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["STORES", "Store", "StoreTarget", "open_store", "parse_target"]
 
 STORES: dict[str, str] = {
-    "sqlite": "agent.shadow:Shadow.open",
+    "sqlite": "agent.store.sqlite.store:Shadow.open",
     "memory": "agent.store.memory:MemoryStore.open",
-    "postgresql": "agent.store.postgres:PostgresStore.open",
+    "postgresql": "agent.store.postgres.store:PostgresStore.open",
 }
 """Built-in kinds -> ``module:attribute`` of an async ``open(target_text)``."""
 

@@ -23,7 +23,13 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self, runtime_checkable
 
-from agent.store.records import UNSET, CommentLink, Failure, Link, Tombstone, Unset, Watermark
+from agent.core.records import UNSET, CommentLink, Failure, Link, Tombstone, Unset, Watermark
+
+
+class Secret(Protocol):
+    """A password as the config holds it (``agent.config.Secret``): revealed only where sent."""
+
+    def reveal(self) -> str: ...
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ lease expires, in the *database server's* clock, so the agents' clocks never nee
 
 * **Take over**: in one transaction, with the row locked, an agent takes the lease when it is
   free or expired, raising the ``epoch`` by one. The store is then fenced with that epoch
-  (:meth:`agent.store.postgres.PostgresStore.fence`): every later write is refused once
+  (:meth:`agent.store.postgres.store.PostgresStore.fence`): every later write is refused once
   another agent has taken a newer epoch, so a paused or partitioned old leader cannot write
   state after it lost the lease.
 * **Renew** every ``ttl / 4``: the leader pushes ``expires_at`` to ``now() + ttl``.
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from agent.errors import LeaseLost, StoreUnavailable
-from agent.store import pg_schema
-from agent.store.pg_connect import connect, redact
+from agent.store.postgres import schema as pg_schema
+from agent.store.postgres.connect import connect, redact
 
 if TYPE_CHECKING:
-    from agent.store.records import Secret
+    from agent.store.base import Secret
 
 _Conn = psycopg.AsyncConnection[dict[str, Any]]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from agent.store import records as R
-from agent.store.records import UNSET, CommentLink, Failure, Link, Tombstone, Unset, Watermark
+from agent.core.records import UNSET, CommentLink, Failure, Link, Tombstone, Unset, Watermark
+from agent.store import checks as R
 
 _Key = tuple[str, str, str]  # (instance, workspace, incident)
 PAGE = 500

@@ -24,10 +24,10 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from agent import cli
-from agent.graph import GraphClient
-from agent.sentinel import SentinelClient
-from agent.servicenow import ServiceNowClient
+from agent.cli import main as cli
+from agent.connectors.graph.client import GraphClient
+from agent.connectors.sentinel.client import SentinelClient
+from agent.connectors.servicenow.client import ServiceNowClient
 
 EXIT_STATUS = 137  # what a shell reports for a process killed by SIGKILL
 WRITES: Mapping[str, tuple[type, str]] = {

@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-import agent.shadow
+import agent.store.sqlite.store
+from agent.core import records as R
+from agent.core.records import CommentLink, Link
 from agent.errors import DuplicateKey
-from agent.store import Store
-from agent.store import records as R
-from agent.store.records import CommentLink, Link
+from agent.store import Store, checks
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 ONE_INCIDENT = "a ServiceNow record is linked to one incident only"
@@ -391,7 +391,7 @@ class StoreTests:
     async def test_long_error_text_is_truncated(self, store: Store) -> None:
         await store.record_failure(INST, WS, "inc-1", "e" * 10_000, now=T0)
         [failure] = await store.failures()
-        assert failure.error == "e" * R.ERROR_TEXT_MAX
+        assert failure.error == "e" * checks.ERROR_TEXT_MAX
 
     # --- history ---------------------------------------------------------------------------------
 
@@ -439,7 +439,7 @@ class StoreTests:
     async def test_cycle_history_is_pruned_but_keeps_last_success(
         self, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        for module in (R, agent.shadow):
+        for module in (checks, agent.store.sqlite.store):
             monkeypatch.setattr(module, "CYCLES_KEPT", 3)
         last_ok = T0 + timedelta(minutes=1)
         for t in (T0, last_ok):

@@ -1,0 +1,144 @@
+"""Everything one agent process holds open: the shadow and one HTTP client per remote system.
+
+One ``HttpClient`` (one aiohttp session and connection pool) per Entra application for ARM,
+and one per ServiceNow instance, shared by every workspace that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+from agent.config import Config
+from agent.connectors.entra import EntraAuth
+from agent.connectors.http import HttpClient
+from agent.connectors.retry import RetryPolicy
+from agent.connectors.sentinel.client import SentinelClient
+from agent.connectors.servicenow.auth import ServiceNowBasicAuth, ServiceNowOAuth
+from agent.connectors.servicenow.client import ServiceNowClient
+from agent.connectors.servicenow.pause import PauseGate
+from agent.errors import ConfigError
+from agent.store import Store, open_store
+from agent.sync.engine import WorkspaceSync
+
+
+class Runtime:
+    """``async with Runtime(config) as rt: rt.syncs()``."""
+
+    def __init__(self, config: Config, *, retry: RetryPolicy | None = None) -> None:
+        self.config = config
+        self.retry = retry or RetryPolicy()
+        self.shadow: Store | None = None
+        self.arm: dict[str, HttpClient] = {}
+        self.snow_http: dict[str, HttpClient] = {}
+        self.entra: dict[str, EntraAuth] = {}
+        self.snow_gates: dict[str, PauseGate] = {}
+        self._snow_clients: dict[str, ServiceNowClient] = {}
+
+    async def __aenter__(self) -> Runtime:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        cfg = self.config
+        ca = str(cfg.agent.ca_bundle) if cfg.agent.ca_bundle else None
+        limit = cfg.agent.max_concurrency
+        for name, app in cfg.oauth.items():
+            auth = EntraAuth(
+                authority=app.authority,
+                client_id=app.client_id,
+                client_secret=app.client_secret.reveal() if app.client_secret else None,
+                certificate_file=str(app.certificate_file) if app.certificate_file else None,
+                scope=app.scope,
+                ca_bundle=ca,
+            )
+            self.entra[name] = auth
+            self.arm[name] = HttpClient(
+                "sentinel", auth=auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry
+            )
+        for name, inst in cfg.servicenow.items():
+            snow_auth: ServiceNowBasicAuth | ServiceNowOAuth
+            if inst.auth == "oauth":
+                snow_auth = ServiceNowOAuth(
+                    instance_url=inst.instance_url,
+                    client_id=inst.client_id or "",
+                    client_secret=inst.client_secret.reveal() if inst.client_secret else "",
+                    # Without a user the client-credentials grant is used (REFERENCE E.11).
+                    username=inst.username if inst.password else None,
+                    password=inst.password.reveal() if inst.password else None,
+                    ca_bundle=ca,
+                )
+            else:
+                snow_auth = ServiceNowBasicAuth(
+                    inst.username or "", inst.password.reveal() if inst.password else ""
+                )
+            gate = self.snow_gates[name] = PauseGate(name)
+            http = HttpClient(
+                "servicenow", auth=snow_auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry, gate=gate
+            )
+            self.snow_http[name] = http
+            self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)
+        self.shadow = await open_store(cfg.agent.state)
+        for gate in self.snow_gates.values():
+            await gate.load(self.shadow)  # a rate-limit pause an earlier run began (REFERENCE E.8)
+
+    async def close(self) -> None:
+        for http in [*self.arm.values(), *self.snow_http.values()]:
+            await http.close()
+        for auth in self.entra.values():
+            close = getattr(auth, "close", None)
+            if close is not None:
+                await close()
+        if self.shadow is not None:
+            await self.shadow.close()
+            self.shadow = None
+
+    def calls(self) -> int:
+        """Requests sent to every remote system so far (retries included)."""
+        return sum(h.requests for h in [*self.arm.values(), *self.snow_http.values()])
+
+    def sentinel_client(self, workspace: str) -> SentinelClient:
+        ws = self.config.workspaces[workspace]
+        app = self.config.oauth[ws.oauth]
+        return SentinelClient(
+            self.arm[ws.oauth],
+            app.management_url,
+            app.api_version,
+            ws.subscription_id,
+            ws.resource_group,
+            ws.workspace_name,
+            portal_host=app.portal_host,
+        )
+
+    def snow_client(self, instance: str) -> ServiceNowClient:
+        return self._snow_clients[instance]
+
+    def syncs(self, only: Sequence[str] | None = None) -> list[WorkspaceSync]:
+        """One ``WorkspaceSync`` per enabled workspace (``enabled = false`` is never touched)."""
+        assert self.shadow is not None
+        unknown = [w for w in only or () if w not in self.config.workspaces]
+        if unknown:
+            raise ConfigError([f"[workspace:{w}]: no such workspace in the config" for w in unknown])
+        out = []
+        for name, ws in self.config.workspaces.items():
+            if only and name not in only:
+                continue
+            if not ws.enabled:
+                continue
+            out.append(
+                WorkspaceSync(
+                    self.config,
+                    ws,
+                    self.config.servicenow[ws.servicenow],
+                    self.sentinel_client(name),
+                    self.snow_client(ws.servicenow),
+                    self.shadow,
+                    calls=self.calls,
+                )
+            )
+        return out

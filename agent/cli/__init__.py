@@ -1,0 +1,1 @@
+"""The command line: the parser, the commands, the renderers and the demo. The only place that prints."""

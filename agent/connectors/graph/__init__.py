@@ -1,0 +1,1 @@
+"""Microsoft Graph security API (Defender XDR incidents)."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL state store, shared by an active/standby pair of agents."""

@@ -1,0 +1,1 @@
+"""The SQLite state store (the default): the shadow database and its single-instance lock."""

@@ -1,0 +1,1 @@
+"""The sync engine: one cycle per workspace, its conversation, hooks and sweeps."""

@@ -1,0 +1,154 @@
+"""The reference the benchmark compares against: per-incident polling.
+
+Existing integrations mirror by polling every linked incident every cycle: a GET of the Sentinel
+incident, a GET of its comments and a GET of the ServiceNow record, whether anything changed or
+not, plus one listing to discover new incidents. :class:`PollingSync` does exactly that over the
+agent's own clients, shadow, planner and writers (so the writes are the same as ours and only
+the way changes are found differs):
+
+* every cycle: list Sentinel incidents created since the last poll (to create tickets for new
+  ones), then for each **open** linked pair the three GETs (closed pairs are not polled, which
+  only flatters the reference);
+* a pair whose Sentinel etag or ServiceNow ``sys_mod_count`` moved is planned with the agent's
+  own planner and written the same way (one PATCH, one full-object PUT, then the shadow);
+* comments: a Sentinel comment it has not seen becomes a work note (one PATCH); a record whose
+  ``sys_mod_count`` moved has its new journal entries read (one GET) and each becomes a Sentinel
+  comment (one PUT). What it wrote itself is remembered and never copied back.
+
+The first cycle only learns which comments and journal times exist (it copies nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from agent.connectors.sentinel.models import SentinelComment, SentinelIncident
+from agent.connectors.servicenow.models import SnowRecord
+from agent.core.records import Link
+from agent.errors import NotFound
+from agent.sync import mapping
+from agent.sync.engine import CycleOptions, CycleStats, Pair, WorkspaceSync, utcnow
+
+COMMENT_NAMESPACE = uuid.UUID("6c1f7a52-3d0e-4b8e-9a55-0f3e5b1c2d4a")
+
+
+@dataclass
+class Polled:
+    """What one poll read for one linked pair."""
+
+    link: Link
+    incident: SentinelIncident | None
+    comments: list[SentinelComment]
+    record: SnowRecord | None
+
+
+class PollingSync(WorkspaceSync):
+    """Per-incident polling over the agent's clients (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes what :class:`~agent.sync.engine.WorkspaceSync` takes."""
+        super().__init__(*args, **kwargs)
+        self._comments_seen: dict[str, set[str]] = {}  # incident -> comment names seen
+        self._journal_after: dict[str, datetime] = {}  # sys_id -> sys_updated_on at the last poll
+        self._written: set[str] = set()  # comment names and journal sys_ids it wrote itself
+        self._created_after: datetime | None = None
+
+    async def poll_cycle(self) -> CycleStats:
+        """One polling cycle of this workspace; returns what it did."""
+        stats = CycleStats()
+        await self._discover(stats, CycleOptions())
+        links = [link async for link in self.shadow.iter_links(self.inst.name, self.ws.name, open_only=True)]
+        polled = await self._bounded(self._read(link) for link in links)
+        changed = [
+            p
+            for p in polled
+            if p.incident is not None
+            and p.record is not None
+            and (p.incident.etag != p.link.sentinel_etag or p.record.mod_count != p.link.snow_mod_count)
+        ]
+        pairs = [Pair(p.incident, p.record, p.link) for p in changed]
+        await self._resolve_owners(pairs, [])
+        async with asyncio.TaskGroup() as tg:
+            for pair in pairs:
+                assert pair.incident is not None
+                tg.create_task(self._guard(pair.incident.name, stats, self._write(pair, stats)))
+        await self._copy_comments(polled, stats)
+        return stats
+
+    async def _write(self, pair: Pair, stats: CycleStats) -> None:
+        """The planned field writes of one changed pair, then its shadow row."""
+        assert pair.incident is not None and pair.record is not None and pair.link is not None
+        inc, rec, plan = pair.incident, pair.record, self._plan(pair)
+        if plan.to_snow:
+            body = mapping.snow_write(plan.to_snow, inc, rec, self.maps)
+            rec = await self.snow.patch(rec.sys_id, body, self.snow_fields)
+            stats.updated_snow += 1
+        if plan.to_sentinel:
+            changes = mapping.sentinel_write(plan.to_sentinel, rec, self.maps)
+            inc = await self.sentinel.update_incident(inc, changes)
+            stats.updated_sentinel += 1
+        link = replace(
+            pair.link, fields=dict(plan.base), sentinel_etag=inc.etag, snow_mod_count=rec.mod_count
+        )
+        await self.shadow.save_link(link)
+
+    async def _discover(self, stats: CycleStats, options: CycleOptions) -> None:
+        now = utcnow()
+        since = self._created_after or now
+        self._created_after = now
+        new = [
+            inc
+            async for inc in self.sentinel.list_incidents(
+                created_since=since, labels=self.ws.incident_filter
+            )
+        ]
+        stats.listed_sentinel = len(new)
+        links = await self.shadow.get_links(self.inst.name, self.ws.name, [i.name for i in new])
+        for inc in new:
+            if inc.name not in links and inc.status != "Closed":
+                await self._guard(inc.name, stats, self._create(inc, stats, options))
+
+    async def _read(self, link: Link) -> Polled:
+        incident: SentinelIncident | None
+        try:
+            incident = await self.sentinel.get_incident(link.incident)
+            comments = await self.sentinel.list_comments(link.incident)
+        except NotFound:
+            incident, comments = None, []
+        try:
+            record: SnowRecord | None = await self.snow.get(link.sys_id, self.snow_fields)
+        except NotFound:
+            record = None
+        return Polled(link, incident, comments, record)
+
+    async def _copy_comments(self, polled: list[Polled], stats: CycleStats) -> None:
+        for p in polled:
+            if p.incident is None or p.record is None:
+                continue
+            seen = self._comments_seen.get(p.link.incident)
+            names = {c.name for c in p.comments}
+            self._comments_seen[p.link.incident] = names
+            after = self._journal_after.get(p.link.sys_id)
+            self._journal_after[p.link.sys_id] = p.record.updated_on
+            if seen is None:
+                continue  # the first poll only learns what exists
+            for comment in p.comments:
+                if comment.name not in seen and comment.name not in self._written:
+                    await self.snow.patch(p.link.sys_id, {"work_notes": comment.message}, self.snow_fields)
+                    stats.updated_snow += 1
+            if after is not None and p.record.mod_count != p.link.snow_mod_count:
+                for entry in await self.snow.journal([p.link.sys_id], since=after):
+                    if entry.sys_id in self._written or entry.created_by == self._api_user():
+                        continue
+                    self._written.add(entry.sys_id)
+                    name = str(uuid.uuid5(COMMENT_NAMESPACE, entry.sys_id))
+                    self._written.add(name)
+                    await self.sentinel.put_comment(p.link.incident, name, entry.value)
+                    stats.updated_sentinel += 1
+
+    def _api_user(self) -> str:
+        return self.inst.username or ""

@@ -1,0 +1,233 @@
+"""The agent's side of a benchmark: one process holding one :class:`~agent.app.runtime.Runtime`.
+
+``python -m agent.testing.bench.worker CONFIG`` reads one JSON request per line on stdin and answers
+each with one JSON line on stdout (logs go to stderr):
+
+* ``{"op": "cycle"}``: one cycle of every workspace, as ``run`` makes it (the runtime, its
+  token and its connection pools stay open from one cycle to the next); ``"dry_run": true``
+  plans without writing, as ``plan`` does;
+* ``{"op": "poll"}``: one cycle of the reference per-incident polling strategy
+  (:mod:`agent.testing.bench.polling`) over the same runtime and HTTP clients;
+* ``"profile": true`` on either adds a breakdown of the event-loop thread's CPU time;
+* ``{"op": "exit"}``: answers with the peak RSS and stops.
+
+Every answer carries wall time, CPU time (process and event-loop thread), how long the shadow's
+lock was held and waited for, the peak RSS so far and each workspace's cycle statistics (or its
+error). :class:`AgentProcess` is the driver the
+benchmark uses from its own event loop, where the emulators keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from agent.app.runtime import Runtime
+from agent.config import load_config
+from agent.log import log
+from agent.store.sqlite.store import Shadow
+from agent.sync.engine import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
+from agent.testing.bench.polling import PollingSync
+from agent.testing.bench.profiling import measure
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB.
+
+    Linux's ``ru_maxrss`` survives ``exec``: a process started from a big parent reports the
+    parent's size at fork time. ``VmHWM`` belongs to the process's own image, so it comes first.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class TimedLock(asyncio.Lock):
+    """An :class:`asyncio.Lock` that adds up how long it was held and how long tasks waited.
+
+    The worker puts one in place of the shadow's lock: every shadow statement runs under it,
+    so its held time is the time the shadow (one SQLite connection) was busy.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0.0
+        self.waited = 0.0
+        self._since = 0.0
+
+    async def acquire(self) -> Literal[True]:
+        started = time.monotonic()
+        await super().acquire()
+        self._since = time.monotonic()
+        self.waited += self._since - started
+        return True
+
+    def release(self) -> None:
+        self.held += time.monotonic() - self._since
+        super().release()
+
+
+def _results(out: dict[str, BaseException | CycleStats]) -> dict[str, Any]:
+    return {
+        name: {"error": f"{type(r).__name__}: {r}"} if isinstance(r, BaseException) else r.as_dict()
+        for name, r in out.items()
+    }
+
+
+async def _poll(pollers: Sequence[PollingSync]) -> dict[str, BaseException | CycleStats]:
+    results = await asyncio.gather(*(p.poll_cycle() for p in pollers), return_exceptions=True)
+    out: dict[str, BaseException | CycleStats] = {}
+    for p, r in zip(pollers, results, strict=True):
+        if isinstance(r, BaseException) and not isinstance(r, Exception):
+            raise r
+        out[p.ws.name] = r
+    return out
+
+
+def _pollers(rt: Runtime, syncs: Sequence[WorkspaceSync]) -> list[PollingSync]:
+    assert rt.shadow is not None
+    return [
+        PollingSync(rt.config, s.ws, s.inst, s.sentinel, s.snow, rt.shadow, calls=rt.calls) for s in syncs
+    ]
+
+
+async def serve(config_path: Path) -> None:
+    """Answer requests until ``exit`` or end of input."""
+    config = load_config(config_path)
+    log.configure(level="warning", stream=sys.stderr)
+    loop = asyncio.get_running_loop()
+    async with Runtime(config) as rt:
+        assert isinstance(rt.shadow, Shadow)  # the bench times the SQLite store's lock
+        lock = rt.shadow._lock = TimedLock()
+        syncs = rt.syncs()
+        pollers: list[PollingSync] | None = None
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
+            if not line.strip():
+                return
+            request = orjson.loads(line)
+            op = request.get("op")
+            if op == "exit":
+                _answer({"op": op, "peak_rss_mb": peak_rss_mb()})
+                return
+            if op not in ("cycle", "poll"):
+                _answer({"op": op, "error": f"unknown op {op!r}"})
+                continue
+            if op == "poll" and pollers is None:
+                pollers = _pollers(rt, syncs)
+            calls0, held0, waited0 = rt.calls(), lock.held, lock.waited
+            with measure(profile=bool(request.get("profile"))) as sample:
+                if op == "cycle":
+                    out = await run_workspaces(syncs, CycleOptions(dry_run=bool(request.get("dry_run"))))
+                else:
+                    assert pollers is not None
+                    out = await _poll(pollers)
+            _answer(
+                {
+                    "op": op,
+                    "wall": sample.wall,
+                    "cpu": sample.cpu,
+                    "loop_cpu": sample.loop_cpu,
+                    "run_delay": sample.run_delay,
+                    "breakdown": sample.breakdown,
+                    "top": sample.top,
+                    "requests": rt.calls() - calls0,
+                    "shadow_held": lock.held - held0,
+                    "shadow_waited": lock.waited - waited0,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "results": _results(out),
+                }
+            )
+
+
+def _answer(obj: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+class AgentProcess:
+    """Drives one worker process: ``await AgentProcess.start(ini)``, then ``request`` and ``stop``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def start(cls, config_path: Path, stderr_path: Path) -> AgentProcess:
+        """Start ``python -m agent.testing.bench.worker`` on this config; its stderr goes to a file."""
+        with stderr_path.open("ab") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent.testing.bench.worker",
+                str(config_path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                # Decoded bodies of a large listing exceed the default 64 KiB line limit of the pipe reader.
+                limit=1 << 24,
+            )
+        return cls(proc)
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its answer (the emulators keep serving meanwhile)."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(orjson.dumps({"op": op, **fields}) + b"\n")
+        await self._proc.stdin.drain()
+        line = await self._proc.stdout.readline()
+        if not line:
+            code = await self._proc.wait()
+            raise RuntimeError(f"the agent process exited ({code}) during {op!r}; see its stderr log")
+        answer: dict[str, Any] = orjson.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"the agent process refused {op!r}: {answer['error']}")
+        return answer
+
+    async def cycle(self, *, profile: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """One agent cycle of every workspace (``dry_run``: plan only, write nothing)."""
+        return await self.request("cycle", profile=profile, dry_run=dry_run)
+
+    async def poll(self) -> dict[str, Any]:
+        """One cycle of the reference per-incident polling strategy."""
+        return await self.request("poll")
+
+    async def stop(self) -> float:
+        """Stop the process; returns its peak RSS in MiB."""
+        answer = await self.request("exit")
+        await self._proc.wait()
+        return float(answer["peak_rss_mb"])
+
+    async def kill(self) -> None:
+        """Stop the process without asking (after an error)."""
+        if self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m agent.testing.bench.worker CONFIG\n")
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(serve(Path(args[0])))
+    except ImportError:
+        asyncio.run(serve(Path(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,20 +20,18 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from agent.connectors.graph.client import (
+from agent.connectors.graph.client import GraphClient
+from agent.connectors.graph.cloud import (
     GRAPH_CLOUDS,
     PACE_MARGIN,
-    GraphClient,
-    GraphIncident,
-    changed_fields,
     graph_auth,
     graph_cloud,
     graph_pacer,
-    merged_tags,
     missing_roles,
-    parse_ticks,
 )
-from agent.connectors.http import HttpClient, RequestPacer
+from agent.connectors.graph.models import GraphIncident, changed_fields, merged_tags, parse_ticks
+from agent.connectors.http import HttpClient
+from agent.connectors.pacing import RequestPacer
 from agent.connectors.retry import RetryPolicy
 from agent.errors import ConfigError, Forbidden, NotFound, PermanentError, TransientError
 from agent.testing.emulators.graph_tenant import NEWER_PROPERTIES, DefenderTenant, ip_evidence

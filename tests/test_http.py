@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.connectors.http import HttpClient, error_details, redact_url
+from agent.connectors.http import HttpClient
+from agent.connectors.http_errors import error_details, redact_url
 from agent.connectors.retry import RetryPolicy, parse_retry_after
 from agent.errors import (
     ConfigError,

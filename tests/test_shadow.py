@@ -16,7 +16,8 @@ import pytest
 import agent.store.sqlite.store as shadow_module
 from agent.core.records import CommentLink, Link
 from agent.errors import ConfigError, DuplicateKey
-from agent.store.sqlite.store import SCHEMA_VERSION, Shadow
+from agent.store.sqlite.schema import SCHEMA_VERSION
+from agent.store.sqlite.store import Shadow
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 INST = "contoso.service-now.com"

@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.connectors.auth import CachedBearer, Token, seconds
-from agent.connectors.http import build_ssl_context, redact_url
+from agent.connectors.http import build_ssl_context
+from agent.connectors.http_errors import redact_url
 from agent.connectors.retry import parse_retry_after
 from agent.errors import AuthError, ConfigError, RateLimited, TransientError
 from agent.log import log, register_secret

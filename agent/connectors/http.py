@@ -9,11 +9,12 @@
   when the server answers 401;
 * retries through :mod:`agent.connectors.retry` (idempotent requests after any transient failure,
   non-idempotent ones only when they provably never reached the server);
-* mapping of every failure to :mod:`agent.errors` (:func:`error_for_status`), with the error
-  code and message taken from ARM, ServiceNow and Entra error bodies;
+* mapping of every failure to :mod:`agent.errors` (:mod:`agent.connectors.http_errors`), with
+  the error code and message taken from ARM, ServiceNow and Entra error bodies;
 * slowing down before ARM throttles, from the ``x-ms-ratelimit-remaining-*`` headers
-  (REFERENCE A.11), and pacing at a published rate with a shared :class:`RequestPacer`
-  (Microsoft Graph security: 150 requests a minute per app per tenant, GRAPH.md G);
+  (REFERENCE A.11), and pacing at a published rate with a shared
+  :class:`~agent.connectors.pacing.RequestPacer` (Microsoft Graph security: 150 requests a
+  minute per app per tenant, GRAPH.md G);
 * redaction: no ``Authorization`` header, token, password or secret is ever put into a log
   line or an exception text; URLs are stripped of secret-looking query values and bodies are
   logged only at debug level.
@@ -22,18 +23,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import ssl
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
@@ -43,19 +40,23 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from agent import __version__
-from agent.connectors.retry import RetryPolicy, parse_retry_after, retrying
+from agent.connectors.http_errors import (
+    connection_error,
+    error_for_status,
+    not_json_error,
+    redact_url,
+    redirect_error,
+)
+from agent.connectors.pacing import RequestPacer
+from agent.connectors.retry import RetryPolicy, count_retry, parse_retry_after, retrying
 from agent.errors import (
     ConfigError,
-    EditConflict,
-    Forbidden,
-    NotFound,
     NotSent,
     PermanentError,
     RateLimited,
-    RemoteError,
     TransientError,
 )
-from agent.log import log, redact, register_secret
+from agent.log import log, register_secret
 
 if TYPE_CHECKING:
     from agent.connectors.servicenow.pause import PauseGate
@@ -64,26 +65,9 @@ SleepFn = Callable[[float], Awaitable[None]]
 _Proxy = tuple[URL | None, aiohttp.BasicAuth | None]  # proxy URL and its credentials
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_MAX_URL_IN_MESSAGE = 300
-_MAX_DETAIL = 300
 _MAX_LOGGED_BODY = 2000
-_SECRET_QUERY_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "assertion", "apikey", "key", "sig", "signature", "code"}
-)
-_TRACE_LINES = ("Trace ID:", "Correlation ID:", "Timestamp:")
-_URL_CREDENTIALS = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
-_NOT_SECRET_QUERY_KEYS = frozenset({"$skiptoken", "skiptoken"})
 # Keep OData and ServiceNow queries readable in URLs; everything else is percent-encoded.
 _QUERY_SAFE = "$'(),:/@!*"
-_SYSTEM_NAMES = {
-    "servicenow": "ServiceNow",
-    "sentinel": "Azure Resource Manager",
-    "graph": "Microsoft Graph",
-    "entra": "Entra ID",
-}
-# REFERENCE E.7: what a non-JSON answer from each remote usually is.
-_NOT_JSON_CAUSES = {"servicenow": "hibernating instance, login page or proxy?"}
-
 
 class AuthProvider(Protocol):
     """Supplies the ``Authorization`` header for one remote system."""
@@ -100,274 +84,6 @@ class HttpResponse:
     status: int
     headers: Mapping[str, str]
     body: Any
-
-
-# --- redaction and error mapping ------------------------------------------------------------
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL with user-info passwords and secret-looking query values replaced by ``***``."""
-    try:
-        u = url if isinstance(url, URL) else URL(str(url), encoded=True)
-        if u.password is not None:
-            u = u.with_password("***")
-        if u.raw_query_string:
-            pairs = []
-            for part in u.raw_query_string.split("&"):
-                key, sep, _value = part.partition("=")
-                if sep and _is_secret_key(unquote(key)):
-                    part = f"{key}=***"
-                pairs.append(part)
-            u = u.with_query(None)
-            text = str(u) + "?" + "&".join(pairs)
-        else:
-            text = str(u)
-    except (ValueError, TypeError):
-        text = str(url).split("?", 1)[0] + "?…"
-    text = redact(text)
-    if len(text) > _MAX_URL_IN_MESSAGE:
-        text = text[:_MAX_URL_IN_MESSAGE] + "…"
-    return text
-
-
-def _is_secret_key(key: str) -> bool:
-    k = key.lower()
-    if k in _NOT_SECRET_QUERY_KEYS:
-        return False
-    return k.endswith("token") or any(word in _SECRET_QUERY_WORDS for word in re.split(r"[-_.$]", k))
-
-
-def error_details(body: Any) -> tuple[str | None, str | None]:
-    """(code, message) from an error body of any of the three systems.
-
-    ARM and Graph: ``{"error":{"code","message"}}`` (REFERENCE A.10, GRAPH.md D.5; Graph's
-    ``$top`` error has an empty code, which reads as none); ServiceNow:
-    ``{"error":{"message","detail"},"status":"failure"}`` (C.5); Entra and ServiceNow OAuth:
-    ``{"error":"invalid_client","error_description":"AADSTS...\\r\\nTrace ID..."}`` (B.1, C.7).
-    """
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            code = err.get("code")
-            if isinstance(code, str) and code:
-                return _clean(code), _clean(err.get("message"))
-            if code == "" and "message" in err:
-                return None, _clean(err.get("message"))
-            return _clean(err.get("message")), _clean(err.get("detail"))
-        if isinstance(err, str):
-            return _clean(err), _clean(body.get("error_description"))
-        if isinstance(body.get("message"), str):
-            return None, _clean(body.get("message"))
-        return None, None
-    if isinstance(body, str) and body.strip() and not body.lstrip().startswith("<"):
-        return None, _clean(body)
-    return None, None
-
-
-def _clean(value: Any) -> str | None:
-    """A remote message on one line, shortened and redacted.
-
-    Line breaks become spaces (ServiceNow's data-policy detail continues on the next line);
-    Entra's trailing ``Trace ID``/``Correlation ID``/``Timestamp`` lines are dropped, and so is
-    the password of any ``scheme://user:password@`` URL (proxy errors quote the proxy URL).
-    """
-    if not isinstance(value, str) or not value.strip():
-        return None
-    lines = [line.strip() for line in value.strip().splitlines() if line.strip()]
-    kept = [line for line in lines if not line.startswith(_TRACE_LINES)] or lines[:1]
-    text = _URL_CREDENTIALS.sub(r"\1***@", " ".join(kept))
-    if len(text) > _MAX_DETAIL:
-        text = text[:_MAX_DETAIL] + "…"
-    return redact(text)
-
-
-def error_for_status(
-    system: str, method: str, url: str, status: int, headers: Mapping[str, str], body: Any
-) -> RemoteError:
-    """The exception for a non-success HTTP status. ``url`` must already be redacted."""
-    code, detail = error_details(body)
-    if status == 429:
-        return RateLimited(
-            system,
-            method,
-            url,
-            status,
-            code,
-            detail,
-            retry_after=_rate_limit_wait(headers),
-        )
-    if status >= 500 or status == 408:
-        return TransientError(system, method, url, status, code, detail)
-    if status == 409:
-        return EditConflict(system, method, url, status, code, detail)
-    if status == 404:
-        return NotFound(system, method, url, status, code, detail)
-    if status == 403:
-        return Forbidden(system, method, url, status, code, detail)
-    return PermanentError(system, method, url, status, code, detail)
-
-
-def _rate_limit_wait(headers: Mapping[str, str]) -> float | None:
-    """Seconds a 429 asks to wait: ``Retry-After``, else ServiceNow's ``X-RateLimit-Reset`` (the
-    epoch when the hourly window resets, REFERENCE C.6)."""
-    wait = parse_retry_after(headers.get("Retry-After"))
-    if wait is None:
-        try:
-            wait = max(0.0, float(headers.get("X-RateLimit-Reset", "")) - time.time())
-        except ValueError:
-            return None
-    return wait
-
-
-def _connection_error(system: str, method: str, url: str, exc: BaseException) -> RemoteError:
-    """Map an aiohttp/asyncio failure; ``NotSent`` only when the request cannot have left."""
-    name = type(exc).__name__
-    text = _clean(str(exc)) or name
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return PermanentError(
-            system,
-            method,
-            url,
-            None,
-            "TLSVerifyFailed",
-            f"TLS verification failed (is the CA in [agent] ca_bundle?): {text}",
-        )
-    if isinstance(
-        exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ClientHttpProxyError)
-    ):
-        return NotSent(system, method, url, None, name, text)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return PermanentError(system, method, url, None, name, text)
-    return TransientError(system, method, url, None, name, text)
-
-
-def not_json_error(
-    system: str, method: str, url: str, status: int, headers: Mapping[str, str], raw: bytes
-) -> TransientError:
-    """A body that is not JSON from a JSON API (REFERENCE E.7): transient, in words a person reads.
-
-    A hibernating ServiceNow developer instance, an SSO login page or a proxy's block page all
-    answer HTML, often with status 200. None of it says anything about the request itself, so
-    it is never a permanent failure of the record it was about.
-    """
-    kind = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    html = kind in ("text/html", "application/xhtml+xml") or raw.lstrip()[:1] == b"<"
-    if not html and kind.endswith("json"):
-        # Declared JSON but cut off or garbled: a connection that broke mid-answer, most likely.
-        return TransientError(
-            system, method, url, status, "InvalidJson", "the response body is not valid JSON (cut off?)"
-        )
-    what = "HTML" if html else (kind or "a body that is not JSON")
-    cause = _NOT_JSON_CAUSES.get(system, "login page or proxy?")
-    name = _SYSTEM_NAMES.get(system, system)
-    return TransientError(
-        system, method, url, status, "NotJson", f"{name} answered {what}, not JSON ({cause})"
-    )
-
-
-def redirect_error(
-    system: str, method: str, url: str, status: int, headers: Mapping[str, str]
-) -> TransientError:
-    """A 3xx answer: reported, never followed (REFERENCE E.7: an SSO login or a proxy redirects too)."""
-    location = headers.get("Location", "")
-    target = redact_url(location) if location else "an unnamed location"
-    name = _SYSTEM_NAMES.get(system, system)
-    return TransientError(
-        system,
-        method,
-        url,
-        status,
-        "Redirected",
-        f"{name} redirected the request to {target} (not followed: a login page, a proxy or a moved "
-        "instance? check the configured URL)",
-    )
-
-
-# --- retries counted per unit of work ---------------------------------------------------------
-
-
-@dataclass
-class RetryCount:
-    """Requests retried (and their final outcome left to the caller) while a :func:`counting_retries`
-    block ran, in this task and the tasks it started."""
-
-    retried: int = 0
-
-
-_RETRY_COUNT: ContextVar[RetryCount | None] = ContextVar("retry_count", default=None)
-
-
-@contextlib.contextmanager
-def counting_retries() -> Iterator[RetryCount]:
-    """Count the HTTP retries made inside the block (a workspace cycle reports them in its
-    summary; one retry that recovered is not worth a warning of its own)."""
-    count = RetryCount()
-    token = _RETRY_COUNT.set(count)
-    try:
-        yield count
-    finally:
-        _RETRY_COUNT.reset(token)
-
-
-# --- pacing ---------------------------------------------------------------------------------
-
-
-class RequestPacer:
-    """At most ``limit`` requests in any ``window`` seconds, for every client that shares it.
-
-    A sliding log of send times, so no window of that length ever holds more than ``limit``
-    requests, whatever the server's own bucket looks like. :meth:`hold` pauses everyone until a
-    server-given ``Retry-After`` has passed. ``clock``/``sleep`` are injectable for tests.
-
-    ``margin`` widens the window the log is kept for: the server counts arrivals, and a request
-    that left at exactly ``window`` seconds after an earlier one can arrive inside the server's
-    window when the earlier one travelled slower (jitter), so pacing at the exact limit meets an
-    occasional 429.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        window: float = 60.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: SleepFn = asyncio.sleep,
-        margin: float = 0.0,
-    ) -> None:
-        if limit < 1 or window <= 0 or margin < 0:
-            raise ValueError("a pacer needs limit >= 1, window > 0 and margin >= 0")
-        self.limit = limit
-        self.window = window
-        self.margin = margin
-        self.waits = 0
-        self.waited = 0.0
-        self._clock = clock
-        self._sleep = sleep
-        self._sent: deque[float] = deque()
-        self._hold_until = 0.0
-        self._lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        """Return when one more request may be sent now, and count it as sent."""
-        async with self._lock:  # first come, first served
-            while True:
-                now = self._clock()
-                span = self.window + self.margin
-                while self._sent and self._sent[0] <= now - span:
-                    self._sent.popleft()
-                delay = self._hold_until - now
-                if len(self._sent) >= self.limit:
-                    delay = max(delay, self._sent[0] + span - now)
-                if delay <= 0:
-                    break
-                self.waits += 1
-                self.waited += delay
-                await self._sleep(delay)
-            self._sent.append(self._clock())
-
-    def hold(self, seconds: float) -> None:
-        """Send nothing for ``seconds`` (the server answered 429 with this ``Retry-After``)."""
-        self._hold_until = max(self._hold_until, self._clock() + seconds)
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -538,9 +254,7 @@ class HttpClient:
 
         def on_retry(failed: int, error: TransientError, delay: float) -> None:
             self.retries += 1
-            count = _RETRY_COUNT.get()
-            if count is not None:
-                count.retried += 1
+            count_retry()
             # Info, not warning: a retry that recovers needs nobody; one that does not ends in an
             # error the caller reports (and the cycle summary counts the retries).
             log.info(
@@ -616,7 +330,7 @@ class HttpClient:
                 resp_headers = CIMultiDict(resp.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._count("error")
-            error = _connection_error(self.system, method, safe_url, exc)
+            error = connection_error(self.system, method, safe_url, exc)
             log.debug("http_error", system=self.system, method=method, url=safe_url, error=str(error))
             raise error from None
         self._count(str(status))

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.config import Config, ServiceNowInstance, Workspace
-from agent.connectors.http import counting_retries
+from agent.connectors.retry import counting_retries
 from agent.connectors.sentinel.client import SentinelClient
 from agent.connectors.sentinel.merges import Merges
 from agent.connectors.sentinel.models import SentinelIncident

@@ -23,7 +23,8 @@ from urllib.parse import quote, urlsplit
 
 from yarl import URL
 
-from agent.connectors.http import HttpClient, redact_url
+from agent.connectors.http import HttpClient
+from agent.connectors.http_errors import redact_url
 from agent.connectors.sentinel.models import (
     Owner,
     SentinelAlert,

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.connectors.auth import CachedBearer, Token, seconds
-from agent.connectors.http import HttpClient, error_details
+from agent.connectors.http import HttpClient
+from agent.connectors.http_errors import error_details
 from agent.connectors.retry import RetryPolicy
 from agent.errors import AuthError, PermanentError
 from agent.log import log, register_secret

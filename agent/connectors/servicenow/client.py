@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from agent.connectors.http import HttpClient, redact_url
+from agent.connectors.http import HttpClient
+from agent.connectors.http_errors import redact_url
 from agent.connectors.servicenow import journaltext
 from agent.connectors.servicenow.models import JournalEntry, SnowRecord, SnowUser, parse_snow_time
 from agent.connectors.servicenow.query import Q, field_name

@@ -21,14 +21,13 @@ Tables (every key starts with the ServiceNow ``instance``, then the Sentinel ``w
 Storage: WAL journal, ``synchronous=NORMAL`` (a power cut may lose the last commits but never
 corrupts; lost commits heal as described above), the database file created ``0600``. Datetimes
 are ISO-8601 UTC text with microseconds (so text order is time order); mappings are JSON.
-Opening an older database applies the missing :data:`MIGRATIONS`; a newer one is refused.
+Opening an older database applies the missing migrations (:mod:`.schema`); a newer one is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -40,8 +39,6 @@ import aiosqlite
 import orjson
 
 from agent.core.records import (
-    COMMENT_STATES,
-    SIDES,
     UNSET,
     CommentLink,
     Failure,
@@ -55,148 +52,27 @@ from agent.store.checks import (
     CONFLICTS_KEPT,
     CYCLES_KEPT,
     ERROR_TEXT_MAX,
-    check_comment,
     check_side,
     check_state,
     duplicate,
 )
-
-__all__ = [
-    "COMMENT_STATES",
-    "SCHEMA_VERSION",
-    "SIDES",
-    "UNSET",
-    "CommentLink",
-    "Failure",
-    "Link",
-    "Shadow",
-    "Tombstone",
-    "Watermark",
-]
-
-# Each entry is one schema version (index 0 -> version 1). Never edit a released entry: add one.
-MIGRATIONS: tuple[str, ...] = (
-    # 1: links, comment links, watermarks, failures.
-    """
-    CREATE TABLE links (
-        instance        TEXT NOT NULL,
-        workspace       TEXT NOT NULL,
-        incident        TEXT NOT NULL,
-        sys_id          TEXT NOT NULL,
-        number          TEXT NOT NULL,
-        fields          TEXT NOT NULL DEFAULT '{}',
-        sentinel_etag   TEXT,
-        snow_mod_count  INTEGER,
-        open            INTEGER NOT NULL DEFAULT 1,
-        alerts_posted   TEXT NOT NULL DEFAULT '[]',
-        entities_posted TEXT NOT NULL DEFAULT '[]',
-        created_at      TEXT,
-        PRIMARY KEY (instance, workspace, incident)
-    );
-    CREATE UNIQUE INDEX links_by_sys_id ON links (instance, sys_id);
-    CREATE TABLE comment_links (
-        instance         TEXT NOT NULL,
-        workspace        TEXT NOT NULL,
-        incident         TEXT NOT NULL,
-        sentinel_comment TEXT NOT NULL,
-        journal_sys_id   TEXT NOT NULL,
-        direction        TEXT NOT NULL CHECK (direction IN ('to_snow', 'to_sentinel')),
-        created_at       TEXT NOT NULL,
-        UNIQUE (instance, journal_sys_id),
-        UNIQUE (instance, workspace, incident, sentinel_comment)
-    );
-    CREATE TABLE watermarks (
-        instance  TEXT NOT NULL,
-        workspace TEXT NOT NULL,
-        side      TEXT NOT NULL CHECK (side IN ('sentinel', 'servicenow')),
-        created   TEXT,
-        modified  TEXT,
-        moved_at  TEXT NOT NULL,
-        PRIMARY KEY (instance, workspace, side)
-    );
-    CREATE TABLE failures (
-        instance  TEXT NOT NULL,
-        workspace TEXT NOT NULL,
-        incident  TEXT NOT NULL,
-        error     TEXT NOT NULL,
-        attempts  INTEGER NOT NULL,
-        next_try  TEXT NOT NULL,
-        last_at   TEXT NOT NULL,
-        PRIMARY KEY (instance, workspace, incident)
-    );
-    """,
-    # 2: enrichment scheduling and provider ids on links; conflict and cycle history.
-    """
-    ALTER TABLE links ADD COLUMN enrich_after TEXT;
-    ALTER TABLE links ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
-    CREATE INDEX links_open ON links (instance, workspace, open);
-    CREATE TABLE conflict_log (
-        id         INTEGER PRIMARY KEY,
-        at         TEXT NOT NULL,
-        instance   TEXT NOT NULL,
-        workspace  TEXT NOT NULL,
-        incident   TEXT NOT NULL,
-        field      TEXT NOT NULL,
-        sentinel   TEXT NOT NULL,
-        servicenow TEXT NOT NULL,
-        winner     TEXT NOT NULL
-    );
-    CREATE TABLE cycles (
-        id        INTEGER PRIMARY KEY,
-        instance  TEXT NOT NULL,
-        workspace TEXT NOT NULL,
-        started   TEXT NOT NULL,
-        finished  TEXT NOT NULL,
-        ok        INTEGER NOT NULL,
-        summary   TEXT NOT NULL
-    );
-    CREATE INDEX cycles_by_workspace ON cycles (instance, workspace, id);
-    """,
-    # 3: when each watermark last moved (``moved_at`` is when either of the side's two did).
-    """
-    ALTER TABLE watermarks ADD COLUMN created_moved_at TEXT;
-    ALTER TABLE watermarks ADD COLUMN modified_moved_at TEXT;
-    UPDATE watermarks SET created_moved_at = moved_at WHERE created IS NOT NULL;
-    UPDATE watermarks SET modified_moved_at = moved_at WHERE modified IS NOT NULL;
-    """,
-    # 4: comment links written but not yet confirmed from the journal (state + hash of the text
-    # written + the alert/entity ids an agent note lists), links due for the late-enrichment
-    # re-check, and small per-workspace marks.
-    """
-    ALTER TABLE comment_links ADD COLUMN state TEXT NOT NULL DEFAULT 'confirmed'
-        CHECK (state IN ('pending', 'posted', 'confirmed', 'unconfirmed'));
-    ALTER TABLE comment_links ADD COLUMN text_hash TEXT;
-    ALTER TABLE comment_links ADD COLUMN note_ids TEXT NOT NULL DEFAULT '[]';
-    CREATE INDEX comment_links_by_state ON comment_links (instance, workspace, state);
-    CREATE INDEX links_enrich ON links (instance, workspace, enrich_after);
-    CREATE TABLE marks (
-        instance  TEXT NOT NULL,
-        workspace TEXT NOT NULL,
-        name      TEXT NOT NULL,
-        value     TEXT NOT NULL,
-        at        TEXT NOT NULL,
-        PRIMARY KEY (instance, workspace, name)
-    );
-    """,
-    # 5: incidents unlinked on purpose (tombstones: never re-created or re-adopted) and links
-    # found by ticket number (merges in the Defender portal move the number label).
-    """
-    CREATE TABLE unlinked (
-        instance  TEXT NOT NULL,
-        workspace TEXT NOT NULL,
-        incident  TEXT NOT NULL,
-        sys_id    TEXT NOT NULL,
-        number    TEXT NOT NULL,
-        reason    TEXT NOT NULL,
-        at        TEXT NOT NULL,
-        PRIMARY KEY (instance, workspace, incident)
-    );
-    CREATE INDEX links_by_number ON links (instance, workspace, number);
-    """,
+from agent.store.sqlite.rows import (
+    CHUNK,
+    Batch,
+    chunks,
+    comment_from_row,
+    comment_row,
+    dt,
+    dt_req,
+    failure_from_row,
+    json_default,
+    link_from_row,
+    link_row,
+    run_batch,
+    ts,
+    ts_opt,
 )
-SCHEMA_VERSION = len(MIGRATIONS)
-
-CHUNK = 500  # names per IN (...) query: far below SQLite's bound-parameter limit
+from agent.store.sqlite.schema import chmod_private, create_private, migrate
 
 _LINK_COLUMNS = (
     "instance, workspace, incident, sys_id, number, fields, sentinel_etag, snow_mod_count, open, "
@@ -246,7 +122,7 @@ class Shadow:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _create_private(path)
+        create_private(path)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -256,13 +132,13 @@ class Shadow:
             await db.execute("PRAGMA busy_timeout = 5000")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
-            await _migrate(db, path)
+            await migrate(db, path)
         except BaseException as exc:
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
                 raise ConfigError([f"state database {path}: {exc}"]) from exc
             raise
-        _chmod_private(path)
+        chmod_private(path)
         return cls(db, path)
 
     @property
@@ -291,24 +167,24 @@ class Shadow:
     async def get_links(self, instance: str, workspace: str, incidents: Iterable[str]) -> dict[str, Link]:
         """The links of these Sentinel incident names that exist, keyed by incident name."""
         out: dict[str, Link] = {}
-        for chunk in _chunks(incidents):
+        for chunk in chunks(incidents):
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
                 f"SELECT * FROM links WHERE instance = ? AND workspace = ? AND incident IN ({marks})",
                 (instance, workspace, *chunk),
             )
-            out.update((row["incident"], _link_from_row(row)) for row in rows)
+            out.update((row["incident"], link_from_row(row)) for row in rows)
         return out
 
     async def get_links_by_sys_id(self, instance: str, sys_ids: Iterable[str]) -> dict[str, Link]:
         """The links of these ServiceNow sys_ids (any workspace), keyed by sys_id."""
         out: dict[str, Link] = {}
-        for chunk in _chunks(sys_ids):
+        for chunk in chunks(sys_ids):
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
                 f"SELECT * FROM links WHERE instance = ? AND sys_id IN ({marks})", (instance, *chunk)
             )
-            out.update((row["sys_id"], _link_from_row(row)) for row in rows)
+            out.update((row["sys_id"], link_from_row(row)) for row in rows)
         return out
 
     async def iter_links(
@@ -328,7 +204,7 @@ class Shadow:
                 (instance, workspace, after, CHUNK),
             )
             for row in rows:
-                yield _link_from_row(row)
+                yield link_from_row(row)
             if len(rows) < CHUNK:
                 return
             after = rows[-1]["incident"]
@@ -362,12 +238,12 @@ class Shadow:
         for c in comment_links:
             if (c.instance, c.workspace, c.incident) != (link.instance, link.workspace, link.incident):
                 raise ValueError(f"comment link {c.sentinel_comment} belongs to another incident")
-        at = _ts(now or datetime.now(UTC))
+        at = ts(now or datetime.now(UTC))
         key = (link.instance, link.workspace, link.incident)
         async with self._batch() as db:
-            await db.execute(_UPSERT_LINK, _link_row(link))
+            await db.execute(_UPSERT_LINK, link_row(link))
             if comment_links:
-                await db.executemany(_INSERT_COMMENT_LINK, [_comment_row(c) for c in comment_links])
+                await db.executemany(_INSERT_COMMENT_LINK, [comment_row(c) for c in comment_links])
             if conflicts:
                 await db.executemany(
                     "INSERT INTO conflict_log (at, instance, workspace, incident, field, sentinel, "
@@ -385,7 +261,7 @@ class Shadow:
         if not links:
             return
         async with self._batch() as db:
-            await db.executemany(_UPSERT_LINK, [_link_row(link) for link in links])
+            await db.executemany(_UPSERT_LINK, [link_row(link) for link in links])
             await db.executemany(
                 f"DELETE FROM failures WHERE {_BY_INCIDENT}",
                 [(link.instance, link.workspace, link.incident) for link in links],
@@ -401,13 +277,13 @@ class Shadow:
     async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         """The links of a workspace whose ServiceNow number is one of ``numbers``, keyed by number."""
         out: dict[str, Link] = {}
-        for chunk in _chunks(numbers):
+        for chunk in chunks(numbers):
             marks = ", ".join("?" * len(chunk))
             rows = await self._read(
                 f"SELECT * FROM links WHERE instance = ? AND workspace = ? AND number IN ({marks})",
                 (instance, workspace, *chunk),
             )
-            out.update((row["number"], _link_from_row(row)) for row in rows)
+            out.update((row["number"], link_from_row(row)) for row in rows)
         return out
 
     # --- tombstones (unlinked on purpose) --------------------------------------------------------
@@ -423,11 +299,11 @@ class Shadow:
         key = (instance, workspace, incident)
         async with self._write() as db:
             rows = list(await db.execute_fetchall(f"SELECT * FROM links WHERE {_BY_INCIDENT}", key))
-            link = _link_from_row(rows[0]) if rows else None
+            link = link_from_row(rows[0]) if rows else None
             await db.execute(
                 "INSERT OR REPLACE INTO unlinked (instance, workspace, incident, sys_id, number, reason, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*key, link.sys_id if link else "", link.number if link else "", reason, _ts(now)),
+                (*key, link.sys_id if link else "", link.number if link else "", reason, ts(now)),
             )
             for table in ("links", "comment_links", "failures"):
                 await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
@@ -445,7 +321,7 @@ class Shadow:
             )
         else:
             rows = []
-            for chunk in _chunks(incidents):
+            for chunk in chunks(incidents):
                 marks = ", ".join("?" * len(chunk))
                 rows += await self._read(
                     f"SELECT {columns} FROM unlinked WHERE instance = ? AND workspace = ? "
@@ -454,7 +330,7 @@ class Shadow:
                 )
         return {
             row["incident"]: Tombstone(
-                row["incident"], row["sys_id"], row["number"], row["reason"], _dt_req(row["at"])
+                row["incident"], row["sys_id"], row["number"], row["reason"], dt_req(row["at"])
             )
             for row in rows
         }
@@ -474,12 +350,12 @@ class Shadow:
             f"SELECT * FROM comment_links WHERE {_BY_INCIDENT} ORDER BY created_at, rowid",
             (instance, workspace, incident),
         )
-        return [_comment_from_row(row) for row in rows]
+        return [comment_from_row(row) for row in rows]
 
     async def add_comment_link(self, link: CommentLink) -> None:
         """Store one comment link; a duplicate raises :class:`~agent.errors.DuplicateKey`."""
         async with self._batch() as db:
-            await db.execute(_INSERT_COMMENT_LINK, _comment_row(link))
+            await db.execute(_INSERT_COMMENT_LINK, comment_row(link))
 
     async def unconfirmed_comment_links(self, instance: str, workspace: str) -> list[CommentLink]:
         """Comment links of a workspace in state ``pending`` or ``posted``, oldest first."""
@@ -488,7 +364,7 @@ class Shadow:
             "AND state IN ('pending', 'posted') ORDER BY created_at, rowid",
             (instance, workspace),
         )
-        return [_comment_from_row(row) for row in rows]
+        return [comment_from_row(row) for row in rows]
 
     async def set_comment_link(
         self,
@@ -527,9 +403,9 @@ class Shadow:
         rows = await self._read(
             "SELECT * FROM links WHERE instance = ? AND workspace = ? "
             "AND enrich_after IS NOT NULL AND enrich_after <= ? ORDER BY enrich_after, incident",
-            (instance, workspace, _ts(now)),
+            (instance, workspace, ts(now)),
         )
-        return [_link_from_row(row) for row in rows]
+        return [link_from_row(row) for row in rows]
 
     async def get_mark(self, instance: str, workspace: str, name: str) -> tuple[str, datetime] | None:
         """A small named value of a workspace and when it was set, or None."""
@@ -537,7 +413,7 @@ class Shadow:
             "SELECT value, at FROM marks WHERE instance = ? AND workspace = ? AND name = ?",
             (instance, workspace, name),
         )
-        return (rows[0]["value"], _dt_req(rows[0]["at"])) if rows else None
+        return (rows[0]["value"], dt_req(rows[0]["at"])) if rows else None
 
     async def set_mark(
         self, instance: str, workspace: str, name: str, value: str | None, *, now: datetime
@@ -553,7 +429,7 @@ class Shadow:
                 await db.execute(
                     "INSERT OR REPLACE INTO marks (instance, workspace, name, value, at) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (instance, workspace, name, value, _ts(now)),
+                    (instance, workspace, name, value, ts(now)),
                 )
 
     # --- watermarks -----------------------------------------------------------------------------
@@ -573,11 +449,11 @@ class Shadow:
             instance,
             workspace,
             side,
-            _dt(row["created"]),
-            _dt(row["modified"]),
-            _dt(row["moved_at"]),
-            _dt(row["created_moved_at"]),
-            _dt(row["modified_moved_at"]),
+            dt(row["created"]),
+            dt(row["modified"]),
+            dt(row["moved_at"]),
+            dt(row["created_moved_at"]),
+            dt(row["modified_moved_at"]),
         )
 
     async def set_watermark(
@@ -593,13 +469,13 @@ class Shadow:
         """Move a watermark. Only the times passed change (``None`` clears one); ``moved_at`` always,
         and ``created_moved_at`` / ``modified_moved_at`` with the time they belong to."""
         check_side(side)
-        values: dict[str, str | None] = {"moved_at": _ts(moved_at)}
+        values: dict[str, str | None] = {"moved_at": ts(moved_at)}
         if created is not UNSET:
-            values["created"] = _ts_opt(created)
-            values["created_moved_at"] = _ts(moved_at)
+            values["created"] = ts_opt(created)
+            values["created_moved_at"] = ts(moved_at)
         if modified is not UNSET:
-            values["modified"] = _ts_opt(modified)
-            values["modified_moved_at"] = _ts(moved_at)
+            values["modified"] = ts_opt(modified)
+            values["modified_moved_at"] = ts(moved_at)
         updates = ", ".join(f"{col} = excluded.{col}" for col in values)
         cols = ", ".join(values)
         marks = ", ".join("?" * len(values))
@@ -640,7 +516,7 @@ class Shadow:
             next_try = now + timedelta(seconds=delay)
             await db.execute(
                 f"INSERT OR REPLACE INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*key, error[:ERROR_TEXT_MAX], attempts, _ts(next_try), _ts(now)),
+                (*key, error[:ERROR_TEXT_MAX], attempts, ts(next_try), ts(now)),
             )
         return next_try
 
@@ -661,22 +537,22 @@ class Shadow:
         rows = await self._read(
             f"SELECT {_FAILURE_COLUMNS} FROM failures{clause} ORDER BY next_try, incident", params
         )
-        return [_failure_from_row(row) for row in rows]
+        return [failure_from_row(row) for row in rows]
 
     async def due_failures(self, instance: str, workspace: str, now: datetime) -> list[Failure]:
         """Failures of a workspace whose next try is due (``next_try <= now``)."""
         rows = await self._read(
             f"SELECT {_FAILURE_COLUMNS} FROM failures WHERE instance = ? AND workspace = ? AND next_try <= ? "
             "ORDER BY next_try, incident",
-            (instance, workspace, _ts(now)),
+            (instance, workspace, ts(now)),
         )
-        return [_failure_from_row(row) for row in rows]
+        return [failure_from_row(row) for row in rows]
 
     async def blocked(self, instance: str, workspace: str, now: datetime) -> set[str]:
         """Incidents still backing off (``next_try > now``): the engine skips them this cycle."""
         rows = await self._read(
             "SELECT incident FROM failures WHERE instance = ? AND workspace = ? AND next_try > ?",
-            (instance, workspace, _ts(now)),
+            (instance, workspace, ts(now)),
         )
         return {row["incident"] for row in rows}
 
@@ -689,7 +565,7 @@ class Shadow:
             "FROM conflict_log ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [{**dict(row), "at": _dt_req(row["at"])} for row in rows]
+        return [{**dict(row), "at": dt_req(row["at"])} for row in rows]
 
     async def record_cycle(
         self,
@@ -702,12 +578,12 @@ class Shadow:
         summary: Mapping[str, Any],
     ) -> None:
         """Record one finished cycle; old cycles beyond :data:`CYCLES_KEPT` are pruned."""
-        body = orjson.dumps(summary, default=_json_default).decode()
+        body = orjson.dumps(summary, default=json_default).decode()
         async with self._batch() as db:
             await db.execute(
                 "INSERT INTO cycles (instance, workspace, started, finished, ok, summary) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (instance, workspace, _ts(started), _ts(finished), int(ok), body),
+                (instance, workspace, ts(started), ts(finished), int(ok), body),
             )
             await db.execute(
                 """
@@ -731,8 +607,8 @@ class Shadow:
             return None
         row = rows[0]
         return {
-            "started": _dt_req(row["started"]),
-            "finished": _dt_req(row["finished"]),
+            "started": dt_req(row["started"]),
+            "finished": dt_req(row["finished"]),
             "ok": bool(row["ok"]),
             "summary": orjson.loads(row["summary"]),
         }
@@ -744,7 +620,7 @@ class Shadow:
             "ORDER BY id DESC LIMIT 1",
             (instance, workspace),
         )
-        return _dt_req(rows[0]["finished"]) if rows else None
+        return dt_req(rows[0]["finished"]) if rows else None
 
     # --- whole-state copy (migrate-state) ---------------------------------------------------------
 
@@ -795,7 +671,7 @@ class Shadow:
             return list(await self._db.execute_fetchall(sql, params))
 
     @contextlib.asynccontextmanager
-    async def _batch(self) -> AsyncIterator[_Batch]:
+    async def _batch(self) -> AsyncIterator[Batch]:
         """One short write transaction whose statements need no results: collected, then run
         as a whole in the database thread in a single hand-off (each statement awaited on its
         own costs a thread switch while the lock is held and every other shadow call waits).
@@ -803,14 +679,14 @@ class Shadow:
         Rolled back on any error. A caller cancelled while it runs does not stop it: the
         transaction commits or rolls back as a whole, never half.
         """
-        batch = _Batch()
+        batch = Batch()
         yield batch
         if not batch.statements:
             return
         async with self._lock:
             try:
                 # aiosqlite has no public call for "run this in the connection's thread".
-                await self._db._execute(_run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
+                await self._db._execute(run_batch, self._db._conn, batch.statements)  # type: ignore[no-untyped-call]
             except sqlite3.IntegrityError as exc:
                 raise duplicate(str(exc)) from exc
 
@@ -832,187 +708,3 @@ class Shadow:
 
 # --- module helpers -----------------------------------------------------------------------------
 
-_Params = Sequence[Any] | Mapping[str, Any]
-
-
-class _Batch:
-    """The statements of one :meth:`Shadow._batch` transaction, in order."""
-
-    def __init__(self) -> None:
-        self.statements: list[tuple[str, _Params | list[_Params], bool]] = []
-
-    async def execute(self, sql: str, params: _Params = ()) -> None:
-        self.statements.append((sql, params, False))
-
-    async def executemany(self, sql: str, rows: Iterable[_Params]) -> None:
-        self.statements.append((sql, list(rows), True))
-
-
-def _run_batch(db: sqlite3.Connection, statements: Sequence[tuple[str, Any, bool]]) -> None:
-    """Runs in the database thread: the statements in one transaction."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, params, many in statements:
-            if many:
-                db.executemany(sql, params)
-            else:
-                db.execute(sql, params)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    rows = list(await db.execute_fetchall("SELECT version FROM schema_version"))
-    if not rows:
-        await db.execute("INSERT INTO schema_version (version) VALUES (0)")
-        version = 0
-    else:
-        version = int(rows[0]["version"])
-    if version > SCHEMA_VERSION:
-        raise ConfigError(
-            [
-                f"state database {path}: schema version {version} is newer than this agent supports "
-                f"({SCHEMA_VERSION}); run a newer agent or point it at another state file"
-            ]
-        )
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        # executescript runs the whole script; the explicit BEGIN makes it one transaction.
-        script = (
-            f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]}\n"
-            f"UPDATE schema_version SET version = {number};\nCOMMIT;"
-        )
-        try:
-            await db.executescript(script)
-        except BaseException:
-            if db.in_transaction:
-                await db.execute("ROLLBACK")
-            raise
-
-
-def _create_private(path: Path) -> None:
-    # SQLite creates the -wal and -shm files with the main file's permission bits, so creating the
-    # main file 0600 before SQLite touches it keeps all three private (umask can only remove bits).
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-
-
-def _chmod_private(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(f"{path}{suffix}", 0o600)
-
-
-def _chunks(names: Iterable[str]) -> Iterable[list[str]]:
-    unique = list(dict.fromkeys(names))
-    for i in range(0, len(unique), CHUNK):
-        yield unique[i : i + CHUNK]
-
-
-def _ts(value: datetime) -> str:
-    if value.tzinfo is None:
-        raise ValueError(f"naive datetime {value!r}: the shadow stores only aware (UTC) times")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_opt(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
-def _dt(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _dt_req(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset, tuple)):
-        return sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else list(obj)
-    return str(obj)
-
-
-def _link_row(link: Link) -> tuple[Any, ...]:
-    return (
-        link.instance,
-        link.workspace,
-        link.incident,
-        link.sys_id,
-        link.number,
-        orjson.dumps({k: [s, n] for k, (s, n) in link.fields.items()}).decode(),
-        link.sentinel_etag,
-        link.snow_mod_count,
-        int(link.open),
-        orjson.dumps(sorted(link.alerts_posted)).decode(),
-        orjson.dumps(sorted(link.entities_posted)).decode(),
-        _ts_opt(link.created_at),
-        _ts_opt(link.enrich_after),
-        orjson.dumps(dict(link.extra)).decode(),
-    )
-
-
-def _link_from_row(row: sqlite3.Row) -> Link:
-    pairs = orjson.loads(row["fields"])
-    return Link(
-        instance=row["instance"],
-        workspace=row["workspace"],
-        incident=row["incident"],
-        sys_id=row["sys_id"],
-        number=row["number"],
-        fields={k: (str(v[0]), str(v[1])) for k, v in pairs.items()},
-        sentinel_etag=row["sentinel_etag"],
-        snow_mod_count=row["snow_mod_count"],
-        open=bool(row["open"]),
-        alerts_posted=frozenset(orjson.loads(row["alerts_posted"])),
-        entities_posted=frozenset(orjson.loads(row["entities_posted"])),
-        created_at=_dt(row["created_at"]),
-        enrich_after=_dt(row["enrich_after"]),
-        extra={str(k): str(v) for k, v in orjson.loads(row["extra"]).items()},
-    )
-
-
-def _comment_row(c: CommentLink) -> tuple[Any, ...]:
-    check_comment(c)
-    return (
-        c.instance,
-        c.workspace,
-        c.incident,
-        c.sentinel_comment,
-        c.journal_sys_id,
-        c.direction,
-        _ts(c.created_at),
-        c.state,
-        c.text_hash,
-        orjson.dumps(list(c.note_ids)).decode(),
-    )
-
-
-def _comment_from_row(row: sqlite3.Row) -> CommentLink:
-    return CommentLink(
-        instance=row["instance"],
-        workspace=row["workspace"],
-        incident=row["incident"],
-        sentinel_comment=row["sentinel_comment"],
-        journal_sys_id=row["journal_sys_id"],
-        direction=row["direction"],
-        created_at=_dt_req(row["created_at"]),
-        state=row["state"],
-        text_hash=row["text_hash"],
-        note_ids=tuple(orjson.loads(row["note_ids"])),
-    )
-
-
-def _failure_from_row(row: sqlite3.Row) -> Failure:
-    return Failure(
-        instance=row["instance"],
-        workspace=row["workspace"],
-        incident=row["incident"],
-        error=row["error"],
-        attempts=int(row["attempts"]),
-        next_try=_dt_req(row["next_try"]),
-        last_at=_dt_req(row["last_at"]),
-    )

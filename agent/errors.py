@@ -159,7 +159,8 @@ class Forbidden(PermanentError):
 
 
 class EditConflict(PermanentError):
-    """HTTP 409 on an etag-guarded write: someone else changed the record first."""
+    """Someone else changed the record first: HTTP 409 on an etag-guarded write, or (Graph has no
+    ETag, GRAPH.md D.4) a synced property found changed when re-read just before the write."""
 
 
 class InvalidResponse(PermanentError):

@@ -135,6 +135,7 @@ class InstancePaused(NotSent):
         )
         self.instance = instance
         self.until = until
+        self.until_text = until_text
         self.retry_after = max(0.0, until - now)
 
 

@@ -18,6 +18,7 @@ import contextvars
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
@@ -174,3 +175,36 @@ def _text_value(value: Any) -> str:
 
 
 log = Logger()
+
+
+# --- retries counted per unit of work ---------------------------------------------------------
+
+
+@dataclass
+class RetryCount:
+    """Requests retried (and their final outcome left to the caller) while a :func:`counting_retries`
+    block ran, in this task and the tasks it started."""
+
+    retried: int = 0
+
+
+_RETRY_COUNT: contextvars.ContextVar[RetryCount | None] = contextvars.ContextVar("retry_count", default=None)
+
+
+@contextlib.contextmanager
+def counting_retries() -> Iterator[RetryCount]:
+    """Count the HTTP retries made inside the block (a workspace cycle reports them in its
+    summary; one retry that recovered is not worth a warning of its own)."""
+    count = RetryCount()
+    token = _RETRY_COUNT.set(count)
+    try:
+        yield count
+    finally:
+        _RETRY_COUNT.reset(token)
+
+
+def count_retry() -> None:
+    """One more retry for the :func:`counting_retries` block this task runs in, if any."""
+    count = _RETRY_COUNT.get()
+    if count is not None:
+        count.retried += 1

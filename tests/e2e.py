@@ -11,7 +11,7 @@ from typing import Any
 from agent.app.runtime import Runtime
 from agent.config import Config, load_config
 from agent.connectors.retry import RetryPolicy
-from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 from agent.testing.emulators.common import Call
 from agent.testing.emulators.sentinel import SentinelWorkspace
 from agent.testing.emulators.servicenow import ServiceNowEmulator

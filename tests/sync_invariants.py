@@ -30,7 +30,7 @@ import pytest
 from agent.config import Config
 from agent.connectors.sentinel.models import parse_arm_time
 from agent.connectors.servicenow.models import parse_snow_time
-from agent.sync import engine
+from agent.sync import clock
 from agent.testing.emulators.stack import EmulatorStack
 
 JOURNAL_ELEMENTS = ("work_notes", "comments")
@@ -185,7 +185,7 @@ class Checker:
     def _all_linked(self, name: str, links: dict[str, ShadowLink], found: Findings) -> None:
         ws_cfg = self.config.workspaces[name]
         # The agent's own clock (tests move it to let backoffs pass), an hour's slack.
-        oldest = engine.utcnow() - timedelta(days=ws_cfg.max_age_days) + timedelta(hours=1)
+        oldest = clock.utcnow() - timedelta(days=ws_cfg.max_age_days) + timedelta(hours=1)
         for inc_name, inc in self.stack.workspaces[name].incidents.items():
             p = inc["properties"]
             labels = [lbl.get("labelName") for lbl in p.get("labels") or []]
@@ -306,7 +306,7 @@ class TimeTravel:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset = timedelta()
-        monkeypatch.setattr(engine, "utcnow", lambda: datetime.now(UTC) + self.offset)
+        monkeypatch.setattr(clock, "utcnow", lambda: datetime.now(UTC) + self.offset)
 
     def advance(self, delta: timedelta) -> None:
         self.offset += delta

@@ -11,7 +11,7 @@ import pytest
 from agent.app.runtime import Runtime
 from agent.config import load_config
 from agent.errors import ConfigError, PermanentError
-from agent.sync.engine import CycleOptions, run_workspaces
+from agent.sync.cycle import CycleOptions, run_workspaces
 from tests.e2e import Env, props, writes
 
 ALICE = "alice@contoso.example"

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from agent.connectors.sentinel.source import comment_id
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.core.records import CommentLink
 from agent.core.text import SENTINEL_MAX, cap_html, utf16_len
 from agent.errors import PermanentError
 from agent.log import log
 from agent.store.sqlite.store import Shadow
-from agent.sync import engine
-from agent.sync.conversation import comment_id
+from agent.sync import clock
 from agent.testing.emulators.sentinel import portal_text
 from agent.testing.emulators.stack import DEFAULT_SNOW_USER
 from tests.e2e import Env, writes
@@ -135,7 +135,7 @@ async def test_work_note_becomes_comment_with_deterministic_id(
     stats = await env.stats()
     assert stats.comments_to_sentinel == 1
     [comment] = env.ws().comments(name)
-    assert comment["name"] == comment_id(env.stack.workspace_instance("soc"), entry["sys_id"])
+    assert comment["name"] == comment_id(f'{env.stack.workspace_instance("soc")}:{entry["sys_id"]}')
     head, _, body = portal_text(comment["properties"]["message"]).partition("\n\n")
     number = env.snow_record(name)["number"]
     assert head.startswith(f"ServiceNow work note by bob.hunter on {number}, ")
@@ -588,7 +588,7 @@ async def simulate_and_check(env: Env, *, seed: int, faulty: bool) -> None:
         journal = env.snow.journal(rec["sys_id"])
         ours = [e for e in journal if e["sys_created_by"] == DEFAULT_SNOW_USER]
         theirs = [e for e in journal if e["sys_created_by"] != DEFAULT_SNOW_USER]
-        mirrors = {comment_id(instance, e["sys_id"]) for e in theirs}
+        mirrors = {comment_id(f"{instance}:{e['sys_id']}") for e in theirs}
         by_analysts = [c for c in comments if c["name"] not in mirrors]
         # every analyst comment is one of our journal entries, once (texts may repeat: compare counts)
         for c in by_analysts:
@@ -622,8 +622,8 @@ async def test_e2_comment_that_does_not_move_the_modified_time_arrives_within_th
     env.ws().analyst_comment(name, "seen by the etag only", author_upn=ALICE)
     stats = await env.stats()
     assert (stats.open_check, stats.comments_to_snow, notes(env, sys_id)) == (False, 0, [])
-    later = engine.utcnow() + timedelta(minutes=10, seconds=1)
-    monkeypatch.setattr(engine, "utcnow", lambda: later)
+    later = clock.utcnow() + timedelta(minutes=10, seconds=1)
+    monkeypatch.setattr(clock, "utcnow", lambda: later)
     stats = await env.stats()
     assert (stats.open_check, stats.comments_to_snow) == (True, 1)
     [note] = notes(env, sys_id)

@@ -2,7 +2,7 @@
 
 A merge closes the source incident, moves its tags (our ServiceNow number label among them) to
 the surviving incident and adds the ``Redirected`` tag to the source (see
-agent.connectors.sentinel.merges). The source's ticket then gets one work note naming the
+agent.sync.followups). The source's ticket then gets one work note naming the
 survivor, ``parent_incident`` pointing at the survivor's ticket, and is resolved.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.connectors.servicenow.routing import EXTRA_PROVIDER_ID
+from agent.connectors.sentinel.source import EXTRA_PROVIDER_ID
 from agent.core.records import Link
 from agent.store.sqlite.store import Shadow
 from tests.e2e import Env, props, writes

@@ -18,11 +18,11 @@ import pytest
 
 import agent
 from agent import errors
+from agent.connectors.sentinel.source import SentinelSource
 from agent.errors import AgentError, DataError, HookFailed, PermanentError
 from agent.log import log
 from agent.store.sqlite.store import Shadow
-from agent.sync import mapping
-from agent.sync.engine import CycleStats
+from agent.sync.cycle import CycleStats
 from tests.e2e import Env
 
 TEST_SIDE = ("agent.testing",)
@@ -104,15 +104,15 @@ async def test_a_bug_stops_the_cycle_and_is_no_incident_failure(
 ) -> None:
     name = env.ws().create_incident(title="meets a bug", labels=["snow"])["name"]
 
-    def description_for_snow(*args: Any) -> str:
+    def ticket_description(*args: Any) -> str:
         raise bug
 
-    monkeypatch.setattr(mapping, "description_for_snow", description_for_snow)
+    monkeypatch.setattr(SentinelSource, "ticket_description", ticket_description)
     result = (await env.cycle())["soc"]
     assert isinstance(result, BaseException) and not isinstance(result, AgentError)
     [crash] = named(records, "cycle_crashed")
     assert crash["error"] == f"{type(bug).__name__}: {bug}"
-    assert "in description_for_snow" in crash["traceback"] and "_create" in crash["traceback"]
+    assert "in ticket_description" in crash["traceback"] and "in create" in crash["traceback"]
     assert not named(records, "incident_failed") and await failures(env) == []
     assert [s["ok"] for s in named(records, "cycle_summary")] == [False]
     assert env.snow_records() == []

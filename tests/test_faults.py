@@ -26,7 +26,7 @@ from agent.config import load_config
 from agent.connectors.retry import RetryPolicy
 from agent.errors import TransientError
 from agent.log import log
-from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 from agent.testing.emulators.simulator import Simulator
 from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agent.app.runtime import Runtime
+from agent.connectors.servicenow.sink import hook_fields
 from agent.errors import ConfigError
 from agent.store.sqlite.store import Shadow
 from agent.sync import hooks
@@ -166,17 +167,22 @@ async def test_hook_sees_updates_to_sentinel(env: Env) -> None:
         assert stats.updated_sentinel == stats.updated_snow == 0
 
 
+def fields_of(hook: Any) -> tuple[str, ...]:
+    """What the runtime asks of a hook's ``fields``: declared (the engine), checked names (ServiceNow)."""
+    return hook_fields(hooks.declared_fields(hook))
+
+
 def test_declared_fields_are_checked() -> None:
     def hook(*args: Any) -> dict[str, Any]:
         return {}
 
-    assert hooks.fields_of(None) == ()
+    assert fields_of(None) == ()
     hook.fields = ("urgency", "u_custom")  # type: ignore[attr-defined]
-    assert hooks.fields_of(hook) == ("urgency", "u_custom")
+    assert fields_of(hook) == ("urgency", "u_custom")
     for bad in ("urgency", ("Bad Name",), (1,)):
         hook.fields = bad  # type: ignore[attr-defined]
         with pytest.raises(ConfigError, match=r"\[agent\] custom_mapping"):
-            hooks.fields_of(hook)
+            fields_of(hook)
 
 
 async def test_plan_shows_the_hooked_write_and_a_failing_hook_records_nothing(env: Env) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from agent.connectors.servicenow.journal import MARK_JOURNAL_UNREADABLE
 from agent.log import log
 from agent.store.sqlite.store import Shadow
-from agent.sync.conversation import MARK_JOURNAL_UNREADABLE
 from tests.e2e import Env
 
 

@@ -20,7 +20,7 @@ from agent.app.runtime import Runtime
 from agent.connectors.retry import RetryPolicy
 from agent.errors import AuthError, ConfigError
 from agent.log import log
-from agent.sync.engine import CycleOptions, run_workspaces
+from agent.sync.cycle import CycleOptions, run_workspaces
 from tests.e2e import Env
 from tests.test_cli import AGENT
 

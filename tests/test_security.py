@@ -30,7 +30,7 @@ from agent.connectors.http import build_ssl_context
 from agent.connectors.retry import RetryPolicy
 from agent.errors import ConfigError
 from agent.log import log
-from agent.sync.engine import CycleOptions, run_workspaces
+from agent.sync.cycle import CycleOptions, run_workspaces
 from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 

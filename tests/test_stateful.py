@@ -30,8 +30,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from agent.app.runtime import Runtime
 from agent.config import load_config
 from agent.connectors.retry import RetryPolicy
-from agent.sync import engine
-from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.sync import clock
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 from agent.testing.emulators.simulator import CLOSE_CODES, CLOSURES
 from agent.testing.emulators.stack import EmulatorStack
 from tests.sync_invariants import Checker
@@ -78,11 +78,11 @@ class SyncMachine(RuleBasedStateMachine):
         self.counter = 0
         # The engine's clock: backoffs of failed incidents pass when a check needs them gone.
         self.offset = timedelta()
-        self._utcnow: Callable[[], datetime] = engine.utcnow
-        engine.utcnow = lambda: datetime.now(UTC) + self.offset
+        self._utcnow: Callable[[], datetime] = clock.utcnow
+        clock.utcnow = lambda: datetime.now(UTC) + self.offset
 
     def teardown(self) -> None:
-        engine.utcnow = self._utcnow
+        clock.utcnow = self._utcnow
         try:
             self.loop.run_until_complete(self.stack.stop())
             self.loop.run_until_complete(self._end_connections())

@@ -20,7 +20,7 @@ from agent.config import Config, load_config
 from agent.core import valves
 from agent.errors import ExitCode, SafetyValveTripped
 from agent.log import log
-from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 from agent.testing.emulators.stack import EmulatorStack
 from tests.agent_process import AgentProcess
 from tests.e2e import props, writes

@@ -580,4 +580,3 @@ def _snow_hint(exc: AgentError, inst: ServiceNowInstance) -> str:
     if isinstance(exc, RemoteError) and exc.status == 400:
         return f"check incident_table ({inst.incident_table}) and the field names in [servicenow]"
     return "a transient failure: try again" if isinstance(exc, TransientError) else ""
-

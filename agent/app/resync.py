@@ -34,15 +34,14 @@ from agent.app.leadership import exclusive
 from agent.app.runtime import Runtime
 from agent.app.watermarks import known
 from agent.config import Config
-from agent.connectors.sentinel.models import SentinelIncident
-from agent.connectors.servicenow.models import SnowRecord
 from agent.core.merge import plan
-from agent.core.records import Link
+from agent.core.records import Incident, Link, Ticket
 from agent.errors import ConfigError, DataError, NotFound
 from agent.log import log
 from agent.store import Store, open_store
-from agent.sync import mapping
-from agent.sync.engine import WorkspaceSync
+from agent.sync.actions import side, ticket_side
+from agent.sync.cycle import WorkspaceSync
+from agent.sync.owners import Owners
 
 AGREE = "no_base_agree"
 
@@ -134,140 +133,133 @@ async def _resync(
     syncs: Sequence[WorkspaceSync], shadow: Store, *, dry_run: bool
 ) -> tuple[list[WorkspaceReport], list[Unmatched]]:
     reports: list[WorkspaceReport] = []
-    pool: dict[tuple[str, str], SnowRecord] = {}  # (instance, sys_id) -> not placed by any workspace
+    pool: dict[tuple[str, str], Ticket] = {}  # (instance, ticket id) -> not placed by any workspace
     placed: set[tuple[str, str]] = set()
-    markers = {s.correlation_display: s.ws.name for s in syncs}
+    markers = {s.sink.marker: s.ws.name for s in syncs}
     for sync in syncs:
         report = WorkspaceReport(sync.ws.name, sync.inst.name)
         reports.append(report)
-        records = [r async for r in sync.snow.list_records(sync._scope(), sync.snow_fields)]
-        labels = sync.ws.incident_filter
-        incidents = {i.name.lower(): i async for i in sync.sentinel.list_incidents(labels=labels)}
-        report.records, report.incidents = len(records), len(incidents)
-        todo = [r for r in records if (sync.inst.name, r.sys_id) not in placed]
+        tickets = [t async for t in sync.sink.changed(None)]
+        incidents = {i.id.lower(): i async for i in sync.source.changed(None)}
+        report.records, report.incidents = len(tickets), len(incidents)
+        todo = [t for t in tickets if (sync.inst.name, t.id) not in placed]
         matches, handled = await _match(sync, shadow, todo, incidents, report)
-        for rec in todo:
-            key = (sync.inst.name, rec.sys_id)
-            if rec.sys_id in handled:
+        for ticket in todo:
+            key = (sync.inst.name, ticket.id)
+            if ticket.id in handled:
                 placed.add(key)
                 pool.pop(key, None)
             else:
-                pool[key] = rec
+                pool[key] = ticket
         links = await _links(sync, matches)
-        report.linked = [m for m, _inc, _rec in matches]
+        report.linked = [m for m, _inc, _ticket in matches]
         if not dry_run and links:
             await shadow.save_links(links)
         for link in links:
             log.info("link_resynced", workspace=sync.ws.name, incident=link.incident, snow_number=link.number)
     unmatched = []
-    for (inst, _sys_id), rec in sorted(pool.items(), key=lambda kv: kv[1].number):
-        owner = markers.get(rec.get("correlation_display"))
+    for (inst, _id), ticket in sorted(pool.items(), key=lambda kv: kv[1].number):
+        owner = markers.get(ticket.marker)
         reason = (
             f"marked for workspace {owner}, but no such incident there"
             if owner
             else "no incident with this id in any enabled workspace"
         )
-        unmatched.append(Unmatched(inst, rec.number, rec.sys_id, rec.get(_unique_key(syncs, inst)), reason))
+        unmatched.append(Unmatched(inst, ticket.number, ticket.id, ticket.key, reason))
     return reports, unmatched
 
 
 async def _match(
     sync: WorkspaceSync,
     shadow: Store,
-    records: Sequence[SnowRecord],
-    incidents: dict[str, SentinelIncident],
+    tickets: Sequence[Ticket],
+    incidents: dict[str, Incident],
     report: WorkspaceReport,
-) -> tuple[list[tuple[Matched, SentinelIncident, SnowRecord]], set[str]]:
-    """The pairs to link, and the sys_ids this workspace placed (linked, kept apart, reported)."""
+) -> tuple[list[tuple[Matched, Incident, Ticket]], set[str]]:
+    """The pairs to link, and the ticket ids this workspace placed (linked, kept apart, reported)."""
     inst, ws = sync.inst.name, sync.ws.name
-    by_sys = await shadow.get_links_by_sys_id(inst, [r.sys_id for r in records])
+    by_id = await shadow.get_links_by_sys_id(inst, [t.id for t in tickets])
     tombstones = await shadow.unlinked(inst, ws)
-    keys = {r.sys_id: r.get(sync.inst.unique_key).strip() for r in records}
+    keys = {t.id: t.key.strip() for t in tickets}
     links = await shadow.get_links(inst, ws, [k for k in keys.values() if k])
-    out: list[tuple[Matched, SentinelIncident, SnowRecord]] = []
+    out: list[tuple[Matched, Incident, Ticket]] = []
     handled: set[str] = set()
     seen: dict[str, str] = {}  # incident -> the number linked by this run
     # Of two tickets for one incident, link the one this agent marked, then an open one (a
     # follow-up of a closed ticket, REFERENCE E.9), the older of two open ones, the newest closed.
-    mark = sync.correlation_display
+    mark = sync.sink.marker
 
-    def rank(r: SnowRecord) -> tuple[bool, bool, int]:
-        finished = sync.maps.is_finished(r.get(sync.maps.status_field))
-        number = int("".join(c for c in r.number if c.isdigit()) or 0)
-        return (r.get("correlation_display") != mark, finished, -number if finished else number)
+    def rank(t: Ticket) -> tuple[bool, bool, int]:
+        finished = sync.sink.finished(t.values.get("status", ""))
+        number = int("".join(c for c in t.number if c.isdigit()) or 0)
+        return (t.marker != mark, finished, -number if finished else number)
 
-    ordered = sorted(records, key=rank)
-    for rec in ordered:
-        key = keys[rec.sys_id]
-        existing = by_sys.get(rec.sys_id)
+    for ticket in sorted(tickets, key=rank):
+        key = keys[ticket.id]
+        existing = by_id.get(ticket.id)
         if existing is not None:
-            handled.add(rec.sys_id)  # linked already (here, or to another workspace)
+            handled.add(ticket.id)  # linked already (here, or to another workspace)
             report.already_linked += existing.workspace == ws
             continue
         incident = incidents.get(key.lower())
-        if incident is None and rec.get("correlation_display") == sync.correlation_display:
+        if incident is None and ticket.marker == mark:
             incident = await _get(sync, key)  # ours by its marker, but not in the listing
         if incident is None:
             continue
-        handled.add(rec.sys_id)
-        if incident.name in tombstones:
-            report.kept_unlinked.append(rec.number)
+        handled.add(ticket.id)
+        if incident.id in tombstones:
+            report.kept_unlinked.append(ticket.number)
             continue
-        other = links.get(incident.name)
-        if other is not None or incident.name in seen:
-            linked_to = other.number if other else seen[incident.name]
-            duplicate = {"incident": incident.name, "number": rec.number, "linked_to": linked_to}
-            report.duplicates.append(duplicate)
+        other = links.get(incident.id)
+        if other is not None or incident.id in seen:
+            linked_to = other.number if other else seen[incident.id]
+            report.duplicates.append(
+                {"incident": incident.id, "number": ticket.number, "linked_to": linked_to}
+            )
             continue
-        seen[incident.name] = rec.number
-        out.append((Matched(incident.name, rec.number, rec.sys_id, [], []), incident, rec))
+        seen[incident.id] = ticket.number
+        out.append((Matched(incident.id, ticket.number, ticket.id, [], []), incident, ticket))
     return out, handled
 
 
-async def _get(sync: WorkspaceSync, name: str) -> SentinelIncident | None:
+async def _get(sync: WorkspaceSync, name: str) -> Incident | None:
     try:
-        return await sync.sentinel.get_incident(name)
+        return await sync.source.get(name)
     except (NotFound, DataError):  # deleted, or a key that names no incident we could ask for
         return None
 
 
-async def _links(
-    sync: WorkspaceSync, matches: Sequence[tuple[Matched, SentinelIncident, SnowRecord]]
-) -> list[Link]:
+async def _links(sync: WorkspaceSync, matches: Sequence[tuple[Matched, Incident, Ticket]]) -> list[Link]:
     """Links whose base holds only the fields both sides agree on (the owner look-ups resolved)."""
-    sync.owner_to_snow, sync.owner_to_sentinel = {}, {}
-    await sync._resolve([i for _m, i, _r in matches], [r for _m, _i, r in matches])
-    policy = sync._policy()
+    owners = Owners()
+    await owners.resolve(sync.sink, [i for _m, i, _t in matches], [t for _m, _i, t in matches])
+    policy = sync.maps.policy(owners.to_snow, owners.to_sentinel, sync.config.agent.conflict_policy)
     now = datetime.now(UTC)
     links: list[Link] = []
-    for matched, inc, rec in matches:
-        p = plan(None, mapping.sentinel_side(inc), mapping.snow_side(rec, sync.maps), policy)
+    for matched, inc, ticket in matches:
+        p = plan(None, side(inc), ticket_side(ticket), policy)
         base = {f: p.base[f] for f, case in p.cases.items() if case == AGREE}
         matched.agreed = sorted(base)
         matched.disagree = sorted(set(p.cases) - set(base))
         sync_now = not matched.disagree
-        closed = inc.status == "Closed" and sync.maps.is_finished(rec.get(sync.maps.status_field))
+        closed = inc.closed and sync.sink.finished(ticket.values.get("status", ""))
         links.append(
             Link(
                 instance=sync.inst.name,
                 workspace=sync.ws.name,
-                incident=inc.name,
-                sys_id=rec.sys_id,
-                number=rec.number,
+                incident=inc.id,
+                sys_id=ticket.id,
+                number=ticket.number,
                 fields=base,
                 # Unknown versions make the next cycle process the pair and settle what disagrees.
-                sentinel_etag=inc.etag if sync_now else None,
-                snow_mod_count=rec.mod_count if sync_now else None,
+                sentinel_etag=inc.version if sync_now else None,
+                snow_mod_count=ticket.version if sync_now else None,
                 open=not closed,
                 created_at=now,
-                extra=sync.routing.link_extra(inc),
+                extra={**sync.sink.route_extra(inc), **inc.extra},
             )
         )
     return links
-
-
-def _unique_key(syncs: Sequence[WorkspaceSync], instance: str) -> str:
-    return next(s.inst.unique_key for s in syncs if s.inst.name == instance)
 
 
 NUMBER = re.compile(r"^[A-Z]{2,10}\d{4,12}$")

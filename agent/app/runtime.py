@@ -14,12 +14,15 @@ from agent.connectors.entra import EntraAuth
 from agent.connectors.http import HttpClient
 from agent.connectors.retry import RetryPolicy
 from agent.connectors.sentinel.client import SentinelClient
+from agent.connectors.sentinel.source import SentinelSource
 from agent.connectors.servicenow.auth import ServiceNowBasicAuth, ServiceNowOAuth
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.pause import PauseGate
+from agent.connectors.servicenow.sink import ServiceNowSink, hook_fields
 from agent.errors import ConfigError
 from agent.store import Store, open_store
-from agent.sync.engine import WorkspaceSync
+from agent.sync import hooks
+from agent.sync.cycle import WorkspaceSync
 
 
 class Runtime:
@@ -120,25 +123,48 @@ class Runtime:
 
     def syncs(self, only: Sequence[str] | None = None) -> list[WorkspaceSync]:
         """One ``WorkspaceSync`` per enabled workspace (``enabled = false`` is never touched)."""
-        assert self.shadow is not None
         unknown = [w for w in only or () if w not in self.config.workspaces]
         if unknown:
             raise ConfigError([f"[workspace:{w}]: no such workspace in the config" for w in unknown])
-        out = []
-        for name, ws in self.config.workspaces.items():
-            if only and name not in only:
-                continue
-            if not ws.enabled:
-                continue
-            out.append(
-                WorkspaceSync(
-                    self.config,
-                    ws,
-                    self.config.servicenow[ws.servicenow],
-                    self.sentinel_client(name),
-                    self.snow_client(ws.servicenow),
-                    self.shadow,
-                    calls=self.calls,
-                )
-            )
-        return out
+        return [
+            self.sync(name)
+            for name, ws in self.config.workspaces.items()
+            if ws.enabled and (not only or name in only)
+        ]
+
+    def sync(self, workspace: str) -> WorkspaceSync:
+        """The sync of one workspace: its source, its ticket side and the shadow, plugged together."""
+        assert self.shadow is not None
+        ws = self.config.workspaces[workspace]
+        inst = self.config.servicenow[ws.servicenow]
+        hook = hooks.load(self.config.agent.custom_mapping)
+        return WorkspaceSync(
+            self.config,
+            ws,
+            inst,
+            self.source(workspace),
+            self.sink(workspace),
+            self.shadow,
+            hook=hook,
+            calls=self.calls,
+        )
+
+    def source(self, workspace: str) -> SentinelSource:
+        """The incident source of one workspace."""
+        return SentinelSource(self.sentinel_client(workspace), self.config.workspaces[workspace],
+                              page_size=self.config.agent.page_size)  # fmt: skip
+
+    def sink(self, workspace: str) -> ServiceNowSink:
+        """The ticket side of one workspace."""
+        assert self.shadow is not None
+        ws = self.config.workspaces[workspace]
+        hook = hooks.load(self.config.agent.custom_mapping)
+        return ServiceNowSink(
+            self.config,
+            ws,
+            self.config.servicenow[ws.servicenow],
+            self.snow_client(ws.servicenow),
+            self.shadow,
+            marker=f"Sentinel/{ws.workspace_name}",
+            hook_fields=hook_fields(hooks.declared_fields(hook)),
+        )

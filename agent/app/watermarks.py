@@ -32,7 +32,7 @@ from agent.core.records import Watermark
 from agent.errors import ConfigError, LeaseLost, LockHeld
 from agent.log import log
 from agent.store import open_store
-from agent.sync.engine import CycleStats
+from agent.sync.cycle import CycleStats
 
 SIDES = ("sentinel", "servicenow")
 FUTURE_SLACK = timedelta(minutes=5)  # clock skew between the operator's host and the agent's

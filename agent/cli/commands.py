@@ -23,7 +23,7 @@ from agent.config import Config
 from agent.connectors.servicenow.pause import iso as pause_iso
 from agent.errors import ConfigError, ExitCode, InstancePaused, SafetyValveTripped
 from agent.log import LEVELS, log
-from agent.sync.engine import CycleOptions, CycleStats, run_workspaces
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 
 
 def _exit_code(results: Mapping[str, BaseException | CycleStats]) -> int:

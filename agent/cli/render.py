@@ -63,7 +63,6 @@ def _roles(report: dict[str, Any], out: IO[str]) -> None:
         out.write("standby: none\n")
 
 
-
 def status(report: dict[str, Any], out: IO[str]) -> None:
     """The status report for a person: one block per workspace."""
     agent = report.get("agent") or {}

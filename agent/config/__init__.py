@@ -757,7 +757,9 @@ def _read_state(sec: _Section) -> StoreTarget:
     else:
         target = StoreTarget("sqlite", str(sec.get("state_db", sec.resolve, default)))
     if target.kind == "memory":
-        sec.problem(key, "memory: keeps nothing across restarts (it is for tests); use a file or postgresql://")
+        sec.problem(
+            key, "memory: keeps nothing across restarts (it is for tests); use a file or postgresql://"
+        )
     if target.path is not None and not target.path.parent.is_dir():
         sec.problem(key, f"folder {target.path.parent} does not exist")
     if target.kind != "postgresql":

@@ -18,7 +18,6 @@ class Token:
         self.expires_at = expires_at
 
 
-
 class CachedBearer:
     """A bearer token cached until ``refresh_margin`` seconds before expiry and fetched by one
     caller at a time (single flight); subclasses say how a new one is obtained.

@@ -48,7 +48,7 @@ from agent.connectors.http_errors import (
     redirect_error,
 )
 from agent.connectors.pacing import RequestPacer
-from agent.connectors.retry import RetryPolicy, count_retry, parse_retry_after, retrying
+from agent.connectors.retry import RetryPolicy, parse_retry_after, retrying
 from agent.errors import (
     ConfigError,
     NotSent,
@@ -56,7 +56,7 @@ from agent.errors import (
     RateLimited,
     TransientError,
 )
-from agent.log import log, register_secret
+from agent.log import count_retry, log, register_secret
 
 if TYPE_CHECKING:
     from agent.connectors.servicenow.pause import PauseGate
@@ -68,6 +68,7 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _MAX_LOGGED_BODY = 2000
 # Keep OData and ServiceNow queries readable in URLs; everything else is percent-encoded.
 _QUERY_SAFE = "$'(),:/@!*"
+
 
 class AuthProvider(Protocol):
     """Supplies the ``Authorization`` header for one remote system."""

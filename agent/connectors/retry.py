@@ -16,11 +16,9 @@ sent again also depends on what the failure proves:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -125,36 +123,3 @@ async def retrying(
             if on_retry is not None:
                 on_retry(attempt, error, delay)
             await sleep(delay)
-
-
-# --- retries counted per unit of work ---------------------------------------------------------
-
-
-@dataclass
-class RetryCount:
-    """Requests retried (and their final outcome left to the caller) while a :func:`counting_retries`
-    block ran, in this task and the tasks it started."""
-
-    retried: int = 0
-
-
-_RETRY_COUNT: ContextVar[RetryCount | None] = ContextVar("retry_count", default=None)
-
-
-@contextlib.contextmanager
-def counting_retries() -> Iterator[RetryCount]:
-    """Count the HTTP retries made inside the block (a workspace cycle reports them in its
-    summary; one retry that recovered is not worth a warning of its own)."""
-    count = RetryCount()
-    token = _RETRY_COUNT.set(count)
-    try:
-        yield count
-    finally:
-        _RETRY_COUNT.reset(token)
-
-
-def count_retry() -> None:
-    """One more retry for the :func:`counting_retries` block this task runs in, if any."""
-    count = _RETRY_COUNT.get()
-    if count is not None:
-        count.retried += 1

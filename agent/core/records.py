@@ -117,3 +117,124 @@ class Unset(enum.Enum):
 
 UNSET = Unset.UNSET
 """Default of :meth:`Store.set_watermark`'s optional times: "leave this one as it is"."""
+
+
+# --- the two sides, as the sync sees them -------------------------------------------------------
+#
+# A connector turns its wire records into these and back; the engine reads only these fields.
+# ``wire`` is the connector's own record, handed back to the connector (and to the custom mapping
+# hook, which receives the source's and the ticket system's records as they were read).
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One incident of a source (a Sentinel workspace, a Defender XDR tenant).
+
+    ``version`` changes with every change of the incident (Sentinel's etag; Graph has no etag, so
+    its ``lastUpdateDateTime``). ``values`` holds the synced fields in the source's own terms:
+    ``severity``, ``status`` and ``owner`` (the owner's key: lower-cased UPN, else e-mail, "" for
+    none). ``classification`` is the key the closure map of the ticket side looks up when the
+    incident closes, ``close_notes`` the text a person reads there.
+    """
+
+    id: str
+    version: str
+    number: str
+    title: str
+    values: Mapping[str, str]
+    labels: tuple[str, ...]
+    created: datetime
+    modified: datetime
+    closed: bool
+    owner_spelled: str = ""  # the owner as the source spells it (look-ups compare case-sensitively)
+    owner_names: tuple[str, ...] = ()  # every name the owner goes by, lower-cased (routing rules)
+    classification: str | None = None
+    close_notes: str = ""
+    comments_count: int | None = None  # None: unknown (the comments are always listed)
+    alerts_count: int = 0
+    merged_away: bool = False  # closed by a merge into another incident
+    extra: Mapping[str, str] = field(default_factory=dict)  # what a link remembers about it
+    wire: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def owner(self) -> str:
+        return self.values.get("owner", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One ticket of the ticket system (a ServiceNow incident).
+
+    ``version`` counts the ticket's writes (``sys_mod_count``); ``values`` holds the synced fields
+    in the ticket system's terms (``severity``, ``status``, ``owner`` as the user's id).
+    """
+
+    id: str
+    number: str
+    version: int
+    modified: datetime
+    updated_by: str
+    values: Mapping[str, str]
+    close_code: str = ""
+    close_notes: str = ""
+    key: str = ""  # the incident id the ticket carries (its unique key)
+    marker: str = ""  # which workspace's agent made it, as written on it
+    wire: object = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """How an incident is closed, in the source's terms: classification, its reason (Sentinel) or
+    determination (Graph), and a comment."""
+
+    classification: str
+    reason: str | None
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    """A comment on an incident. ``text`` is as the source holds it (HTML for Sentinel)."""
+
+    id: str
+    text: str
+    author: str | None
+    author_id: str | None  # UPN or e-mail
+    created: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A journal entry of a ticket (a work note or an additional comment).
+
+    ``id`` is the entry's own id, or a key derived from the ticket, the kind, the text and its
+    place when the journal was read without ids (``derived``).
+    """
+
+    id: str
+    ticket: str
+    kind: str
+    text: str
+    author: str
+    created: datetime
+    derived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """An alert or an entity of an incident, as one line a person reads on the ticket."""
+
+    id: str
+    line: str
+    order: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a ticket goes after its incident changed: the link's extras to keep, the ticket write
+    that moves it (empty when it stays), and the group it moves to and from (for the log)."""
+
+    extra: Mapping[str, str]
+    write: Mapping[str, str]
+    group: str = ""
+    previous: str | None = None

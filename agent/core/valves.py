@@ -25,7 +25,7 @@ for one run, after an operator looked at the numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 
 from agent.errors import SafetyValveTripped
 
@@ -63,11 +63,17 @@ def check_listing(
     )
 
 
-def closes(to_sentinel: Mapping[str, str], to_snow: Mapping[str, str], snow_closed: Iterable[str]) -> bool:
-    """Whether one planned write closes its incident on either side."""
-    if to_sentinel.get("status") == SENTINEL_CLOSED:
+def closes(
+    to_sentinel: Mapping[str, str],
+    to_snow: Mapping[str, str],
+    finished: Callable[[str], bool],
+    source_closed: str = SENTINEL_CLOSED,
+) -> bool:
+    """Whether one planned write closes its incident on either side (``finished``: whether a
+    ticket status ends the ticket's work; ``source_closed``: the source's closed status)."""
+    if to_sentinel.get("status") == source_closed:
         return True
-    return "status" in to_snow and to_snow["status"] in set(snow_closed)
+    return "status" in to_snow and finished(to_snow["status"])
 
 
 def check_close_ratio(

@@ -7,8 +7,9 @@ make, in both directions, with five positional arguments::
     def hook(direction, kind, incident, record, changes):
         # direction: "to_snow" | "to_sentinel"
         # kind:      "create" | "update"   (creates are always "to_snow")
-        # incident:  agent.connectors.sentinel.models.SentinelIncident (labels, severity, owner, raw, ...)
-        # record:    agent.connectors.servicenow.models.SnowRecord, or None on create
+        # incident:  the source's own record (agent.connectors.sentinel.models.SentinelIncident:
+        #            labels, severity, owner, raw, ...)
+        # record:    the ticket's (agent.connectors.servicenow.models.SnowRecord), None on create
         # changes:   the proposed write, a new dict the hook may change:
         #            to_snow     ServiceNow field -> string value (the PATCH / POST body)
         #            to_sentinel ARM property -> value (merged into the full-object PUT)
@@ -33,18 +34,15 @@ so a hook never makes the two sides flip-flop.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, NoReturn
 
-from agent.connectors.sentinel.client import WRITABLE
-from agent.connectors.sentinel.models import SentinelIncident
-from agent.connectors.servicenow.models import SnowRecord
-from agent.connectors.servicenow.query import field_name
 from agent.core.merge import Plan
+from agent.core.records import Incident, Ticket
 from agent.errors import ConfigError, HookFailed
 from agent.log import log
 
-Hook = Callable[[str, str, SentinelIncident, SnowRecord | None, dict[str, Any]], Any]
+Hook = Callable[[str, str, Any, Any, dict[str, Any]], Any]
 
 TO_SNOW = "to_snow"
 TO_SENTINEL = "to_sentinel"
@@ -73,39 +71,38 @@ def load(spec: str | None) -> Hook | None:
     return hook
 
 
-def fields_of(hook: Hook | None) -> tuple[str, ...]:
-    """The ServiceNow fields a hook declared in its ``fields`` attribute (checked names)."""
+def declared_fields(hook: Hook | None) -> tuple[str, ...]:
+    """The ticket fields a hook declared in its ``fields`` attribute (the connector checks the names)."""
     declared = getattr(hook, "fields", ()) if hook is not None else ()
     if isinstance(declared, str) or not all(isinstance(f, str) for f in declared):
         raise ConfigError(["[agent] custom_mapping: the hook's fields attribute must be a tuple of names"])
-    try:
-        return tuple(field_name(f) for f in declared)
-    except ValueError as exc:
-        raise ConfigError([f"[agent] custom_mapping: {exc}"]) from None
+    return tuple(declared)
 
 
 def call(
     hook: Hook | None,
     direction: str,
     kind: str,
-    incident: SentinelIncident,
-    record: SnowRecord | None,
+    incident: Incident,
+    ticket: Ticket | None,
     changes: Mapping[str, Any],
+    writable: Collection[str],
 ) -> dict[str, Any]:
     """The changes to make after the hook had its say (``changes`` itself when there is no hook).
 
-    Raises :class:`HookFailed` (after logging ``hook_failed``) when the hook raises or returns
-    something that is not a valid change set for ``direction``.
+    The hook sees the two sides' own records. Raises :class:`HookFailed` (after logging
+    ``hook_failed``) when the hook raises or returns something that is not a valid change set for
+    ``direction`` (``writable``: the properties the source takes).
     """
     if hook is None:
         return dict(changes)
     try:
-        result = hook(direction, kind, incident, record, dict(changes))
+        result = hook(direction, kind, incident.wire, ticket.wire if ticket else None, dict(changes))
     except Exception as exc:  # the hook is user code: any failure is contained to this incident
         _failed(direction, kind, f"raised {type(exc).__name__}: {exc}")
     if not isinstance(result, dict):
         _failed(direction, kind, f"returned {type(result).__name__}, not a dict")
-    problem = _check(direction, result)
+    problem = _check(direction, result, writable)
     if problem:
         _failed(direction, kind, problem)
     return result
@@ -117,29 +114,12 @@ def _failed(direction: str, kind: str, why: str) -> NoReturn:
     raise HookFailed(message)
 
 
-def _check(direction: str, result: Mapping[Any, Any]) -> str | None:
+def _check(direction: str, result: Mapping[Any, Any], writable: Collection[str]) -> str | None:
     if direction == TO_SNOW:
         bad = [k for k, v in result.items() if not isinstance(k, str) or not isinstance(v, str)]
         return f"returned non-string ServiceNow fields: {bad!r}" if bad else None
-    bad = [k for k in result if k not in WRITABLE]
+    bad = [k for k in result if k not in writable]
     return f"returned properties Sentinel does not accept: {bad!r}" if bad else None
-
-
-def drop_unchanged(body: Mapping[str, Any], record: SnowRecord, planned: Iterable[str]) -> dict[str, Any]:
-    """``body`` without the fields a hook added whose value the record already holds."""
-    keep = set(planned)
-    return {k: v for k, v in body.items() if k in keep or k not in record.fields or record.fields[k] != v}
-
-
-def drop_unchanged_sentinel(
-    changes: Mapping[str, Any], incident: SentinelIncident, planned: Iterable[str]
-) -> dict[str, Any]:
-    """``changes`` without the properties a hook added whose value the incident already holds."""
-    keep = set(planned)
-    raw = incident.raw.get("properties") if isinstance(incident.raw, dict) else None
-    props: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
-    current = {**props, "labels": list(incident.labels)}
-    return {k: v for k, v in changes.items() if k in keep or k not in current or current[k] != v}
 
 
 def settle_base(
@@ -147,11 +127,15 @@ def settle_base(
     snow_keys: Mapping[str, str],
     snow_before: Mapping[str, str],
     snow_after: Mapping[str, Any],
+    sentinel_keys: Mapping[str, str],
     sentinel_after: Mapping[str, Any],
+    sentinel_value: Callable[[str, Any], str],
 ) -> dict[str, tuple[str, str]]:
     """The base to store once the hooked writes succeeded (see the module docstring).
 
-    ``snow_keys`` maps each synced field to its ServiceNow field (severity -> impact, ...).
+    ``snow_keys``/``sentinel_keys`` map each synced field to the field or property a write carries
+    it in (severity -> impact, ...); ``sentinel_value`` reads a written property back in the
+    planner's terms.
     """
     base = dict(p.base)
     previous = p.previous_base
@@ -162,10 +146,11 @@ def settle_base(
         elif snow_after[key] != snow_before.get(key, value):
             base[f] = (base[f][0], str(snow_after[key]))
     for f in p.to_sentinel:
-        if f not in sentinel_after:
+        key = sentinel_keys[f]
+        if key not in sentinel_after:
             _restore(base, previous, f)
         else:
-            base[f] = (_sentinel_value(f, sentinel_after[f]), base[f][1])
+            base[f] = (sentinel_value(f, sentinel_after[key]), base[f][1])
     return base
 
 
@@ -174,11 +159,3 @@ def _restore(base: dict[str, tuple[str, str]], previous: Mapping[str, tuple[str,
         base[f] = previous[f]
     else:
         base.pop(f, None)
-
-
-def _sentinel_value(f: str, value: Any) -> str:
-    if f != "owner":
-        return str(value)
-    if isinstance(value, Mapping):
-        return str(value.get("userPrincipalName") or value.get("email") or "").lower()
-    return str(value or "").lower()

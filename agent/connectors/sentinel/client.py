@@ -380,7 +380,6 @@ def incident_filter(
     return " and ".join(clauses) or None
 
 
-
 def build_put_body(current: SentinelIncident, changes: Mapping[str, Any]) -> dict[str, Any]:
     """The PUT body for ``current`` plus ``changes`` (see :meth:`SentinelClient.update_incident`)."""
     unknown = [k for k in changes if k not in WRITABLE]

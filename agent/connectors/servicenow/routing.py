@@ -27,43 +27,34 @@ first, then in ``global`` (shared records), so two customers may both have a "Se
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
 
 from agent.config import Config, GroupRule, Workspace
-from agent.connectors.sentinel.models import SentinelIncident
 from agent.connectors.servicenow.client import ServiceNowClient
-from agent.connectors.servicenow.models import SnowRecord
 from agent.connectors.servicenow.query import Q
-from agent.core.records import Link
-from agent.errors import PermanentError, RemoteError
-from agent.log import bind, log
-from agent.store import Store
+from agent.core.records import Incident, Route
+from agent.errors import PermanentError
+from agent.log import log
 
 EXTRA_GROUP = "assignment_group"
 """``Link.extra`` key: the group name routing chose last ("" when none applied)."""
-EXTRA_PROVIDER_ID = "provider_incident_id"
-"""``Link.extra`` key: the incident's ``providerIncidentId`` (its number in the Defender portal)."""
 
 
-def matches(rule: GroupRule, incident: SentinelIncident) -> bool:
+def matches(rule: GroupRule, incident: Incident) -> bool:
     """Whether one ``[assignment_groups]`` row applies to the incident."""
     if rule.kind == "*":
         return True
     if rule.kind == "label":
         return rule.value in incident.labels
     if rule.kind == "severity":
-        return rule.value == incident.severity
+        return rule.value == incident.values.get("severity")
     if rule.kind == "owner":
-        owner = incident.owner
-        who = {(owner.upn or "").lower(), (owner.email or "").lower(), (owner.assigned_to or "").lower()}
-        return rule.value.lower() in who - {""}
+        return rule.value.lower() in incident.owner_names
     return False
 
 
 def group_for(
-    incident: SentinelIncident,
+    incident: Incident,
     workspace_rules: Sequence[GroupRule],
     rules: Sequence[GroupRule],
     workspace_default: str | None,
@@ -101,7 +92,7 @@ class Routing:
         """``query`` limited to the workspace's domain (unchanged without one)."""
         return query & Q.eq("sys_domain", self.ws.sys_domain) if self.ws.sys_domain else query
 
-    def group_name(self, incident: SentinelIncident) -> str | None:
+    def group_name(self, incident: Incident) -> str | None:
         """The assignment group name routing gives this incident, or None."""
         return group_for(incident, self.workspace_rules, self.rules, self.ws.assignment_group)
 
@@ -122,7 +113,7 @@ class Routing:
             log.warning("snow_name_unknown", table=table, name=name, domains=list(self.domains))
         return found
 
-    async def create_values(self, incident: SentinelIncident) -> dict[str, str]:
+    async def create_values(self, incident: Incident) -> dict[str, str]:
         """The routing fields of a new ticket: assignment_group, company, sys_domain."""
         values: dict[str, str] = {}
         group = self.group_name(incident)
@@ -138,66 +129,26 @@ class Routing:
             values["sys_domain"] = self.ws.sys_domain
         return values
 
-    def link_extra(self, incident: SentinelIncident) -> dict[str, str]:
-        """What a new link remembers about routing and the Defender portal."""
-        extra = {EXTRA_GROUP: self.group_name(incident) or ""}
-        if incident.provider_incident_id:
-            extra[EXTRA_PROVIDER_ID] = incident.provider_incident_id
-        return extra
+    def link_extra(self, incident: Incident) -> dict[str, str]:
+        """What a new link remembers about routing."""
+        return {EXTRA_GROUP: self.group_name(incident) or ""}
 
-    async def follow(
-        self,
-        shadow: Store,
-        incidents: Iterable[SentinelIncident],
-        fields: Sequence[str],
-        sem: asyncio.Semaphore,
-    ) -> int:
-        """After the cycle's writes: re-route tickets whose Sentinel side now routes elsewhere.
+    async def reroute(self, extra: Mapping[str, str], incident: Incident) -> Route | None:
+        """After a change of the incident: the link's new extras and the PATCH that re-routes its
+        ticket, empty when the routing outcome did not change.
 
-        ``incidents`` are the linked incidents whose Sentinel side changed this cycle. A link
-        that never recorded a routing outcome (made before routing existed, or adopted) records
-        the current one without writing. Returns how many tickets were re-assigned.
+        A link that never recorded a routing outcome (made before routing existed, or adopted)
+        records the current one without writing; "no rule applies now" keeps the group; a group
+        that cannot be found changes nothing (None: leave the link as it is).
         """
-        by_name = {i.name: i for i in incidents}
-        links = await shadow.get_links(self.instance, self.ws.name, by_name)
-
-        async def one(link: Link) -> int:
-            async with sem:
-                with bind(incident=link.incident):
-                    return await self._follow_one(shadow, link, by_name[link.incident], fields)
-
-        return sum(await asyncio.gather(*(one(link) for link in links.values())))
-
-    async def _follow_one(
-        self, shadow: Store, link: Link, incident: SentinelIncident, fields: Sequence[str]
-    ) -> int:
         name = self.group_name(incident) or ""
-        known = link.extra.get(EXTRA_GROUP)
-        extra = dict(link.extra)
-        if incident.provider_incident_id:
-            extra[EXTRA_PROVIDER_ID] = incident.provider_incident_id
+        known = extra.get(EXTRA_GROUP)
+        new = dict(extra)
         if known is None or name == known or not name:
-            # Nothing to re-route: record a first outcome; "no rule applies now" keeps the group.
-            extra[EXTRA_GROUP] = name if known is None else known
-            if extra != dict(link.extra):
-                await shadow.save_link(replace(link, extra=extra))
-            return 0
+            new[EXTRA_GROUP] = name if known is None else known
+            return Route(new, {})
         group_id = await self.sys_id("sys_user_group", name)
         if group_id is None:
-            return 0
-        try:
-            rec = await self.snow.patch(link.sys_id, {"assignment_group": group_id}, fields)
-        except RemoteError as exc:
-            log.warning("assignment_group_failed", snow_number=link.number, error=str(exc)[:300])
-            return 0
-        extra[EXTRA_GROUP] = name
-        await shadow.save_link(replace(link, extra=extra, snow_mod_count=_mod_after(link, rec)))
-        log.info("assignment_group_routed", snow_number=link.number, group=name, previous=known or None)
-        return 1
-
-
-def _mod_after(link: Link, rec: SnowRecord) -> int | None:
-    """The mod count to store after our own PATCH: only if nobody else wrote in between."""
-    if link.snow_mod_count is not None and rec.mod_count == link.snow_mod_count + 1:
-        return rec.mod_count
-    return link.snow_mod_count
+            return None
+        new[EXTRA_GROUP] = name
+        return Route(new, {"assignment_group": group_id}, name, known or None)

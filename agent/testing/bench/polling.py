@@ -24,14 +24,22 @@ import asyncio
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
+from agent.config import Config, ServiceNowInstance, Workspace
 from agent.connectors.sentinel.models import SentinelComment, SentinelIncident
+from agent.connectors.sentinel.source import SentinelSource, incident_of
 from agent.connectors.servicenow.models import SnowRecord
+from agent.connectors.servicenow.sink import ServiceNowSink
 from agent.core.records import Link
 from agent.errors import NotFound
-from agent.sync import mapping
-from agent.sync.engine import CycleOptions, CycleStats, Pair, WorkspaceSync, utcnow
+from agent.store import Store
+from agent.sync import apply, clock
+from agent.sync.actions import field_plan
+from agent.sync.context import CycleContext, CycleOptions, CycleStats
+from agent.sync.cycle import WorkspaceSync
+from agent.sync.failures import bounded, guard
+from agent.sync.pairing import Pair
+from agent.sync.writes import closure_of
 
 COMMENT_NAMESPACE = uuid.UUID("6c1f7a52-3d0e-4b8e-9a55-0f3e5b1c2d4a")
 
@@ -49,9 +57,17 @@ class Polled:
 class PollingSync(WorkspaceSync):
     """Per-incident polling over the agent's clients (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """Takes what :class:`~agent.sync.engine.WorkspaceSync` takes."""
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        config: Config,
+        workspace: Workspace,
+        instance: ServiceNowInstance,
+        source: SentinelSource,
+        sink: ServiceNowSink,
+        store: Store,
+    ) -> None:
+        super().__init__(config, workspace, instance, source, sink, store)
+        self.sentinel, self.snow, self.wsink = source.client, sink.client, sink
         self._comments_seen: dict[str, set[str]] = {}  # incident -> comment names seen
         self._journal_after: dict[str, datetime] = {}  # sys_id -> sys_updated_on at the last poll
         self._written: set[str] = set()  # comment names and journal sys_ids it wrote itself
@@ -59,10 +75,10 @@ class PollingSync(WorkspaceSync):
 
     async def poll_cycle(self) -> CycleStats:
         """One polling cycle of this workspace; returns what it did."""
-        stats = CycleStats()
-        await self._discover(stats, CycleOptions())
-        links = [link async for link in self.shadow.iter_links(self.inst.name, self.ws.name, open_only=True)]
-        polled = await self._bounded(self._read(link) for link in links)
+        ctx = CycleContext(CycleOptions(), clock.utcnow())
+        await self._discover(ctx)
+        links = [link async for link in self.store.iter_links(self.inst.name, self.ws.name, open_only=True)]
+        polled = await bounded(self.sem, [self._read(link) for link in links])
         changed = [
             p
             for p in polled
@@ -70,47 +86,52 @@ class PollingSync(WorkspaceSync):
             and p.record is not None
             and (p.incident.etag != p.link.sentinel_etag or p.record.mod_count != p.link.snow_mod_count)
         ]
-        pairs = [Pair(p.incident, p.record, p.link) for p in changed]
-        await self._resolve_owners(pairs, [])
+        pairs = [
+            Pair(incident_of(p.incident), self.wsink.ticket(p.record), p.link)
+            for p in changed
+            if p.incident and p.record
+        ]
+        await ctx.owners.resolve(
+            self.sink, [p.incident for p in pairs if p.incident], [p.ticket for p in pairs if p.ticket]
+        )
         async with asyncio.TaskGroup() as tg:
             for pair in pairs:
                 assert pair.incident is not None
-                tg.create_task(self._guard(pair.incident.name, stats, self._write(pair, stats)))
-        await self._copy_comments(polled, stats)
-        return stats
+                tg.create_task(guard(self, ctx, pair.incident.id, self._write(ctx, pair)))
+        await self._copy_comments(polled, ctx.stats)
+        return ctx.stats
 
-    async def _write(self, pair: Pair, stats: CycleStats) -> None:
+    async def _write(self, ctx: CycleContext, pair: Pair) -> None:
         """The planned field writes of one changed pair, then its shadow row."""
-        assert pair.incident is not None and pair.record is not None and pair.link is not None
-        inc, rec, plan = pair.incident, pair.record, self._plan(pair)
+        assert pair.incident is not None and pair.ticket is not None and pair.link is not None
+        inc, ticket = pair.incident, pair.ticket
+        plan = field_plan(self, ctx, pair, pair.link.fields)
         if plan.to_snow:
-            body = mapping.snow_write(plan.to_snow, inc, rec, self.maps)
-            rec = await self.snow.patch(rec.sys_id, body, self.snow_fields)
-            stats.updated_snow += 1
+            close = (self.maps.close_code(inc.classification), inc.close_notes)
+            ticket = await self.sink.write(ticket.id, self.sink.render(plan.to_snow, ticket, close))
+            ctx.stats.updated_snow += 1
         if plan.to_sentinel:
-            changes = mapping.sentinel_write(plan.to_sentinel, rec, self.maps)
-            inc = await self.sentinel.update_incident(inc, changes)
-            stats.updated_sentinel += 1
+            closure = closure_of(self, ticket) if "status" in plan.to_sentinel else None
+            inc = await self.source.write(inc, self.source.render(plan.to_sentinel, closure))
+            ctx.stats.updated_sentinel += 1
         link = replace(
-            pair.link, fields=dict(plan.base), sentinel_etag=inc.etag, snow_mod_count=rec.mod_count
+            pair.link, fields=dict(plan.base), sentinel_etag=inc.version, snow_mod_count=ticket.version
         )
-        await self.shadow.save_link(link)
+        await self.store.save_link(link)
 
-    async def _discover(self, stats: CycleStats, options: CycleOptions) -> None:
-        now = utcnow()
+    async def _discover(self, ctx: CycleContext) -> None:
+        now = clock.utcnow()
         since = self._created_after or now
         self._created_after = now
         new = [
             inc
-            async for inc in self.sentinel.list_incidents(
-                created_since=since, labels=self.ws.incident_filter
-            )
+            async for inc in self.sentinel.list_incidents(created_since=since, labels=self.ws.incident_filter)
         ]
-        stats.listed_sentinel = len(new)
-        links = await self.shadow.get_links(self.inst.name, self.ws.name, [i.name for i in new])
+        ctx.stats.listed_sentinel = len(new)
+        links = await self.store.get_links(self.inst.name, self.ws.name, [i.name for i in new])
         for inc in new:
             if inc.name not in links and inc.status != "Closed":
-                await self._guard(inc.name, stats, self._create(inc, stats, options))
+                await guard(self, ctx, inc.name, apply.create(self, ctx, incident_of(inc)))
 
     async def _read(self, link: Link) -> Polled:
         incident: SentinelIncident | None
@@ -120,7 +141,7 @@ class PollingSync(WorkspaceSync):
         except NotFound:
             incident, comments = None, []
         try:
-            record: SnowRecord | None = await self.snow.get(link.sys_id, self.snow_fields)
+            record: SnowRecord | None = await self.snow.get(link.sys_id, self.wsink.fields)
         except NotFound:
             record = None
         return Polled(link, incident, comments, record)
@@ -138,7 +159,7 @@ class PollingSync(WorkspaceSync):
                 continue  # the first poll only learns what exists
             for comment in p.comments:
                 if comment.name not in seen and comment.name not in self._written:
-                    await self.snow.patch(p.link.sys_id, {"work_notes": comment.message}, self.snow_fields)
+                    await self.snow.patch(p.link.sys_id, {"work_notes": comment.message}, self.wsink.fields)
                     stats.updated_snow += 1
             if after is not None and p.record.mod_count != p.link.snow_mod_count:
                 for entry in await self.snow.journal([p.link.sys_id], since=after):

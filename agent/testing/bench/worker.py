@@ -33,7 +33,7 @@ from agent.app.runtime import Runtime
 from agent.config import load_config
 from agent.log import log
 from agent.store.sqlite.store import Shadow
-from agent.sync.engine import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
+from agent.sync.cycle import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
 from agent.testing.bench.polling import PollingSync
 from agent.testing.bench.profiling import measure
 
@@ -99,7 +99,8 @@ async def _poll(pollers: Sequence[PollingSync]) -> dict[str, BaseException | Cyc
 def _pollers(rt: Runtime, syncs: Sequence[WorkspaceSync]) -> list[PollingSync]:
     assert rt.shadow is not None
     return [
-        PollingSync(rt.config, s.ws, s.inst, s.sentinel, s.snow, rt.shadow, calls=rt.calls) for s in syncs
+        PollingSync(rt.config, s.ws, s.inst, rt.source(s.ws.name), rt.sink(s.ws.name), rt.shadow)
+        for s in syncs
     ]
 
 

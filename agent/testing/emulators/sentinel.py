@@ -1313,7 +1313,6 @@ def portal_text(message: str) -> str:
     return "\n".join(lines).strip("\n")
 
 
-
 def _unauthenticated(code: str, message: str) -> _ArmError:
     challenge = (
         'Bearer authorization_uri="https://login.windows.net/", error="invalid_token", '

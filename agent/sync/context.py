@@ -1,0 +1,116 @@
+"""What the steps of a cycle share: the workspace's long-lived parts (:class:`Setup`) and one
+cycle's state (:class:`CycleContext`), made fresh for every cycle so nothing of one cycle leaks
+into the next through the long-lived object."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agent.config import Config, InstanceMaps, ServiceNowInstance, Workspace
+from agent.core.maps import Maps
+from agent.ports import IncidentSource, Store, TicketSink
+from agent.sync.conversation import Conversation
+from agent.sync.hooks import Hook
+from agent.sync.owners import Owners
+
+
+@dataclass
+class CycleStats:
+    """What one workspace cycle did; logged as the ``cycle_summary`` event."""
+
+    listed_sentinel: int = 0
+    listed_snow: int = 0
+    created: int = 0
+    adopted: int = 0
+    updated_snow: int = 0
+    updated_sentinel: int = 0
+    conflicts: int = 0
+    failures: int = 0
+    skipped: int = 0
+    backoff: int = 0
+    unmapped: int = 0
+    deferred: int = 0
+    comments_to_snow: int = 0
+    comments_to_sentinel: int = 0
+    notes_to_snow: int = 0
+    comments_deferred: int = 0
+    sweep: bool = False
+    open_check: bool = False
+    planned: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "planned"}
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    dry_run: bool = False
+    force: bool = False
+    since: datetime | None = None  # backfill: create incidents created since, beyond max_age_days
+    sweep: bool = False  # compare every open linked pair in full (agent.sync.sweep)
+
+
+@dataclass
+class CycleContext:
+    """One cycle of one workspace: its options, its clock reading and what it found out."""
+
+    options: CycleOptions
+    now: datetime
+    stats: CycleStats = field(default_factory=CycleStats)
+    sweeping: bool = False
+    checking: bool = False
+    retrying: set[str] = field(default_factory=set)  # incidents whose retry is due this cycle
+    open_links: int = 0  # open links in the shadow (the close-ratio valve's denominator)
+    owners: Owners = field(default_factory=Owners)
+
+
+def maps_of(im: InstanceMaps) -> Maps:
+    """The value maps of one ticket-system instance, as the core takes them."""
+    return Maps(
+        severity_to_snow=im.severity_to_servicenow,
+        severity_to_sentinel=im.severity_to_sentinel,
+        status_to_snow=im.status_to_servicenow,
+        status_to_sentinel=im.status_to_sentinel,
+        closure_to_snow=im.closure_to_servicenow,
+        closure_to_sentinel=im.closure_to_sentinel,
+        closure_catch_all_written=im.closure_catch_all_written,
+    )
+
+
+class Setup:
+    """One workspace's long-lived parts: its configuration, its two sides and the shadow."""
+
+    def __init__(
+        self,
+        config: Config,
+        workspace: Workspace,
+        instance: ServiceNowInstance,
+        source: IncidentSource,
+        sink: TicketSink,
+        store: Store,
+        *,
+        hook: Hook | None = None,
+    ) -> None:
+        self.config = config
+        self.ws = workspace
+        self.inst = instance
+        self.source = source
+        self.sink = sink
+        self.store = store
+        self.hook = hook
+        self.maps = maps_of(config.mappings.for_instance(instance.name))
+        self.sem = asyncio.Semaphore(config.agent.max_concurrency)
+        self.stopping: asyncio.Event | None = None  # set: start no new work (a shutdown)
+        self.fallback_codes: set[str] = set()  # close codes already logged as value_unmapped
+        self.talk = Conversation(
+            instance=instance.name,
+            workspace=workspace.name,
+            source=source,
+            sink=sink,
+            store=store,
+            comment_format=config.agent.comment_format,
+            overlap=config.agent.overlap,
+        )

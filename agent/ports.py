@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from agent.core.records import Closure, Comment, Evidence, Incident, Note, Route, Ticket
 from agent.store.base import Store
@@ -354,18 +354,3 @@ class Lease(Protocol):
     async def release(self) -> None:
         """Give the lease up now (a standby may take it at once)."""
         ...
-
-
-if TYPE_CHECKING:
-    from agent.connectors.sentinel.source import SentinelSource
-    from agent.connectors.servicenow.sink import ServiceNowSink
-    from agent.store.lease import Lease as PostgresLease
-
-    def _sources(sentinel: SentinelSource) -> list[IncidentSource]:
-        return [sentinel]  # mypy checks here that each implementation satisfies its port
-
-    def _sinks(servicenow: ServiceNowSink) -> list[TicketSink]:
-        return [servicenow]
-
-    def _leases(lease: PostgresLease) -> list[Lease]:
-        return [lease]

@@ -52,7 +52,10 @@ def test_update() -> None:
 
 
 def test_adopt() -> None:
-    for facts in (replace(UNLINKED_PAIR, wanted=True, found=True), replace(UNLINKED_PAIR, may_own=True, found=True)):
+    for facts in (
+        replace(UNLINKED_PAIR, wanted=True, found=True),
+        replace(UNLINKED_PAIR, may_own=True, found=True),
+    ):
         assert (row(facts), decide(facts)) == (Row.ADOPT, Decision.ADOPT)
 
 

@@ -150,3 +150,91 @@ def test_the_wheel_leaves_the_test_side_out() -> None:
     assert "agent" in packages and shipped("agent")
     # else setuptools ships the left-out packages' files anyway, as data of the agent package
     assert setuptools["include-package-data"] is False
+
+
+# --- layers ------------------------------------------------------------------------------------
+# core/ is pure: no I/O library, no clock, no logging; sync/ (the engine) reaches the systems it
+# syncs only through agent.ports; neither imports the outer layers. The allowed sets are closed:
+# a new import from a layer must be added here on purpose.
+
+IO_LIBRARIES = {"aiohttp", "aiosqlite", "psycopg", "asyncio", "socket", "ssl", "urllib", "http", "requests",
+                "msal", "sqlite3", "time", "logging", "random", "os", "subprocess", "threading"}  # fmt: skip
+CORE_MAY_IMPORT = ("agent.core", "agent.errors")
+SYNC_MAY_IMPORT = ("agent.core", "agent.errors", "agent.ports", "agent.sync", "agent.log", "agent.progress")
+PORTS_MAY_IMPORT = ("agent.core", "agent.store.base")
+
+
+def external_imports(name: str) -> set[str]:
+    """Top-level names of the non-agent modules ``name`` imports."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"agent", "__future__"}
+
+
+def layer(prefix: str) -> list[str]:
+    return [n for n in MODULES if n == prefix or n.startswith(prefix + ".")]
+
+
+def outside(name: str, allowed: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in GRAPH[name] if not any(m == a or m.startswith(a + ".") for a in allowed))
+
+
+def reach(name: str) -> set[str]:
+    """Every agent module ``name`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for m in GRAPH[todo.pop()] - seen:
+            seen.add(m)
+            todo.append(m)
+    return seen
+
+
+def test_the_core_is_pure() -> None:
+    assert layer("agent.core")
+    problems = {}
+    for name in layer("agent.core"):
+        bad = sorted(external_imports(name) & IO_LIBRARIES) + outside(name, CORE_MAY_IMPORT)
+        clock = [
+            f"{node.lineno}: {ast.unparse(node)}"
+            for node in ast.walk(ast.parse(MODULES[name].read_text()))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("now", "utcnow", "today", "monotonic", "time")
+        ]
+        if bad or clock:
+            problems[name] = bad + clock
+    assert problems == {}
+
+
+def test_the_engine_imports_ports_and_core_only() -> None:
+    assert layer("agent.sync")
+    direct = {n: outside(n, SYNC_MAY_IMPORT) for n in layer("agent.sync")}
+    assert {n: found for n, found in direct.items() if found} == {}
+    # nor through anything it imports: no connector, store implementation, app, CLI or test code
+    reached = {m for n in layer("agent.sync") for m in reach(n)}
+    assert (
+        sorted(
+            m
+            for m in reached
+            if m.startswith(("agent.connectors", "agent.app", "agent.cli", "agent.testing"))
+        )
+        == []
+    )
+    assert sorted(m for m in reached if m.startswith("agent.store")) == ["agent.store.base"]
+
+
+def test_the_ports_name_records_and_the_store_interface_only() -> None:
+    assert outside("agent.ports", PORTS_MAY_IMPORT) == []
+
+
+def test_the_layer_checks_see_a_violation() -> None:
+    GRAPH["agent.sync.cycle"].add("agent.connectors.http")
+    try:
+        assert outside("agent.sync.cycle", SYNC_MAY_IMPORT) == ["agent.connectors.http"]
+    finally:
+        GRAPH["agent.sync.cycle"].discard("agent.connectors.http")

@@ -135,17 +135,17 @@ async def _resync(
     reports: list[WorkspaceReport] = []
     pool: dict[tuple[str, str], Ticket] = {}  # (instance, ticket id) -> not placed by any workspace
     placed: set[tuple[str, str]] = set()
-    markers = {s.sink.marker: s.ws.name for s in syncs}
+    markers = {s.sink.marker: s.workspace for s in syncs}
     for sync in syncs:
-        report = WorkspaceReport(sync.ws.name, sync.inst.name)
+        report = WorkspaceReport(sync.workspace, sync.instance)
         reports.append(report)
         tickets = [t async for t in sync.sink.changed(None)]
         incidents = {i.id.lower(): i async for i in sync.source.changed(None)}
         report.records, report.incidents = len(tickets), len(incidents)
-        todo = [t for t in tickets if (sync.inst.name, t.id) not in placed]
+        todo = [t for t in tickets if (sync.instance, t.id) not in placed]
         matches, handled = await _match(sync, shadow, todo, incidents, report)
         for ticket in todo:
-            key = (sync.inst.name, ticket.id)
+            key = (sync.instance, ticket.id)
             if ticket.id in handled:
                 placed.add(key)
                 pool.pop(key, None)
@@ -156,7 +156,9 @@ async def _resync(
         if not dry_run and links:
             await shadow.save_links(links)
         for link in links:
-            log.info("link_resynced", workspace=sync.ws.name, incident=link.incident, snow_number=link.number)
+            log.info(
+                "link_resynced", workspace=sync.workspace, incident=link.incident, snow_number=link.number
+            )
     unmatched = []
     for (inst, _id), ticket in sorted(pool.items(), key=lambda kv: kv[1].number):
         owner = markers.get(ticket.marker)
@@ -177,7 +179,7 @@ async def _match(
     report: WorkspaceReport,
 ) -> tuple[list[tuple[Matched, Incident, Ticket]], set[str]]:
     """The pairs to link, and the ticket ids this workspace placed (linked, kept apart, reported)."""
-    inst, ws = sync.inst.name, sync.ws.name
+    inst, ws = sync.instance, sync.workspace
     by_id = await shadow.get_links_by_sys_id(inst, [t.id for t in tickets])
     tombstones = await shadow.unlinked(inst, ws)
     keys = {t.id: t.key.strip() for t in tickets}
@@ -233,7 +235,7 @@ async def _links(sync: WorkspaceSync, matches: Sequence[tuple[Matched, Incident,
     """Links whose base holds only the fields both sides agree on (the owner look-ups resolved)."""
     owners = Owners()
     await owners.resolve(sync.sink, [i for _m, i, _t in matches], [t for _m, _i, t in matches])
-    policy = sync.maps.policy(owners.to_snow, owners.to_sentinel, sync.config.agent.conflict_policy)
+    policy = sync.maps.policy(owners.to_snow, owners.to_sentinel, sync.settings.conflict_policy)
     now = datetime.now(UTC)
     links: list[Link] = []
     for matched, inc, ticket in matches:
@@ -245,8 +247,8 @@ async def _links(sync: WorkspaceSync, matches: Sequence[tuple[Matched, Incident,
         closed = inc.closed and sync.sink.finished(ticket.values.get("status", ""))
         links.append(
             Link(
-                instance=sync.inst.name,
-                workspace=sync.ws.name,
+                instance=sync.instance,
+                workspace=sync.workspace,
                 incident=inc.id,
                 sys_id=ticket.id,
                 number=ticket.number,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from agent.config import Config
+from agent.config import Config, ServiceNowInstance, Workspace
 from agent.connectors.entra import EntraAuth
 from agent.connectors.http import HttpClient
 from agent.connectors.retry import RetryPolicy
@@ -19,10 +19,11 @@ from agent.connectors.servicenow.auth import ServiceNowBasicAuth, ServiceNowOAut
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.pause import PauseGate
 from agent.connectors.servicenow.sink import ServiceNowSink, hook_fields
+from agent.core.maps import Maps
 from agent.errors import ConfigError
 from agent.store import Store, open_store
 from agent.sync import hooks
-from agent.sync.cycle import WorkspaceSync
+from agent.sync.cycle import Settings, WorkspaceSync
 
 
 class Runtime:
@@ -139,9 +140,7 @@ class Runtime:
         inst = self.config.servicenow[ws.servicenow]
         hook = hooks.load(self.config.agent.custom_mapping)
         return WorkspaceSync(
-            self.config,
-            ws,
-            inst,
+            settings(self.config, ws, inst),
             self.source(workspace),
             self.sink(workspace),
             self.shadow,
@@ -168,3 +167,33 @@ class Runtime:
             marker=f"Sentinel/{ws.workspace_name}",
             hook_fields=hook_fields(hooks.declared_fields(hook)),
         )
+
+
+def settings(config: Config, ws: Workspace, inst: ServiceNowInstance) -> Settings:
+    """What the engine takes from the configuration for workspace ``ws``."""
+    agent, im = config.agent, config.mappings.for_instance(inst.name)
+    return Settings(
+        workspace=ws.name,
+        instance=inst.name,
+        maps=Maps(
+            severity_to_snow=im.severity_to_servicenow,
+            severity_to_sentinel=im.severity_to_sentinel,
+            status_to_snow=im.status_to_servicenow,
+            status_to_sentinel=im.status_to_sentinel,
+            closure_to_snow=im.closure_to_servicenow,
+            closure_to_sentinel=im.closure_to_sentinel,
+            closure_catch_all_written=im.closure_catch_all_written,
+        ),
+        max_age_days=ws.max_age_days,
+        reopen_closed=inst.reopen_closed,
+        conflict_policy=agent.conflict_policy,
+        max_concurrency=agent.max_concurrency,
+        overlap=agent.overlap,
+        poll_interval=agent.poll_interval,
+        sweep_interval=agent.sweep_interval,
+        open_check_interval=agent.open_check_interval,
+        max_close_ratio=agent.max_close_ratio,
+        writeback_label=agent.writeback_label,
+        enrichment_delay=agent.enrichment_delay,
+        comment_format=agent.comment_format,
+    )

@@ -144,7 +144,7 @@ async def run(
             Leadership(config) as lead,
             operations(config, rt, workspaces, lead),
         ):
-            names = [s.ws.name for s in rt.syncs(workspaces)]
+            names = [s.workspace for s in rt.syncs(workspaces)]
             log.info("agent_started", workspaces=names, poll_interval=config.agent.poll_interval)
             options = CycleOptions(dry_run=config.agent.dry_run, force=force)
             done = False

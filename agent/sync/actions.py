@@ -89,7 +89,7 @@ def ticket_side(ticket: Ticket) -> SideState:
 def field_plan(sync: Setup, ctx: CycleContext, p: Pair, base: Mapping[str, tuple[str, str]] | None) -> Plan:
     """The field merge of a pair whose two sides are there (``base``: the link's agreed fields)."""
     assert p.incident is not None and p.ticket is not None
-    policy = sync.maps.policy(ctx.owners.to_snow, ctx.owners.to_sentinel, sync.config.agent.conflict_policy)
+    policy = sync.maps.policy(ctx.owners.to_snow, ctx.owners.to_sentinel, sync.settings.conflict_policy)
     if base is not None:
         base = absorb_autoclose(base, p.ticket, sync.maps, sync.sink.autoclosed)
     return merge(base, side(p.incident), ticket_side(p.ticket), policy)
@@ -99,7 +99,7 @@ async def plan(
     sync: Setup, ctx: CycleContext, pairs: Mapping[str, Pair], floor: datetime, watermark: datetime | None
 ) -> list[Action]:
     """The cycle's actions: creates first, then the linked pairs, then the adopted ones."""
-    inst, wsname = sync.inst.name, sync.ws.name
+    inst, wsname = sync.instance, sync.workspace
     live = {name: p for name, p in pairs.items() if not p.unchanged}
     blocked = await sync.store.blocked(inst, wsname, ctx.now)
     ctx.stats.backoff = len(blocked)
@@ -193,7 +193,7 @@ def _pair_action(sync: Setup, ctx: CycleContext, name: str, p: Pair) -> Action:
         wanted=True,
         read_only=read_only,
         reopens=status is not None and not sync.sink.finished(status),
-        follow_up=sync.inst.reopen_closed == "follow_up",
+        follow_up=sync.settings.reopen_closed == "follow_up",
     )
     if decide.decide(facts) is Decision.FOLLOW_UP:
         return FollowUp(p, pl)

@@ -79,7 +79,7 @@ def first_base(incident: Incident, ticket: Ticket, owner: bool) -> dict[str, tup
 
 async def _label(sync: Setup, incident: Incident, ticket: Ticket) -> str:
     """The incident's version after the ticket number went on it as a label (when configured)."""
-    if sync.config.agent.writeback_label and ticket.number not in incident.labels:
+    if sync.settings.writeback_label and ticket.number not in incident.labels:
         return await sync.source.add_label(incident, ticket.number) or incident.version
     return incident.version
 
@@ -93,10 +93,10 @@ async def create(sync: Setup, ctx: CycleContext, incident: Incident) -> None:
     # again (the watermark has not moved) and adopting it writes the label.
     version = await _label(sync, incident, ticket)
     now = clock.utcnow()
-    delay = sync.config.agent.enrichment_delay
+    delay = sync.settings.enrichment_delay
     link = Link(
-        instance=sync.inst.name,
-        workspace=sync.ws.name,
+        instance=sync.instance,
+        workspace=sync.workspace,
         incident=incident.id,
         sys_id=ticket.id,
         number=ticket.number,
@@ -153,7 +153,7 @@ async def update(sync: Setup, ctx: CycleContext, action: Update) -> None:
             source_changed = pair.link is None or pair.link.sentinel_etag != incident.version
             await ctx.owners.resolve(sync.sink, [incident], [ticket])
             policy = sync.maps.policy(
-                ctx.owners.to_snow, ctx.owners.to_sentinel, sync.config.agent.conflict_policy
+                ctx.owners.to_snow, ctx.owners.to_sentinel, sync.settings.conflict_policy
             )
             p = merge(base_before, side(incident), ticket_side(ticket), policy)
             continue
@@ -212,8 +212,8 @@ async def _link_pair(
     # Adopting: a crash after the create (or a lost shadow) may have left no label.
     version = await _label(sync, incident, ticket) if old is None else incident.version
     link = Link(
-        instance=sync.inst.name,
-        workspace=sync.ws.name,
+        instance=sync.instance,
+        workspace=sync.workspace,
         incident=incident.id,
         sys_id=ticket.id,
         number=ticket.number,
@@ -256,7 +256,7 @@ async def give_up_closed(sync: Setup, pair: Pair, p: Plan) -> Plan:
     extra = dict(link.extra)
     if reopen:
         count = int(extra.get(EXTRA_CLOSED_NOTES, "0")) + 1
-        cid = sync.source.notice_id(f"{sync.inst.name}:{ticket.id}:{count}")
+        cid = sync.source.notice_id(f"{sync.instance}:{ticket.id}:{count}")
         message = (
             f"{sync.sink.title} {ticket.number} is closed and can no longer be changed, so it stays closed "
             "while this incident is open again (reopen_closed = note). Open a new ticket by hand "
@@ -347,7 +347,7 @@ async def converse(
         return _deferred(ctx, link, previous, exc, now), ticket
     extra = {k: v for k, v in done.extra.items() if k != TALK_RETRIES}
     enrich_after = done.enrich_after
-    delay = timedelta(seconds=sync.config.agent.enrichment_delay)
+    delay = timedelta(seconds=sync.settings.enrichment_delay)
     retried = TALK_RETRIES in link.extra
     if retried and enrich_after is None and delay and link.created_at and link.created_at + delay > now:
         enrich_after = link.created_at + delay  # a retry ran before the late re-check: keep it

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.config import Config, InstanceMaps, ServiceNowInstance, Workspace
 from agent.core.maps import Maps
 from agent.ports import IncidentSource, Store, TicketSink
 from agent.sync.conversation import Conversation
@@ -67,50 +66,57 @@ class CycleContext:
     owners: Owners = field(default_factory=Owners)
 
 
-def maps_of(im: InstanceMaps) -> Maps:
-    """The value maps of one ticket-system instance, as the core takes them."""
-    return Maps(
-        severity_to_snow=im.severity_to_servicenow,
-        severity_to_sentinel=im.severity_to_sentinel,
-        status_to_snow=im.status_to_servicenow,
-        status_to_sentinel=im.status_to_sentinel,
-        closure_to_snow=im.closure_to_servicenow,
-        closure_to_sentinel=im.closure_to_sentinel,
-        closure_catch_all_written=im.closure_catch_all_written,
-    )
+@dataclass(frozen=True)
+class Settings:
+    """What the engine takes from the configuration for one workspace (the runtime builds it from
+    ``[agent]``, the workspace's section and its ticket-system instance's maps)."""
+
+    workspace: str
+    instance: str
+    maps: Maps
+    max_age_days: int = 30
+    reopen_closed: str = "follow_up"  # follow_up | note (REFERENCE E.9)
+    conflict_policy: str = "newest"
+    max_concurrency: int = 8
+    overlap: float = 120.0
+    poll_interval: float = 60.0
+    sweep_interval: float = 86_400.0
+    open_check_interval: float = 600.0
+    max_close_ratio: float = 0.5
+    writeback_label: bool = True
+    enrichment_delay: float = 900.0
+    comment_format: str = "text"
 
 
 class Setup:
-    """One workspace's long-lived parts: its configuration, its two sides and the shadow."""
+    """One workspace's long-lived parts: its settings, its two sides and the shadow."""
 
     def __init__(
         self,
-        config: Config,
-        workspace: Workspace,
-        instance: ServiceNowInstance,
+        settings: Settings,
         source: IncidentSource,
         sink: TicketSink,
         store: Store,
         *,
         hook: Hook | None = None,
     ) -> None:
-        self.config = config
-        self.ws = workspace
-        self.inst = instance
+        self.settings = settings
+        self.workspace = settings.workspace
+        self.instance = settings.instance
+        self.maps = settings.maps
         self.source = source
         self.sink = sink
         self.store = store
         self.hook = hook
-        self.maps = maps_of(config.mappings.for_instance(instance.name))
-        self.sem = asyncio.Semaphore(config.agent.max_concurrency)
+        self.sem = asyncio.Semaphore(settings.max_concurrency)
         self.stopping: asyncio.Event | None = None  # set: start no new work (a shutdown)
         self.fallback_codes: set[str] = set()  # close codes already logged as value_unmapped
         self.talk = Conversation(
-            instance=instance.name,
-            workspace=workspace.name,
+            instance=settings.instance,
+            workspace=settings.workspace,
             source=source,
             sink=sink,
             store=store,
-            comment_format=config.agent.comment_format,
-            overlap=config.agent.overlap,
+            comment_format=settings.comment_format,
+            overlap=settings.overlap,
         )

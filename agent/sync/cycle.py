@@ -30,7 +30,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.config import Config, ServiceNowInstance, Workspace
 from agent.core import valves
 from agent.core.records import Incident, Ticket, Watermark
 from agent.errors import AgentError, InstancePaused, PermanentError, SafetyValveTripped, TransientError
@@ -39,12 +38,12 @@ from agent.ports import IncidentSource, Store, TicketSink
 from agent.progress import Progress
 from agent.sync import apply, clock, dryrun, followups, sweep
 from agent.sync.actions import Action, Create, FollowUp, Skip, Update, plan
-from agent.sync.context import CycleContext, CycleOptions, CycleStats, Setup
+from agent.sync.context import CycleContext, CycleOptions, CycleStats, Settings, Setup
 from agent.sync.failures import guard, safe_error
 from agent.sync.hooks import Hook
 from agent.sync.pairing import pair
 
-__all__ = ["CycleOptions", "CycleStats", "WorkspaceSync", "run_workspaces"]
+__all__ = ["CycleOptions", "CycleStats", "Settings", "WorkspaceSync", "run_workspaces"]
 
 Act = Callable[[Setup, CycleContext, Action], Coroutine[Any, Any, None]]
 """How an action is carried out: applied, or described (a dry run)."""
@@ -55,9 +54,7 @@ class WorkspaceSync(Setup):
 
     def __init__(
         self,
-        config: Config,
-        workspace: Workspace,
-        instance: ServiceNowInstance,
+        settings: Settings,
         source: IncidentSource,
         sink: TicketSink,
         store: Store,
@@ -65,7 +62,7 @@ class WorkspaceSync(Setup):
         hook: Hook | None = None,
         calls: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(config, workspace, instance, source, sink, store, hook=hook)
+        super().__init__(settings, source, sink, store, hook=hook)
         self._calls = calls or (lambda: 0)
 
     async def prepare(self) -> None:
@@ -77,7 +74,7 @@ class WorkspaceSync(Setup):
         options = options or CycleOptions()
         ctx = CycleContext(options, clock.utcnow())
         t0, calls0 = time.monotonic(), self._calls()
-        with bind(workspace=self.ws.name, instance=self.inst.name), counting_retries() as retried:
+        with bind(workspace=self.workspace, instance=self.instance), counting_retries() as retried:
             ok = False
             stopped: SafetyValveTripped | InstancePaused | None = None
             try:
@@ -103,8 +100,8 @@ class WorkspaceSync(Setup):
                 log.info("cycle_summary", **summary)
                 if not options.dry_run:
                     await self.store.record_cycle(
-                        self.inst.name,
-                        self.ws.name,
+                        self.instance,
+                        self.workspace,
                         started=ctx.now,
                         finished=clock.utcnow(),
                         ok=ok,
@@ -113,11 +110,11 @@ class WorkspaceSync(Setup):
         return ctx.stats
 
     async def _run(self, ctx: CycleContext) -> None:
-        inst, wsname, now = self.inst.name, self.ws.name, ctx.now
-        overlap = timedelta(seconds=self.config.agent.overlap)
+        inst, wsname, now = self.instance, self.workspace, ctx.now
+        overlap = timedelta(seconds=self.settings.overlap)
         wm_s = await self.store.get_watermark(inst, wsname, "sentinel")
         wm_n = await self.store.get_watermark(inst, wsname, "servicenow")
-        max_age = now - timedelta(days=self.ws.max_age_days)
+        max_age = now - timedelta(days=self.settings.max_age_days)
         # The source's creation watermark is a floor an operator sets: no ticket for an incident
         # created before it (on top of max_age_days); a backfill's ``since`` goes below both.
         floor = max(max_age, wm_s.created) if wm_s.created is not None else max_age
@@ -149,7 +146,7 @@ class WorkspaceSync(Setup):
 
     async def _when(self, ctx: CycleContext) -> None:
         """Whether this cycle sweeps (compares every open pair) or runs an open check."""
-        inst, wsname, agent = self.inst.name, self.ws.name, self.config.agent
+        inst, wsname, agent = self.instance, self.workspace, self.settings
         ctx.sweeping = ctx.options.sweep or await sweep.due(
             self.store, inst, wsname, agent.sweep_interval, ctx.now, record=not ctx.options.dry_run
         )
@@ -186,7 +183,7 @@ class WorkspaceSync(Setup):
         if ctx.sweeping:
             await self._sweep_tickets(ctx, tickets)
         ctx.stats.listed_snow = len(tickets)
-        _total, ctx.open_links = await self.store.count_links(self.inst.name, self.ws.name)
+        _total, ctx.open_links = await self.store.count_links(self.instance, self.workspace)
         sentinel_full = first_run or ctx.sweeping
         # The ticket side is listed in full only once the source was (see step 1).
         for side, listed, full in (
@@ -194,17 +191,17 @@ class WorkspaceSync(Setup):
             ("servicenow", ctx.stats.listed_snow, wm_n.modified is None and not sentinel_full),
         ):
             valves.check_listing(
-                self.ws.name, side, listed, ctx.open_links, full=full, force=ctx.options.force
+                self.workspace, side, listed, ctx.open_links, full=full, force=ctx.options.force
             )
         return tickets
 
     async def _sweep_tickets(self, ctx: CycleContext, tickets: dict[str, Ticket]) -> None:
         """A sweep's ticket half: the ticket of every open link."""
-        links = [link async for link in self.store.iter_links(self.inst.name, self.ws.name, open_only=True)]
+        links = [link async for link in self.store.iter_links(self.instance, self.workspace, open_only=True)]
         tickets.update(await self.sink.fetch([link.sys_id for link in links if link.sys_id not in tickets]))
         found = sum(1 for link in links if link.sys_id in tickets)
         valves.check_listing(
-            self.ws.name, "servicenow", found, len(links), full=True, force=ctx.options.force
+            self.workspace, "servicenow", found, len(links), full=True, force=ctx.options.force
         )
 
     def _close_valve(self, ctx: CycleContext, actions: Sequence[Action]) -> None:
@@ -221,10 +218,10 @@ class WorkspaceSync(Setup):
         )
         open_links = sum(1 for a in planned if a.pair.link is not None and a.pair.link.open)
         valves.check_close_ratio(
-            self.ws.name,
+            self.workspace,
             closing,
             max(open_links, ctx.open_links),
-            self.config.agent.max_close_ratio,
+            self.settings.max_close_ratio,
             force=ctx.options.force,
         )
 
@@ -243,7 +240,7 @@ class WorkspaceSync(Setup):
     async def _execute(self, ctx: CycleContext, actions: Sequence[Action], act: Act) -> None:
         """Every action under the concurrency bound; a failure is that incident's only."""
         work = [a for a in actions if isinstance(a, Create | Update | FollowUp)]
-        progress = Progress(self.ws.name, "apply", len(work))
+        progress = Progress(self.workspace, "apply", len(work))
         async with asyncio.TaskGroup() as tg:
             spawn = progress.counting(tg.create_task)
             for action in work:
@@ -266,9 +263,9 @@ class WorkspaceSync(Setup):
         ]
         await followups.follow(self, processed, incidents)
         if ctx.sweeping:
-            await sweep.done(self.store, self.inst.name, self.ws.name, ctx.now)
+            await sweep.done(self.store, self.instance, self.workspace, ctx.now)
         if ctx.sweeping or ctx.checking:  # a sweep lists the open incidents too
-            await sweep.open_check_done(self.store, self.inst.name, self.ws.name, ctx.now)
+            await sweep.open_check_done(self.store, self.instance, self.workspace, ctx.now)
 
     async def _advance(
         self,
@@ -291,11 +288,11 @@ class WorkspaceSync(Setup):
                 newest = start
             if newest is None or (read.modified is not None and newest <= read.modified):
                 continue
-            current = await self.store.get_watermark(self.inst.name, self.ws.name, side)
+            current = await self.store.get_watermark(self.instance, self.workspace, side)
             if (current.modified, current.modified_moved_at) != (read.modified, read.modified_moved_at):
                 log.info("watermark_kept", side=side, reason="moved by an operator during the cycle")
                 continue
-            await self.store.set_watermark(self.inst.name, self.ws.name, side, modified=newest, moved_at=now)
+            await self.store.set_watermark(self.instance, self.workspace, side, modified=newest, moved_at=now)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -326,23 +323,23 @@ async def run_workspaces(
     for s, r in zip(syncs, results, strict=True):
         if isinstance(r, BaseException) and not isinstance(r, Exception):
             raise r  # CancelledError, KeyboardInterrupt: never swallowed
-        out[s.ws.name] = r
+        out[s.workspace] = r
         _report(s, r)
     return out
 
 
 def _report(s: WorkspaceSync, r: BaseException | CycleStats) -> None:
     if isinstance(r, SafetyValveTripped):
-        log.error("safety_valve", workspace=s.ws.name, check=r.check, message=str(r))
+        log.error("safety_valve", workspace=s.workspace, check=r.check, message=str(r))
     elif isinstance(r, InstancePaused):  # announced once when the pause began
-        log.info("cycle_paused", workspace=s.ws.name, until=r.until_text, message=str(r.detail))
+        log.info("cycle_paused", workspace=s.workspace, until=r.until_text, message=str(r.detail))
     elif isinstance(r, PermanentError | TransientError | AgentError):
-        log.error("cycle_failed", workspace=s.ws.name, error=safe_error(r))
+        log.error("cycle_failed", workspace=s.workspace, error=safe_error(r))
     elif isinstance(r, Exception):
         bug = next((e for e in _leaves(r) if not isinstance(e, AgentError)), r)
         log.error(
             "cycle_crashed",
-            workspace=s.ws.name,
+            workspace=s.workspace,
             error=f"{type(bug).__name__}: {safe_error(bug)}",
             traceback="".join(traceback.format_exception(r)),
         )

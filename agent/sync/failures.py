@@ -36,7 +36,7 @@ async def guard(sync: Setup, ctx: CycleContext, incident: str, work: Coroutine[A
             try:
                 await work
                 if incident in ctx.retrying:
-                    await sync.store.clear_failure(sync.inst.name, sync.ws.name, incident)
+                    await sync.store.clear_failure(sync.instance, sync.workspace, incident)
             except InstancePaused:
                 # The instance's rate-limit window is used up (REFERENCE E.8): the work is
                 # deferred whole, the watermarks stay, and it all runs after the pause.
@@ -57,14 +57,12 @@ async def failed(sync: Setup, ctx: CycleContext, incident: str, exc: RemoteError
     now = clock.utcnow()
     transient = isinstance(exc, TransientError)
     nxt = await sync.store.record_failure(
-        sync.inst.name,
-        sync.ws.name,
+        sync.instance,
+        sync.workspace,
         incident,
         error,
         now=now,
-        base_delay=min(PERMANENT_BACKOFF, sync.config.agent.poll_interval)
-        if transient
-        else PERMANENT_BACKOFF,
+        base_delay=min(PERMANENT_BACKOFF, sync.settings.poll_interval) if transient else PERMANENT_BACKOFF,
         grace=1 if transient else 0,
     )
     if isinstance(exc, HookFailed):

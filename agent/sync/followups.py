@@ -35,7 +35,7 @@ EXTRA_MERGED_INTO = "merged_into"
 async def follow(sync: Setup, processed: Sequence[Incident], incidents: Mapping[str, Incident]) -> None:
     """Routing over ``processed`` (the linked incidents this cycle wrote or compared), merges over
     the cycle's listing; a remote error is retried the next time the pair or merge is seen."""
-    failed = await sync.store.blocked(sync.inst.name, sync.ws.name, clock.utcnow())
+    failed = await sync.store.blocked(sync.instance, sync.workspace, clock.utcnow())
     ok = [i for i in processed if i.id not in failed]
     steps: tuple[tuple[str, Callable[[], Awaitable[int]]], ...] = (
         ("routing", lambda: reroute(sync, ok)),
@@ -54,7 +54,7 @@ async def follow(sync: Setup, processed: Sequence[Incident], incidents: Mapping[
 async def reroute(sync: Setup, incidents: Sequence[Incident]) -> int:
     """Move tickets whose incident now routes elsewhere; returns how many moved."""
     by_id = {i.id: i for i in incidents}
-    links = await sync.store.get_links(sync.inst.name, sync.ws.name, by_id)
+    links = await sync.store.get_links(sync.instance, sync.workspace, by_id)
 
     async def one(link: Link) -> int:
         async with sync.sem:
@@ -89,13 +89,13 @@ async def _reroute(sync: Setup, link: Link, incident: Incident) -> int:
 async def merges(sync: Setup, incidents: Mapping[str, Incident], failing: frozenset[str]) -> int:
     """Note every newly seen merge among this cycle's listed incidents; returns how many."""
     carriers = _number_labels(sync, incidents)
-    by_number = await sync.store.links_by_number(sync.inst.name, sync.ws.name, carriers)
+    by_number = await sync.store.links_by_number(sync.instance, sync.workspace, carriers)
     sources: dict[str, tuple[Link, Incident | None]] = {}
     for number, link in by_number.items():
         if carriers[number].id != link.incident:
             sources[link.incident] = (link, carriers[number])
     merged = [name for name, inc in incidents.items() if inc.merged_away]
-    for name, link in (await sync.store.get_links(sync.inst.name, sync.ws.name, merged)).items():
+    for name, link in (await sync.store.get_links(sync.instance, sync.workspace, merged)).items():
         sources.setdefault(name, (link, carriers.get(link.number)))
     done = 0
     for link, survivor in sources.values():
@@ -134,7 +134,7 @@ async def _merged(sync: Setup, link: Link, merged: Incident | None, survivor: In
         return 0
     target = None
     if survivor is not None:
-        target = (await sync.store.get_links(sync.inst.name, sync.ws.name, [survivor.id])).get(survivor.id)
+        target = (await sync.store.get_links(sync.instance, sync.workspace, [survivor.id])).get(survivor.id)
     first = EXTRA_MERGED_INTO not in link.extra
     closed_state = sync.maps.status_to_snow.get(sync.source.closed_status)
     finishing = (

@@ -42,7 +42,7 @@ async def pair(
     sync: Setup, ctx: CycleContext, incidents: Mapping[str, Incident], tickets: Mapping[str, Ticket]
 ) -> dict[str, Pair]:
     """Every pair this cycle looks at (see the module docstring)."""
-    inst, wsname = sync.inst.name, sync.ws.name
+    inst, wsname = sync.instance, sync.workspace
     links = await sync.store.get_links(inst, wsname, incidents.keys())
     by_ticket = await sync.store.get_links_by_sys_id(inst, tickets.keys())
     pairs: dict[str, Pair] = {name: Pair(inc, None, links.get(name)) for name, inc in incidents.items()}

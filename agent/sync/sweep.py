@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from agent.store import Store
+from agent.ports import Store
 
 MARK_LAST_SWEEP = "last_sweep"
 MARK_LAST_OPEN_CHECK = "last_open_check"

@@ -25,7 +25,6 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from agent.config import Config, ServiceNowInstance, Workspace
 from agent.connectors.sentinel.models import SentinelComment, SentinelIncident
 from agent.connectors.sentinel.source import SentinelSource, incident_of
 from agent.connectors.servicenow.models import SnowRecord
@@ -35,7 +34,7 @@ from agent.errors import NotFound
 from agent.store import Store
 from agent.sync import apply, clock
 from agent.sync.actions import field_plan
-from agent.sync.context import CycleContext, CycleOptions, CycleStats
+from agent.sync.context import CycleContext, CycleOptions, CycleStats, Settings
 from agent.sync.cycle import WorkspaceSync
 from agent.sync.failures import bounded, guard
 from agent.sync.pairing import Pair
@@ -58,16 +57,11 @@ class PollingSync(WorkspaceSync):
     """Per-incident polling over the agent's clients (see the module docstring)."""
 
     def __init__(
-        self,
-        config: Config,
-        workspace: Workspace,
-        instance: ServiceNowInstance,
-        source: SentinelSource,
-        sink: ServiceNowSink,
-        store: Store,
+        self, settings: Settings, source: SentinelSource, sink: ServiceNowSink, store: Store
     ) -> None:
-        super().__init__(config, workspace, instance, source, sink, store)
+        super().__init__(settings, source, sink, store)
         self.sentinel, self.snow, self.wsink = source.client, sink.client, sink
+        self.labels = source.workspace.incident_filter
         self._comments_seen: dict[str, set[str]] = {}  # incident -> comment names seen
         self._journal_after: dict[str, datetime] = {}  # sys_id -> sys_updated_on at the last poll
         self._written: set[str] = set()  # comment names and journal sys_ids it wrote itself
@@ -77,7 +71,7 @@ class PollingSync(WorkspaceSync):
         """One polling cycle of this workspace; returns what it did."""
         ctx = CycleContext(CycleOptions(), clock.utcnow())
         await self._discover(ctx)
-        links = [link async for link in self.store.iter_links(self.inst.name, self.ws.name, open_only=True)]
+        links = [link async for link in self.store.iter_links(self.instance, self.workspace, open_only=True)]
         polled = await bounded(self.sem, [self._read(link) for link in links])
         changed = [
             p
@@ -123,12 +117,9 @@ class PollingSync(WorkspaceSync):
         now = clock.utcnow()
         since = self._created_after or now
         self._created_after = now
-        new = [
-            inc
-            async for inc in self.sentinel.list_incidents(created_since=since, labels=self.ws.incident_filter)
-        ]
+        new = [inc async for inc in self.sentinel.list_incidents(created_since=since, labels=self.labels)]
         ctx.stats.listed_sentinel = len(new)
-        links = await self.store.get_links(self.inst.name, self.ws.name, [i.name for i in new])
+        links = await self.store.get_links(self.instance, self.workspace, [i.name for i in new])
         for inc in new:
             if inc.name not in links and inc.status != "Closed":
                 await guard(self, ctx, inc.name, apply.create(self, ctx, incident_of(inc)))
@@ -172,4 +163,4 @@ class PollingSync(WorkspaceSync):
                     stats.updated_sentinel += 1
 
     def _api_user(self) -> str:
-        return self.inst.username or ""
+        return self.wsink.inst.username or ""

@@ -92,16 +92,13 @@ async def _poll(pollers: Sequence[PollingSync]) -> dict[str, BaseException | Cyc
     for p, r in zip(pollers, results, strict=True):
         if isinstance(r, BaseException) and not isinstance(r, Exception):
             raise r
-        out[p.ws.name] = r
+        out[p.workspace] = r
     return out
 
 
 def _pollers(rt: Runtime, syncs: Sequence[WorkspaceSync]) -> list[PollingSync]:
     assert rt.shadow is not None
-    return [
-        PollingSync(rt.config, s.ws, s.inst, rt.source(s.ws.name), rt.sink(s.ws.name), rt.shadow)
-        for s in syncs
-    ]
+    return [PollingSync(s.settings, rt.source(s.workspace), rt.sink(s.workspace), rt.shadow) for s in syncs]
 
 
 async def serve(config_path: Path) -> None:

@@ -1,0 +1,300 @@
+"""The engine on the memory store and in-memory sides (agent.testing.fakes): golden scenarios in
+the manner of rclone bisync's, each an initial state, steps and the expected state of both sides
+and the shadow. No HTTP, no emulator: what is tested is the engine's decisions and their order
+(the connectors have their own tests against the emulators)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from agent.core.records import Link
+from agent.errors import AgentError, SafetyValveTripped
+from agent.store.memory import MemoryStore
+from agent.sync import clock as sync_clock
+from agent.sync.cycle import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
+from agent.testing import fakes
+from agent.testing.fakes import CLOSED, RESOLVED, Clock, FakeSink, FakeSource
+
+
+class Died(BaseException):
+    """The process died (like a SIGKILL): nothing after it runs."""
+
+
+@dataclass
+class Rig:
+    clock: Clock
+    source: FakeSource
+    sink: FakeSink
+    store: MemoryStore
+    sync: WorkspaceSync
+
+    async def cycle(self, **options: Any) -> CycleStats:
+        result = (await run_workspaces([self.sync], CycleOptions(**options)))["ws"]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def link(self, incident: str) -> Link | None:
+        return (await self.store.get_links("inst", "ws", [incident])).get(incident)
+
+    def writes(self) -> tuple[int, int, int]:
+        return (self.source.writes, self.sink.writes, len(self.sink.tickets))
+
+
+@pytest.fixture
+async def rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+    clock = Clock()
+    monkeypatch.setattr(sync_clock, "utcnow", lambda: clock.now)
+    source, sink = FakeSource(clock), FakeSink(clock, users={"alice@example.com": "u-alice"})
+    store = await MemoryStore.open()
+    yield Rig(clock, source, sink, store, WorkspaceSync(fakes.settings(), source, sink, store))
+    await store.close()
+
+
+def ticket_of(rig: Rig, incident: str) -> Any:
+    [ticket] = rig.sink.by_key(incident)
+    return ticket
+
+
+async def test_a_new_incident_gets_one_ticket_and_the_next_cycle_is_idle(rig: Rig) -> None:
+    inc = rig.source.add(severity="High", owner="alice@example.com")
+    stats = await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    assert (stats.created, ticket.values) == (1, {"severity": "1", "status": "1", "owner": "u-alice"})
+    assert ticket.number in rig.source.incidents[inc.id].labels  # the number written back as a label
+    link = await rig.link(inc.id)
+    assert link is not None and link.fields == {
+        "severity": ("High", "1"),
+        "status": ("New", "1"),
+        "owner": ("alice@example.com", "u-alice"),
+    }
+    before = rig.writes()
+    stats = await rig.cycle()
+    assert rig.writes() == before and (stats.created, stats.updated_snow, stats.updated_sentinel) == (0, 0, 0)
+
+
+async def test_each_side_is_compared_with_its_own_last_agreed_value(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.source.edit(inc.id, severity="High")
+    stats = await rig.cycle()
+    assert (stats.updated_snow, ticket_of(rig, inc.id).values["severity"]) == (1, "1")
+    rig.sink.edit(ticket.id, severity="3")
+    stats = await rig.cycle()
+    assert (stats.updated_sentinel, rig.source.incidents[inc.id].values["severity"]) == (1, "Low")
+    before = rig.writes()
+    idle = await rig.cycle()  # both re-listed at the watermark: nothing to write
+    assert rig.writes() == before and (idle.updated_snow, idle.updated_sentinel) == (0, 0)
+
+
+async def test_a_lossy_map_never_flip_flops(rig: Rig) -> None:
+    inc = rig.source.add(severity="Low")
+    await rig.cycle()
+    rig.source.edit(inc.id, severity="Informational")  # maps to "3" as Low does
+    stats = await rig.cycle()
+    assert (stats.updated_snow, stats.updated_sentinel) == (0, 0)
+    link = await rig.link(inc.id)
+    assert link is not None and link.fields["severity"] == ("Informational", "3")
+
+
+async def test_a_crash_between_the_remote_write_and_the_commit_heals_without_a_write(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    rig.source.edit(inc.id, severity="High")
+    real = rig.store.save_link
+
+    async def crash(*args: Any, **kwargs: Any) -> None:
+        raise Died  # the process dies after the PATCH, before the commit
+
+    monkeypatch.setattr(rig.store, "save_link", crash)
+    with pytest.raises(BaseExceptionGroup, match="unhandled errors in a TaskGroup") as died:
+        await rig.cycle()
+    assert died.group_contains(Died)
+    monkeypatch.setattr(rig.store, "save_link", real)
+    assert ticket_of(rig, inc.id).values["severity"] == "1"  # the write landed
+    before = rig.writes()
+    stats = await rig.cycle()  # changed on both sides, now equal: only recorded
+    assert rig.writes() == before and (stats.updated_snow, stats.updated_sentinel) == (0, 0)
+    link = await rig.link(inc.id)
+    assert link is not None and link.fields["severity"] == ("High", "1")
+
+
+async def test_a_lost_shadow_adopts_the_ticket_instead_of_making_a_second(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    fresh = await MemoryStore.open()
+    rig.sync = WorkspaceSync(fakes.settings(), rig.source, rig.sink, fresh)
+    rig.store = fresh
+    rig.source.edit(inc.id, severity="High")
+    stats = await rig.cycle()
+    assert (stats.created, stats.adopted, len(rig.sink.tickets)) == (0, 1, 1)
+    assert ticket_of(rig, inc.id).values["severity"] == "1"
+
+
+async def test_an_unlinked_incident_is_never_created_again(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.store.unlink("inst", "ws", inc.id, reason="operator", now=rig.clock.now)
+    stats = await rig.cycle()
+    assert (stats.created, rig.sink.tickets) == (0, {})
+
+
+async def test_a_transient_failure_fails_that_incident_only_and_is_retried(rig: Rig) -> None:
+    first, second = rig.source.add(title="first"), rig.source.add(title="second")
+    rig.sink.failing["create"] = fakes.transient()
+    stats = await rig.cycle()
+    assert (stats.created, stats.failures) == (1, 1)
+    failed = [f.incident for f in await rig.store.failures("inst", "ws")]
+    assert len(failed) == 1 and failed[0] in (first.id, second.id)
+    stats = await rig.cycle()  # a first transient failure is retried by the next cycle
+    assert (stats.created, len(rig.sink.tickets)) == (1, 2)
+    assert await rig.store.failures("inst", "ws") == []
+
+
+async def test_a_bug_stops_the_cycle_and_is_no_incident_failure(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.source.add()
+
+    def broken(*args: Any) -> str:
+        raise KeyError("severity")
+
+    monkeypatch.setattr(rig.source, "ticket_description", broken)
+    result = (await run_workspaces([rig.sync], CycleOptions()))["ws"]
+    assert isinstance(result, ExceptionGroup) and not isinstance(result, AgentError)
+    assert [type(e) for e in result.exceptions] == [KeyError]
+    assert await rig.store.failures("inst", "ws") == [] and rig.sink.tickets == {}
+
+
+async def test_a_reopen_against_a_closed_ticket_opens_a_follow_up(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    old = ticket_of(rig, inc.id)
+    rig.source.edit(inc.id, status="Closed")
+    await rig.cycle()
+    assert ticket_of(rig, inc.id).values["status"] == RESOLVED
+    rig.sink.edit(old.id, by="system", status=CLOSED)  # the platform closes it: read-only now
+    await rig.cycle()
+    rig.source.edit(inc.id, status="Active")
+    stats = await rig.cycle()
+    tickets = rig.sink.by_key(inc.id)
+    assert (stats.created, len(tickets)) == (1, 2)
+    link = await rig.link(inc.id)
+    assert link is not None and link.sys_id != old.id and link.extra["previous_tickets"].endswith(old.id)
+    assert rig.sink.tickets[old.id].values["status"] == CLOSED  # never written again
+
+
+async def test_with_reopen_closed_note_the_incident_is_told_once(rig: Rig) -> None:
+    rig.sync = WorkspaceSync(fakes.settings(reopen_closed="note"), rig.source, rig.sink, rig.store)
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.source.edit(inc.id, status="Closed")
+    await rig.cycle()
+    rig.sink.edit(ticket.id, by="system", status=CLOSED)
+    await rig.cycle()
+    rig.source.edit(inc.id, status="Active")
+    await rig.cycle()
+    await rig.cycle()
+    notes = [c for c in rig.source.notes[inc.id] if "stays closed" in c.text]
+    assert len(notes) == 1 and len(rig.sink.tickets) == 1
+
+
+async def test_a_dry_run_lists_what_the_run_then_does_and_writes_nothing(rig: Rig) -> None:
+    a, b = rig.source.add(), rig.source.add()
+    await rig.cycle()
+    rig.source.edit(a.id, severity="High")
+    rig.sink.edit(ticket_of(rig, b.id).id, severity="1")
+    c = rig.source.add()
+    before, links = rig.writes(), [link async for link in rig.store.iter_links("inst", "ws")]
+    dry = await rig.cycle(dry_run=True)
+    assert rig.writes() == before and [link async for link in rig.store.iter_links("inst", "ws")] == links
+    planned = sorted((p["action"], p["incident"]) for p in dry.planned)
+    assert planned == sorted([("create_snow", c.id), ("update_snow", a.id), ("update_sentinel", b.id)])
+    done = await rig.cycle()
+    assert (done.created, done.updated_snow, done.updated_sentinel) == (
+        dry.created,
+        dry.updated_snow,
+        dry.updated_sentinel,
+    )
+
+
+async def test_the_close_ratio_valve_trips_before_any_write(rig: Rig) -> None:
+    incidents = [rig.source.add() for _ in range(10)]
+    await rig.cycle()
+    for inc in incidents[:6]:
+        rig.source.edit(inc.id, status="Closed")
+    before = rig.writes()
+    with pytest.raises(SafetyValveTripped, match="max_close_ratio"):
+        await rig.cycle()
+    assert rig.writes() == before
+    stats = await rig.cycle(force=True)
+    assert stats.updated_snow == 6
+
+
+async def test_comments_cross_once_each_way_and_never_echo(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.source.comment(inc.id, "seen on the endpoint")
+    await rig.cycle()
+    notes = rig.sink.journal.entries[ticket.id]
+    assert [n.text.endswith("seen on the endpoint") for n in notes] == [True]
+    rig.sink.note(ticket.id, "isolated the host")
+    await rig.cycle()
+    await rig.cycle()
+    texts = [c.text for c in rig.source.notes[inc.id]]
+    assert len(texts) == 2 and texts[1].endswith("isolated the host")
+    assert len(rig.sink.journal.entries[ticket.id]) == 2  # the agent's own comment never came back
+
+
+async def test_a_pair_whose_ticket_is_gone_is_skipped(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    del rig.sink.tickets[ticket_of(rig, inc.id).id]
+    rig.source.edit(inc.id, severity="High")
+    stats = await rig.cycle()
+    assert (stats.skipped, stats.updated_snow, stats.failures) == (1, 0, 0)
+
+
+async def test_a_conflict_goes_to_the_newest_side(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.source.edit(inc.id, severity="High")
+    rig.sink.edit(ticket.id, severity="3")  # later
+    stats = await rig.cycle()
+    assert stats.conflicts == 1
+    assert rig.source.incidents[inc.id].values["severity"] == "Low"
+    link = await rig.link(inc.id)
+    assert link is not None and link.fields["severity"] == ("Low", "3")
+
+
+async def test_an_analyst_change_racing_the_write_is_copied_not_overwritten(rig: Rig) -> None:
+    inc = rig.source.add()
+    await rig.cycle()
+    rig.sink.edit(ticket_of(rig, inc.id).id, severity="1")
+    real = rig.source.write
+    raced = False
+
+    async def racing(incident: Any, body: Any) -> Any:
+        nonlocal raced
+        if not raced:  # an analyst saves the owner just before our write lands
+            raced = True
+            rig.source.edit(incident.id, owner="alice@example.com")
+        return await real(incident, body)
+
+    rig.source.write = racing  # type: ignore[method-assign]
+    await rig.cycle()
+    assert rig.source.incidents[inc.id].values == {
+        "severity": "High",
+        "status": "New",
+        "owner": "alice@example.com",
+    }
+    assert ticket_of(rig, inc.id).values["owner"] == "u-alice"

@@ -14,18 +14,18 @@ import pytest
 from agent.connectors.entra import EntraAuth
 from agent.connectors.http import HttpClient
 from agent.connectors.retry import RetryPolicy
-from agent.connectors.sentinel.client import (
+from agent.connectors.sentinel.client import SentinelClient, incident_filter, odata_string
+from agent.connectors.sentinel.models import (
     WRITABLE,
-    SentinelClient,
+    Owner,
     build_put_body,
-    incident_filter,
-    odata_string,
+    format_arm_time,
     parse_alert,
+    parse_arm_time,
     parse_comment,
     parse_entity,
     parse_incident,
 )
-from agent.connectors.sentinel.models import Owner, format_arm_time, parse_arm_time
 from agent.errors import EditConflict, Forbidden, NotFound, PermanentError
 from agent.log import log
 from agent.testing.emulators.sentinel import SentinelWorkspace

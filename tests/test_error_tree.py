@@ -143,7 +143,7 @@ async def test_a_data_error_fails_that_incident_only(env: Env, records: list[dic
 
 
 def test_unreadable_answers_are_named_remote_errors() -> None:
-    from agent.connectors.sentinel.client import parse_incident
+    from agent.connectors.sentinel.models import parse_incident
     from agent.connectors.servicenow.client import _record
 
     with pytest.raises(errors.InvalidResponse, match="InvalidIncident") as sentinel:

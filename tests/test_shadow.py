@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import agent.store.sqlite.store as shadow_module
+import agent.store.sqlite.state as shadow_module
 from agent.core.records import CommentLink, Link
 from agent.errors import ConfigError, DuplicateKey
 from agent.store.sqlite.schema import SCHEMA_VERSION

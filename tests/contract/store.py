@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-import agent.store.sqlite.store
+import agent.store.sqlite.state
 from agent.core import records as R
 from agent.core.records import CommentLink, Link
 from agent.errors import DuplicateKey
@@ -439,7 +439,7 @@ class StoreTests:
     async def test_cycle_history_is_pruned_but_keeps_last_success(
         self, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        for module in (checks, agent.store.sqlite.store):
+        for module in (checks, agent.store.sqlite.state):
             monkeypatch.setattr(module, "CYCLES_KEPT", 3)
         last_ok = T0 + timedelta(minutes=1)
         for t in (T0, last_ok):

@@ -7,14 +7,13 @@
 * Updates are full-object PUTs built from the freshest copy of the incident plus the changes,
   with the etag in the body (A.5): nothing writable is ever dropped, and a stale etag comes
   back as :class:`~agent.errors.EditConflict` for the caller to re-read and re-plan.
-* Parsing is tolerant (A.4: every enum is open): unknown values pass through as strings,
-  missing optional properties become ``None``/``""``/``0``. An incident that cannot be parsed
-  at all is a :class:`~agent.errors.PermanentError` naming it; listings skip it with a warning.
+* Parsing (:mod:`.models`) is tolerant (A.4: every enum is open); an incident that cannot be
+  parsed at all is a :class:`~agent.errors.PermanentError` naming it; listings skip it with a
+  warning.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
@@ -26,44 +25,24 @@ from yarl import URL
 from agent.connectors.http import HttpClient
 from agent.connectors.http_errors import redact_url
 from agent.connectors.sentinel.models import (
-    Owner,
     SentinelAlert,
     SentinelComment,
     SentinelEntity,
     SentinelIncident,
+    build_put_body,
     format_arm_time,
-    parse_arm_time,
+    parse_alert,
+    parse_comment,
+    parse_entity,
+    parse_incident,
 )
 from agent.errors import DataError, InvalidResponse, PermanentError
 from agent.log import log
 
-WRITABLE = (
-    "title",
-    "description",
-    "severity",
-    "status",
-    "classification",
-    "classificationReason",
-    "classificationComment",
-    "owner",
-    "labels",
-    "firstActivityTimeUtc",
-    "lastActivityTimeUtc",
-)
-"""The incident properties a PUT carries (REFERENCE A.4); everything else is read-only."""
-
-CLASSIFICATION_FIELDS = ("classification", "classificationReason", "classificationComment")
-OPEN_STATUSES = ("New", "Active")
 MAX_COMMENT_CHARS = 30_000  # REFERENCE A.8, in UTF-16 code units as the service counts them
 MAX_TOP = 1000  # REFERENCE A.7
 XDR_PROVIDER = "Microsoft XDR"
 DEFENDER_INCIDENT_URL = "https://security.microsoft.com/incidents/{id}"
-_NULL_OWNER: dict[str, None] = {
-    "objectId": None,
-    "email": None,
-    "assignedTo": None,
-    "userPrincipalName": None,
-}
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.()-]{1,256}$")  # RG names may hold ( ) (ARM naming rules)
 # Characters a nextLink may carry unencoded; anything else (a raw space, A.7) is percent-encoded.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
@@ -380,209 +359,8 @@ def incident_filter(
     return " and ".join(clauses) or None
 
 
-def build_put_body(current: SentinelIncident, changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The PUT body for ``current`` plus ``changes`` (see :meth:`SentinelClient.update_incident`)."""
-    unknown = [k for k in changes if k not in WRITABLE]
-    if unknown:
-        raise ValueError(f"not writable incident properties: {', '.join(sorted(unknown))}")
-    raw_props = current.raw.get("properties") if isinstance(current.raw, dict) else None
-    props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
-    out: dict[str, Any] = {k: copy.deepcopy(props[k]) for k in WRITABLE if k in props}
-    for key, fallback in (
-        ("title", current.title),
-        ("severity", current.severity),
-        ("status", current.status),
-    ):
-        out.setdefault(key, fallback)  # required on PUT (A.5.1)
-    out["owner"] = _owner_reference(props.get("owner"))
-    out["labels"] = _labels(props.get("labels"), None)
-    for key, value in changes.items():
-        if key == "owner":
-            out["owner"] = _owner_change(value)
-        elif key == "labels":
-            out["labels"] = _labels(props.get("labels"), value)
-        else:
-            out[key] = value
-    if "status" in changes and changes["status"] in OPEN_STATUSES:
-        # Re-opened: the classification belonged to the closure (A.6).
-        for key in CLASSIFICATION_FIELDS:
-            out[key] = None
-    body: dict[str, Any] = {"properties": out}
-    if current.etag:
-        body["etag"] = current.etag
-    return body
-
-
-def _owner_reference(owner: Any) -> dict[str, Any]:
-    """The current owner as a PUT sends it: by objectId, else by UPN (A.6), else as it was read.
-
-    Automation can leave an owner with only ``email``/``assignedTo``; sending it as all-null
-    (or leaving it out) unassigns the incident (REFERENCE E.4; demisto/content PR #28920), so
-    such an owner goes back exactly as read. Only a real absence of an owner is sent as null.
-    """
-    if isinstance(owner, dict):
-        if owner.get("objectId"):
-            return {"objectId": owner["objectId"]}
-        if owner.get("userPrincipalName"):
-            return {"userPrincipalName": owner["userPrincipalName"], "objectId": None}
-        if owner.get("email") or owner.get("assignedTo"):
-            return copy.deepcopy(owner)
-    return dict(_NULL_OWNER)
-
-
-def _owner_change(value: Any) -> dict[str, Any]:
-    if value is None:
-        return dict(_NULL_OWNER)
-    if isinstance(value, str):
-        return {"userPrincipalName": value, "objectId": None}
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"owner change must be a dict, a UPN or None, not {type(value).__name__}")
-
-
-def _labels(current: Any, names: Any) -> list[dict[str, str]]:
-    """Labels to send: ``names`` as User labels, AutoAssigned ones kept as they were."""
-    existing = [lbl for lbl in current if isinstance(lbl, dict)] if isinstance(current, list) else []
-    auto = {
-        str(lbl.get("labelName")): {"labelName": str(lbl["labelName"]), "labelType": "AutoAssigned"}
-        for lbl in existing
-        if lbl.get("labelType") == "AutoAssigned" and lbl.get("labelName")
-    }
-    if names is None:
-        wanted = [str(lbl["labelName"]) for lbl in existing if lbl.get("labelName")]
-    elif isinstance(names, (str, bytes)) or not all(isinstance(n, str) for n in names):
-        raise TypeError("labels must be a list of label names")
-    else:
-        wanted = list(names)
-    out: list[dict[str, str]] = []
-    for name in dict.fromkeys([*wanted, *auto]):
-        out.append(auto.get(name) or {"labelName": name, "labelType": "User"})
-    return out
-
-
-# --- parsing --------------------------------------------------------------------------------
-
-
-def parse_incident(raw: Any) -> SentinelIncident:
-    """An ARM incident -> :class:`SentinelIncident` (tolerant; PermanentError if hopeless)."""
-    name = raw.get("name") if isinstance(raw, dict) else None
-    label = name if isinstance(name, str) and name else "?"
-    props = raw.get("properties") if isinstance(raw, dict) else None
-    if not isinstance(name, str) or not name or not isinstance(props, dict):
-        raise _unparsable(label, "no name or properties")
-    try:
-        created = parse_arm_time(str(props["createdTimeUtc"]))
-        modified = parse_arm_time(str(props.get("lastModifiedTimeUtc") or props["createdTimeUtc"]))
-    except (KeyError, ValueError):
-        raise _unparsable(label, "no valid createdTimeUtc/lastModifiedTimeUtc") from None
-    data = props.get("additionalData") if isinstance(props.get("additionalData"), dict) else {}
-    assert isinstance(data, dict)
-    return SentinelIncident(
-        name=name,
-        id=_str(raw.get("id")),
-        etag=_str(raw.get("etag")),
-        title=_str(props.get("title")),
-        description=_str(props.get("description")),
-        severity=_str(props.get("severity")),
-        status=_str(props.get("status")),
-        classification=_opt(props.get("classification")),
-        classification_reason=_opt(props.get("classificationReason")),
-        classification_comment=_opt(props.get("classificationComment")),
-        owner=_parse_owner(props.get("owner")),
-        labels=tuple(
-            str(lbl["labelName"])
-            for lbl in props.get("labels") or ()
-            if isinstance(lbl, dict) and isinstance(lbl.get("labelName"), str)
-        ),
-        created=created,
-        modified=modified,
-        number=_int(props.get("incidentNumber")),
-        url=_str(props.get("incidentUrl")),
-        provider_name=_opt(props.get("providerName")),
-        provider_incident_id=_opt(props.get("providerIncidentId")),
-        provider_incident_url=_opt(data.get("providerIncidentUrl")),
-        alerts_count=_int(data.get("alertsCount")),
-        comments_count=_int(data.get("commentsCount")),
-        raw=copy.deepcopy(raw),
-    )
-
-
-def parse_comment(raw: Any) -> SentinelComment:
-    """An ARM incident comment -> :class:`SentinelComment`."""
-    name = raw.get("name") if isinstance(raw, dict) else None
-    props = raw.get("properties") if isinstance(raw, dict) else None
-    if not isinstance(name, str) or not isinstance(props, dict):
-        raise InvalidResponse("sentinel", "GET", "comment", 200, "InvalidComment", "no name or properties")
-    try:
-        created = parse_arm_time(str(props["createdTimeUtc"]))
-        modified = parse_arm_time(str(props.get("lastModifiedTimeUtc") or props["createdTimeUtc"]))
-    except (KeyError, ValueError):
-        raise InvalidResponse(
-            "sentinel", "GET", "comment", 200, "InvalidComment", f"comment {name}: bad time"
-        ) from None
-    author = props.get("author") if isinstance(props.get("author"), dict) else {}
-    assert isinstance(author, dict)
-    return SentinelComment(
-        name=name,
-        message=_str(props.get("message")),
-        created=created,
-        modified=modified,
-        author_name=_opt(author.get("name")),
-        author_email=_opt(author.get("email")),
-        author_upn=_opt(author.get("userPrincipalName")),
-        author_object_id=_opt(author.get("objectId")),
-    )
-
-
-def parse_alert(raw: Any) -> SentinelAlert:
-    """A ``SecurityAlert`` entity -> :class:`SentinelAlert`."""
-    props = raw.get("properties") if isinstance(raw, dict) else None
-    props = props if isinstance(props, dict) else {}
-    generated = _opt(props.get("timeGenerated"))
-    try:
-        time_generated = parse_arm_time(generated) if generated else None
-    except ValueError:
-        time_generated = None
-    return SentinelAlert(
-        name=_str(raw.get("name")) if isinstance(raw, dict) else "",
-        display_name=_str(props.get("alertDisplayName") or props.get("friendlyName")),
-        severity=_str(props.get("severity")),
-        time_generated=time_generated,
-        product_name=_opt(props.get("productName")),
-        status=_opt(props.get("status")),
-    )
-
-
-def parse_entity(raw: Any) -> SentinelEntity:
-    """One entity of ``POST .../entities`` -> :class:`SentinelEntity`."""
-    record = raw if isinstance(raw, dict) else {}
-    props = record.get("properties") if isinstance(record.get("properties"), dict) else {}
-    assert isinstance(props, dict)
-    return SentinelEntity(
-        name=_str(record.get("name")),
-        kind=_str(record.get("kind")),
-        friendly_name=_str(props.get("friendlyName")),
-    )
-
-
-def _parse_owner(owner: Any) -> Owner:
-    if not isinstance(owner, dict):
-        return Owner()
-    return Owner(
-        object_id=_opt(owner.get("objectId")),
-        email=_opt(owner.get("email")),
-        assigned_to=_opt(owner.get("assignedTo")),
-        upn=_opt(owner.get("userPrincipalName")),
-        owner_type=_opt(owner.get("ownerType")),
-    )
-
-
 def _paging_error(url: str, code: str, detail: str) -> PermanentError:
     return PermanentError("sentinel", "GET", redact_url(url), 200, code, detail)
-
-
-def _unparsable(name: str, why: str) -> InvalidResponse:
-    return InvalidResponse("sentinel", "GET", f"incident {name}", 200, "InvalidIncident", why)
 
 
 def _items(body: Any, key: str) -> list[Any]:
@@ -590,21 +368,6 @@ def _items(body: Any, key: str) -> list[Any]:
     if not isinstance(items, list):
         raise InvalidResponse("sentinel", "GET", "list", 200, "InvalidResponse", f"no '{key}' array")
     return items
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else "" if value is None else str(value)
-
-
-def _opt(value: Any) -> str | None:
-    return None if value is None or value == "" else _str(value)
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
 
 
 def _odata_time(value: datetime) -> str:

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from agent.config import Workspace
-from agent.connectors.sentinel.client import WRITABLE, SentinelClient
-from agent.connectors.sentinel.models import SentinelAlert, SentinelIncident
+from agent.connectors.sentinel.client import SentinelClient
+from agent.connectors.sentinel.models import WRITABLE, SentinelAlert, SentinelIncident
 from agent.core import text as textfmt
 from agent.core.records import Closure, Comment, Evidence, Incident
 from agent.errors import EditConflict, PermanentError

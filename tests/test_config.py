@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent import config as cfg
-from agent.config import Config, Secret, load_config
+from agent.config import Config, Secret, load_config, schema
+from agent.config.convert import duration
 from agent.errors import ConfigError
 from agent.log import log
 
@@ -118,10 +119,13 @@ def test_example_ini_loads_and_documents_every_key(monkeypatch: pytest.MonkeyPat
 
 def test_example_ini_comments_every_key() -> None:
     known = {
-        "agent": cfg._AGENT_KEYS,
-        "oauth:default": cfg._OAUTH_KEYS,
-        "servicenow": cfg._SNOW_KEYS,
-        "workspace:soc-eu": cfg._WORKSPACE_KEYS,
+        title: schema.BY_KIND[kind].known() or ()
+        for title, kind in (
+            ("agent", "agent"),
+            ("oauth:default", "oauth"),
+            ("servicenow", "servicenow"),
+            ("workspace:soc-eu", "workspace"),
+        )
     }
     lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
     section = ""
@@ -248,7 +252,7 @@ def test_typed_values_are_converted(tmp_path: Path) -> None:
 )
 def test_duration_forms(number: int, unit: str) -> None:
     factor = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit.lower()]
-    convert = cfg._duration(0, 86400 * 86400)
+    convert = duration(0, 86400 * 86400)
     assert convert(f"{number}{unit}") == number * factor
 
 

@@ -238,3 +238,13 @@ def test_the_layer_checks_see_a_violation() -> None:
         assert outside("agent.sync.cycle", SYNC_MAY_IMPORT) == ["agent.connectors.http"]
     finally:
         GRAPH["agent.sync.cycle"].discard("agent.connectors.http")
+
+
+def test_no_module_outside_the_test_side_reaches_500_lines() -> None:
+    """The size the layout keeps (ARCHITECTURE.md): a module that grows past it holds two concerns.
+    Measured as ``python -m agent.testing.sizes agent --exclude agent/testing`` measures it."""
+    from agent.testing.sizes import measure
+
+    modules, _classes, _functions = measure(AGENT, [(AGENT / "testing").as_posix()])
+    too_big = [f"{Path(m.path).relative_to(ROOT)}: {m.lines} lines" for m in modules if m.lines >= 500]
+    assert not too_big, "split these along their concerns: " + ", ".join(too_big)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
+
 import pytest
 
 from agent.app.check import FAIL, OK, SKIP, WARN
 from agent.cli import commands
+from agent.store import StoreTarget
 from agent.testing.emulators.servicenow_tables import CHOICES
 from tests.e2e import Env, writes
 from tests.test_cli import run_cli
@@ -175,6 +179,25 @@ async def test_check_command_exit_code_and_hint(env: Env) -> None:
     assert code == 1, err
     assert "FAIL  [oauth:default]" in out and "hint:" in out
     assert '"event"' not in out  # the checklist, not log lines
+
+
+async def test_an_unreachable_state_database_is_a_fail_line_among_the_others(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = StoreTarget("postgresql", f"postgresql://sync@127.0.0.1:{port}/sync?connect_timeout=2")
+    config = dataclasses.replace(env.config, agent=dataclasses.replace(env.config.agent, store=target))
+    capsys.readouterr()
+    code = await commands.check(config)
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1, "\n".join(lines)
+    (state,) = _lines(lines, FAIL, "[agent] state", "cannot connect")
+    assert "README" in _hint_after(lines, state)
+    # the remotes were still probed
+    assert _lines(lines, OK, "[oauth:default]", "token obtained")
+    assert _lines(lines, OK, "[servicenow:default]", "table incident readable")
 
 
 def _close_code_choice(env: Env, code: str, *, inactive: bool = False) -> None:

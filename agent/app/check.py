@@ -34,7 +34,7 @@ from agent.app.runtime import Runtime
 from agent.config import Config
 from agent.connectors.sentinel.client import SentinelClient
 from agent.connectors.sentinel.models import build_put_body
-from agent.errors import AuthError, Forbidden, RemoteError, TransientError
+from agent.errors import AuthError, ConfigError, Forbidden, RemoteError, StoreError, TransientError
 
 __all__ = ["FAIL", "OK", "SKIP", "WARN", "Checklist", "Item"]
 
@@ -89,16 +89,25 @@ class Checklist(ServiceNowChecks):
             self.add(WARN, "config", warning)
 
     async def _state(self) -> None:
+        subject = "[agent] state_db" if self.config.agent.store is None else "[agent] state"
+        try:
+            await self.rt.open_state()
+        except (StoreError, ConfigError) as exc:
+            hint = (
+                "the database must be reachable from this host and its role able to log in"
+                " (README: High availability)"
+                if self.config.agent.store is not None
+                else "the folder must exist and be writable by the agent's user"
+            )
+            self.add(FAIL, subject, (str(exc).strip().splitlines() or [type(exc).__name__])[0], hint)
+            return
         shadow = self.rt.shadow
         assert shadow is not None
         links = 0
         for name, ws in self.config.workspaces.items():
             links += (await shadow.count_links(ws.servicenow, name))[0]
         version = await shadow.schema_version()
-        if self.config.agent.store is None:
-            subject, where = "[agent] state_db", str(self.config.agent.state_db)
-        else:
-            subject, where = "[agent] state", shadow.location
+        where = str(self.config.agent.state_db) if self.config.agent.store is None else shadow.location
         self.add(OK, subject, f"{where} opened (schema v{version}, {links} links)")
 
     # -- Entra ID and Sentinel --

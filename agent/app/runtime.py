@@ -48,7 +48,9 @@ class Runtime:
     ) -> None:
         await self.close()
 
-    async def open(self) -> None:
+    async def open(self, *, state: bool = True) -> None:
+        """Build every remote client; open the state store too unless ``state`` is false (``check``
+        opens it itself, so that a store it cannot reach is one FAIL line among the others)."""
         cfg = self.config
         ca = str(cfg.agent.ca_bundle) if cfg.agent.ca_bundle else None
         limit = cfg.agent.max_concurrency
@@ -87,7 +89,12 @@ class Runtime:
             )
             self.snow_http[name] = http
             self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)
-        self.shadow = await open_store(cfg.agent.state)
+        if state:
+            await self.open_state()
+
+    async def open_state(self) -> None:
+        """Open the state store and load what an earlier run kept there for the remote clients."""
+        self.shadow = await open_store(self.config.agent.state)
         for gate in self.snow_gates.values():
             await gate.load(self.shadow)  # a rate-limit pause an earlier run began (REFERENCE E.8)
 

@@ -266,10 +266,12 @@ async def check(config: Config) -> int:
     level = log.level
     if level > LEVELS["debug"]:
         log.level = LEVELS["error"]  # the checklist is the output; log lines would interleave
+    rt = Runtime(config)
     try:
-        async with Runtime(config) as rt:
-            items = await Checklist(config, rt).run()
+        await rt.open(state=False)  # the checklist opens the state itself and reports it
+        items = await Checklist(config, rt).run()
     finally:
+        await rt.close()
         log.level = level
     failed, _total = render.checklist(items, sys.stdout)
     return ExitCode.TRANSIENT if failed else ExitCode.OK

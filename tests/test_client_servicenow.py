@@ -9,12 +9,21 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.connectors.http import HttpClient
+from agent.connectors.pacing import HourlyQuotas
 from agent.connectors.retry import RetryPolicy
 from agent.connectors.servicenow.auth import ServiceNowBasicAuth
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.models import parse_snow_time
+from agent.connectors.servicenow.pause import PauseGate
 from agent.connectors.servicenow.query import Q
-from agent.errors import Forbidden, NotFound, PermanentError, RateLimited, TransientError
+from agent.errors import (
+    Forbidden,
+    InstancePaused,
+    NotFound,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
 from agent.testing.emulators.common import Clock, EmulatorServer, Recorder, TLSMaterial, TokenRegistry
 from agent.testing.emulators.servicenow import ServiceNowEmulator
 
@@ -189,6 +198,24 @@ async def test_hourly_rate_limit_surfaces_as_rate_limited(env: Env) -> None:
     with pytest.raises(RateLimited, match="HTTP 429") as info:
         await env.client.find(Q.eq("active", True), FIELDS)
     assert info.value.retry_after is not None and 0 < info.value.retry_after <= 3600
+
+
+async def test_e8_a_rule_used_up_pauses_the_instance_instead_of_meeting_429(env: Env) -> None:
+    # The instance's clock is five hours ahead of ours and ten minutes into its hour: the rule's
+    # window resets in 50 minutes of anybody's time.
+    hour = 3600.0
+    env.clock.advance(hour - env.clock.time() % hour + 600 + 5 * hour)
+    env.snow.set_rate_limit(USER, 3)
+    gate = PauseGate("default")
+    env.http.quotas, env.http.gate = HourlyQuotas(), gate
+    for _ in range(3):
+        await env.client.find(Q.eq("active", True), FIELDS)
+    mark = env.recorder.mark()
+    with pytest.raises(InstancePaused, match="paused until") as info:
+        await env.client.find(Q.eq("active", True), FIELDS)
+    assert env.calls(mark) == []  # not sent: it would only have been refused
+    assert [c.status for c in env.recorder.since(0)] == [200, 200, 200]
+    assert 2990 < info.value.retry_after <= 3002 and gate.active()
 
 
 # --- listing --------------------------------------------------------------------------------

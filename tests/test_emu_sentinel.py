@@ -360,6 +360,31 @@ async def test_ratelimit_headers_by_operation_type(h: SentinelHarness) -> None:
     assert "x-ms-ratelimit-remaining-subscription-writes" not in deleted.headers
 
 
+async def test_a11_documented_buckets_250_reads_at_25_and_200_writes_at_10(h: SentinelHarness) -> None:
+    # REFERENCE A.11, learn.microsoft.com "Understand how Azure Resource Manager throttles
+    # requests" (token bucket era): per subscription and principal, reads 250 refilled at 25/s,
+    # writes 200 refilled at 10/s; 429 with Retry-After once a bucket is empty.
+    inc = h.ws.create_incident(title="t")
+    read = await h.call("GET", h.path("incidents", inc["name"]))
+    assert read.headers["x-ms-ratelimit-remaining-subscription-reads"] == "249"
+    h.emu.use_allowance("reads", 249)
+    refused = await h.call("GET", h.path("incidents", inc["name"]))
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "1")
+    h.clock.advance(1)
+    again = await h.call("GET", h.path("incidents", inc["name"]))
+    # 25 tokens came back in the second (a few more if the test itself took time): one is used.
+    assert 24 <= int(again.headers["x-ms-ratelimit-remaining-subscription-reads"]) <= 26
+    put = await h.put_incident(inc["name"], full_body(read.body))
+    assert put.headers["x-ms-ratelimit-remaining-subscription-writes"] == "199"
+    h.emu.use_allowance("writes", 199)
+    late = await h.put_incident(inc["name"], full_body(put.body))
+    assert (late.status, late.headers["Retry-After"]) == (429, "1")
+    h.clock.advance(1)
+    put = await h.put_incident(inc["name"], full_body(put.body))
+    assert put.status == 200
+    assert 9 <= int(put.headers["x-ms-ratelimit-remaining-subscription-writes"]) <= 10
+
+
 async def test_empty_read_bucket_is_429_until_it_refills(tls: TLSMaterial) -> None:
     async with SentinelHarness(tls, read_bucket=(3, 0.5)) as h:
         for _ in range(3):

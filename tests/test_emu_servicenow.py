@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -1057,6 +1058,18 @@ async def test_per_user_hourly_rate_limit(env: Env) -> None:
     assert free.status == 200 and "X-RateLimit-Limit" not in free.headers
     env.clock.advance(reset - env.clock.time() + 1)
     assert (await env.call("GET", "/api/now/table/incident")).status == 200
+
+
+async def test_the_date_header_is_the_instances_clock(env: Env) -> None:
+    # Every HTTP answer carries the server's own time (RFC 9110 section 6.6.1); a client reads
+    # X-RateLimit-Reset (C.6, an epoch on that clock) against it.
+    env.clock.advance(7200)
+    for reply in (
+        await env.call("GET", "/api/now/table/incident"),
+        await env.call("GET", "/api/now/table/no_such_table"),
+    ):
+        date = parsedate_to_datetime(reply.headers["Date"]).timestamp()
+        assert abs(date - env.clock.time()) <= 2
 
 
 # --- direct access --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from types import TracebackType
 from agent.config import Config, ServiceNowInstance, Workspace
 from agent.connectors.entra import EntraAuth
 from agent.connectors.http import HttpClient
+from agent.connectors.pacing import ArmBuckets, HourlyQuotas
 from agent.connectors.retry import RetryPolicy
 from agent.connectors.sentinel.client import SentinelClient
 from agent.connectors.sentinel.source import SentinelSource
@@ -64,8 +65,14 @@ class Runtime:
                 ca_bundle=ca,
             )
             self.entra[name] = auth
+            # One principal: one set of ARM token buckets for every workspace it reads (A.11).
             self.arm[name] = HttpClient(
-                "sentinel", auth=auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry
+                "sentinel",
+                auth=auth,
+                ca_bundle=ca,
+                max_concurrency=limit,
+                retry=self.retry,
+                buckets=ArmBuckets(),
             )
         for name, inst in cfg.servicenow.items():
             snow_auth: ServiceNowBasicAuth | ServiceNowOAuth
@@ -85,7 +92,13 @@ class Runtime:
                 )
             gate = self.snow_gates[name] = PauseGate(name)
             http = HttpClient(
-                "servicenow", auth=snow_auth, ca_bundle=ca, max_concurrency=limit, retry=self.retry, gate=gate
+                "servicenow",
+                auth=snow_auth,
+                ca_bundle=ca,
+                max_concurrency=limit,
+                retry=self.retry,
+                gate=gate,
+                quotas=HourlyQuotas(),
             )
             self.snow_http[name] = http
             self._snow_clients[name] = ServiceNowClient(http, inst.instance_url, table=inst.incident_table)

@@ -11,10 +11,13 @@
   non-idempotent ones only when they provably never reached the server);
 * mapping of every failure to :mod:`agent.errors` (:mod:`agent.connectors.http_errors`), with
   the error code and message taken from ARM, ServiceNow and Entra error bodies;
-* slowing down before ARM throttles, from the ``x-ms-ratelimit-remaining-*`` headers
-  (REFERENCE A.11), and pacing at a published rate with a shared
-  :class:`~agent.connectors.pacing.RequestPacer` (Microsoft Graph security: 150 requests a
-  minute per app per tenant, GRAPH.md G);
+* pacing instead of meeting 429: ARM requests wait for a token in a client-side copy of ARM's
+  token buckets, kept right by the ``x-ms-ratelimit-remaining-*`` headers
+  (:class:`~agent.connectors.pacing.ArmBuckets`, REFERENCE A.11); a ServiceNow request that
+  its hourly rate-limit rule would refuse is not sent, the instance pauses until the reset
+  instead (:class:`~agent.connectors.pacing.HourlyQuotas`, C.6, E.8); a published rate is
+  kept with a shared :class:`~agent.connectors.pacing.RequestPacer` (Microsoft Graph security:
+  150 requests a minute per app per tenant, GRAPH.md G);
 * redaction: no ``Authorization`` header, token, password or secret is ever put into a log
   line or an exception text; URLs are stripped of secret-looking query values and bodies are
   logged only at debug level.
@@ -47,7 +50,7 @@ from agent.connectors.http_errors import (
     redact_url,
     redirect_error,
 )
-from agent.connectors.pacing import RequestPacer
+from agent.connectors.pacing import ArmBuckets, HourlyQuotas, RequestPacer
 from agent.connectors.retry import RetryPolicy, parse_retry_after, retrying
 from agent.errors import (
     ConfigError,
@@ -112,7 +115,9 @@ class HttpClient:
     """One ``aiohttp`` session for one remote system, with auth, retries and error mapping.
 
     ``system`` names the remote in errors and logs (``entra``, ``sentinel``, ``graph``,
-    ``servicenow``); ``pacer`` (shared between clients of one rate limit) paces every attempt.
+    ``servicenow``); ``pacer`` (shared between clients of one rate limit) paces every attempt;
+    ``buckets`` (ARM: one per principal) and ``quotas`` (ServiceNow: one per instance and user)
+    pace every request sent by what the server's rate-limit headers say.
     The session is created on first use, inside the running event loop.
     """
 
@@ -127,24 +132,23 @@ class HttpClient:
         connect_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         sleep: SleepFn = asyncio.sleep,
-        ratelimit_floor: int = 20,
-        ratelimit_pause: float = 1.0,
         user_agent: str = f"sentinel-snow-sync/{__version__}",
         pacer: RequestPacer | None = None,
+        buckets: ArmBuckets | None = None,
+        quotas: HourlyQuotas | None = None,
         gate: PauseGate | None = None,
     ) -> None:
         self.system = system
         self.pacer = pacer
+        self.buckets = buckets
+        self.quotas = quotas
         self.gate = gate
         self.auth = auth
         self.retry = retry if retry is not None else RetryPolicy()
-        self.ratelimit_floor = ratelimit_floor
-        self.ratelimit_pause = ratelimit_pause
         self.ratelimit_remaining: dict[str, int] = {}
         self.requests = 0
         self.retries = 0
         self.throttled = 0
-        self.slowdowns = 0
         self.auth_refreshes = 0
         self.by_status: dict[str, int] = {}
         self._sleep = sleep
@@ -236,7 +240,6 @@ class HttpClient:
             nonlocal refreshed
             if self.gate is not None:
                 self.gate.check(method, safe_url)  # an hourly limit used up: nothing is sent
-            await self._pace(method)
             force = False
             while True:
                 hdrs = dict(extra)
@@ -310,8 +313,12 @@ class HttpClient:
         payload: bytes | Mapping[str, str] | None,
         headers: dict[str, str],
     ) -> tuple[int, CIMultiDict[str], bytes]:
+        buckets, quotas = self.buckets, self.quotas
+        ticket = await buckets.acquire(method, target.path) if buckets is not None else None
+        # After any wait for a token: the lease may have changed hands meanwhile.
         if self.write_gate is not None and method not in ("GET", "HEAD"):
             self.write_gate()
+        order = await self._within_quota(quotas, method, target, safe_url) if quotas is not None else None
         session = self._get_session()
         proxy, proxy_auth = self._proxy_for(target)
         self.requests += 1
@@ -329,16 +336,28 @@ class HttpClient:
                 raw = await resp.read()
                 status = resp.status
                 resp_headers = CIMultiDict(resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except BaseException as exc:
+            if quotas is not None and order is not None:
+                quotas.observe(order, {})
+            if buckets is not None and ticket is not None:
+                buckets.forget(ticket)
+            if not isinstance(exc, (aiohttp.ClientError, TimeoutError)):
+                raise
             self._count("error")
             error = connection_error(self.system, method, safe_url, exc)
             log.debug("http_error", system=self.system, method=method, url=safe_url, error=str(error))
             raise error from None
         self._count(str(status))
+        retry_after = None
         if status == 429:
             self.throttled += 1
+            retry_after = parse_retry_after(resp_headers.get("Retry-After"))
             if self.pacer is not None:
-                self.pacer.hold(parse_retry_after(resp_headers.get("Retry-After")) or 0.0)
+                self.pacer.hold(retry_after or 0.0)
+        if buckets is not None and ticket is not None:
+            buckets.observe(ticket, status, resp_headers, retry_after)
+        if quotas is not None and order is not None:
+            quotas.observe(order, resp_headers)
         self._note_ratelimits(resp_headers)
         log.debug(
             "http_response",
@@ -415,16 +434,17 @@ class HttpClient:
                 except ValueError:
                     continue
 
-    async def _pace(self, method: str) -> None:
-        """Pause briefly when ARM says the bucket for this kind of request is nearly empty."""
-        if not self.ratelimit_remaining:
-            return
-        kind = "reads" if method in ("GET", "HEAD") else "deletes" if method == "DELETE" else "writes"
-        left = [v for k, v in self.ratelimit_remaining.items() if k.endswith(kind)]
-        if left and min(left) < self.ratelimit_floor:
-            self.slowdowns += 1
-            log.debug("http_slowdown", system=self.system, kind=kind, remaining=min(left))
-            await self._sleep(self.ratelimit_pause)
+    async def _within_quota(self, quotas: HourlyQuotas, method: str, target: URL, safe_url: str) -> int:
+        """Wait, or pause the instance, when the request's hourly rule has nothing left (E.8);
+        the request's order number for the quota count."""
+        route = quotas.route(method, target.path)
+        spent = quotas.exhausted(route)
+        if spent is not None:
+            wait, reason = spent
+            if self.gate is not None and self.gate.hold(wait, reason):
+                self.gate.check(method, safe_url)  # raises InstancePaused: nothing is sent
+            await self._sleep(wait)  # the window resets within a minute
+        return quotas.sending(route)
 
 
 def _with_params(url: str | URL, params: Mapping[str, str | int] | None) -> URL:

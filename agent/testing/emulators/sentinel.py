@@ -898,6 +898,15 @@ class SentinelEmulator:
         bucket.refill(now)
         return bucket
 
+    def use_allowance(self, kind: str, count: int) -> None:
+        """Other clients take ``count`` tokens from every ``kind`` bucket (``reads``, ``writes``,
+        ``deletes``) already in use: what a second agent or a script of the same principal does."""
+        now = self.clock.time()
+        for key, bucket in self._buckets.items():
+            if key[-1] == kind:
+                bucket.refill(now)
+                bucket.tokens = max(0.0, bucket.tokens - count)
+
     def _throttle(self, request: web.Request, sub: str, token: IssuedToken, kind: str) -> None:
         capacity, rate = self.read_bucket if kind == "reads" else self.write_bucket
         now = self.clock.time()

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import formatdate
 from typing import Any
 
 import orjson
@@ -639,6 +640,8 @@ class ServiceNowEmulator:
             if ctx is not None:
                 for key, value in ctx.headers.items():
                     response.headers.setdefault(key, value)
+            # The instance's own clock, as a real server's Date header (RFC 9110 6.6.1) is.
+            response.headers.setdefault("Date", formatdate(self.clock.time(), usegmt=True))
             return response
 
         return route

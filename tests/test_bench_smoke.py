@@ -11,6 +11,7 @@ from agent.testing.bench.__main__ import SECTIONS, build_parser, main, options_f
 from agent.testing.bench.calls import Calls, kind
 from agent.testing.bench.profiling import OTHER, category, measure
 from agent.testing.bench.report import render
+from agent.testing.bench.targets import rows
 from agent.testing.emulators.common import Call
 
 
@@ -74,6 +75,12 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
     ):
         assert heading in text
     assert f"{results.options.latency * 1000:.0f} ms" in text
+    # Every item of the performance issue has its row, with a verdict.
+    targets = rows(results)
+    assert {row.item for row in targets} == {str(i) for i in range(1, 8)}
+    assert all(row.verdict.startswith(("met", "missed: ", "not measured: ")) for row in targets)
+    for row in targets:
+        assert f"| {row.item} | {row.target} |" in text
 
 
 def test_main_writes_the_report_and_refuses_unknown_sections(
@@ -87,6 +94,8 @@ def test_main_writes_the_report_and_refuses_unknown_sections(
     text = out.read_text()
     assert "`python -m agent.testing.bench --only scale --scale 30" in text and "## 4. Scale" in text
     assert "## 1. Initial sync" not in text
+    idle = "| 5 | the cycle right after an initial sync: 2 reads per workspace, 0 writes | - |"
+    assert f"{idle} not measured: the 'steady' section was not run |" in text
     assert text in capsys.readouterr().out
 
 

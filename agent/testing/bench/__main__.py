@@ -20,7 +20,8 @@ from pathlib import Path
 
 from agent.testing.bench import scale, scenarios
 from agent.testing.bench.lab import BenchOptions
-from agent.testing.bench.report import Results, render
+from agent.testing.bench.report import render
+from agent.testing.bench.results import Results
 
 SECTIONS = ("steady", "arm", "scale", "sweep", "profile")
 QUICK = {

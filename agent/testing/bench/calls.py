@@ -36,6 +36,7 @@ class Calls:
     reads: int = 0
     writes: int = 0
     throttled: int = 0  # answered 429
+    throttled_by: Counter[str] = field(default_factory=Counter)  # system -> answered 429
     entra: int = 0
 
     @classmethod
@@ -48,6 +49,7 @@ class Calls:
             out.by_kind[kind(call)] += 1
             if call.status == 429:
                 out.throttled += 1
+                out.throttled_by[call.system] += 1
             if is_write(call):
                 out.writes += 1
             else:

@@ -6,31 +6,15 @@ import os
 import platform
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from agent.testing.bench import targets
 from agent.testing.bench.calls import Calls
-from agent.testing.bench.lab import BenchOptions, arm_write_bound
+from agent.testing.bench.lab import BenchOptions
+from agent.testing.bench.results import Results
 from agent.testing.bench.scale import ScaleResult
 from agent.testing.bench.scenarios import SteadyResult, Step, SyncResult
 
-ARM_BUCKETS = {"reads": (250, 25.0), "writes": (200, 10.0)}  # REFERENCE A.11, per principal
-
-
-@dataclass
-class Results:
-    """Everything one run measured (a section not run stays empty)."""
-
-    options: BenchOptions
-    command: str
-    started: datetime = field(default_factory=lambda: datetime.now(UTC))
-    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    steady: SteadyResult | None = None
-    profile: SyncResult | None = None
-    arm: SyncResult | None = None
-    sweep: list[SyncResult] = field(default_factory=list)
-    scale: list[ScaleResult] = field(default_factory=list)
-    duration: float = 0.0
+__all__ = ["Results", "render"]
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -87,63 +71,14 @@ def _header(r: Results) -> list[str]:
 
 
 def _targets(r: Results) -> list[str]:
-    rows: list[tuple[str, str, str]] = []
-    s = r.steady
-    candidates = [s.initial] if s is not None and s.initial is not None else []
-    c16 = next((x for x in [*candidates, *r.sweep] if x.concurrency == 16), None)
-    if c16 is not None:
-        e = c16.efficiency
-        rows.append(
-            (
-                "initial sync >= 0.8 of the latency bound at max_concurrency 16",
-                f"{e:.2f} ({c16.workspaces} x {c16.incidents}, concurrency {c16.concurrency})",
-                "met" if e >= 0.8 else "missed: see 'Where the time goes'",
-            )
-        )
-    if s is not None:
-        idle = _step(s, "idle (settled)")
-        if idle is not None and idle.ours is not None:
-            per = idle.ours.reads / s.workspaces
-            ok = per <= 2 and idle.ours.writes == 0
-            rows.append(
-                (
-                    "idle cycle: 2 reads per workspace, 0 writes",
-                    f"{per:g} reads, {idle.ours.writes} writes",
-                    "met" if ok else "missed",
-                )
-            )
-        one = _step(s, "one changed field (Sentinel severity)")
-        if one is not None and one.ours is not None:
-            rows.append(
-                ("one changed field: 1 write", f"{one.ours.writes} write(s)", _met(one.ours.writes == 1))
-            )
-    if r.scale:
-        big = r.scale[-1]
-        rows.append(
-            (
-                "peak RSS <= 150 MB with 100,000 links",
-                f"{big.peak_rss_mb:.0f} MB with {big.links:,} links",
-                _met(big.peak_rss_mb <= 150 and big.links >= 100_000, big.links < 100_000),
-            )
-        )
-        idles = [x.idle.peak_rss_mb for x in r.scale]
-        flat = max(idles) - min(idles) <= 10
-        sizes = ", ".join(f"{x.links:,}: {x.idle.peak_rss_mb:.0f} MB" for x in r.scale)
-        rows.append(("memory flat in the number of incidents (idle cycle)", sizes, _met(flat)))
-        rows.append(
-            (
-                "CPU per incident diffed <= 1 ms",
-                f"{big.cpu_per_diffed_ms:.2f} ms ({big.changed:,} changed of {big.links:,})",
-                _met(big.cpu_per_diffed_ms <= 1.0),
-            )
-        )
-    return ["## Targets", "", *_table(("target", "measured", ""), rows), ""]
-
-
-def _met(ok: bool, partial: bool = False) -> str:
-    if partial:
-        return "not measured at this size"
-    return "met" if ok else "missed"
+    return [
+        "## Targets",
+        "",
+        "Each target of the performance issue, measured in this run (`agent/testing/bench/targets.py`).",
+        "",
+        *_table(("item", "target", "measured", "verdict"), (row.cells() for row in targets.rows(r))),
+        "",
+    ]
 
 
 def _step(s: SteadyResult, scenario: str) -> Step | None:
@@ -251,19 +186,15 @@ def _steady(s: SteadyResult) -> list[str]:
 def _arm(a: SyncResult) -> list[str]:
     o = a.outcome
     reads, writes = o.calls.reads, o.calls.writes
-    sentinel_reads = sum(n for k, n in o.calls.by_kind.items() if k.startswith("sentinel") and " GET " in k)
-    sentinel_reads += sum(n for k, n in o.calls.by_kind.items() if k.startswith("sentinel POST incidents."))
-    sentinel_writes = sum(n for k, n in o.calls.by_kind.items() if k.startswith("sentinel PUT"))
-    bound_r = arm_write_bound(sentinel_reads, ARM_BUCKETS["reads"])
-    bound_w = arm_write_bound(sentinel_writes, ARM_BUCKETS["writes"])
+    sentinel_reads, sentinel_writes = targets.arm_calls(a)
     row = (
         f"{a.workspaces} x {a.incidents}",
         a.created,
         _f(o.wall, 1),
         f"{sentinel_reads} / {sentinel_writes}",
-        _f(max(bound_r, bound_w), 1),
+        _f(targets.arm_bound(a), 1),
         _f(a.bound, 1),
-        o.calls.throttled,
+        a.sentinel_throttled,
         o.total("failures"),
         f"{reads} / {writes}",
     )
@@ -274,7 +205,7 @@ def _arm(a: SyncResult) -> list[str]:
         "ARM reads / writes",
         "ARM bucket bound s",
         "latency bound s",
-        "429 answers",
+        "ARM 429 answers",
         "failed incidents",
         "all reads / writes",
     )

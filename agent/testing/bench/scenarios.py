@@ -30,6 +30,12 @@ class SyncResult:
     latency: float
     outcome: Outcome
     emulator_cpu: float  # CPU time of the benchmark process (the emulators) meanwhile
+    with_comments: int = 0  # seeded incidents that have comments (each needs one listing)
+
+    @property
+    def sentinel_throttled(self) -> int:
+        """Sentinel calls answered 429."""
+        return self.outcome.calls.throttled_by["sentinel"]
 
     @property
     def created(self) -> int:
@@ -57,7 +63,8 @@ class Step:
 
     scenario: str
     ours: Calls | None = None
-    reference: Calls | None = None
+    reference: Calls | None = None  # per-incident polling
+    store_app: Calls | None = None  # the ServiceNow store app's algorithm
     note: str = ""
 
 
@@ -75,6 +82,7 @@ class SteadyResult:
 
 
 async def _sync(lb: Lab, label: str, *, profile: bool = False) -> SyncResult:
+    with_comments = _with_comments(lb)
     c0 = time.process_time()
     outcome = await lb.cycle(profile=profile)
     if outcome.errors:
@@ -88,6 +96,16 @@ async def _sync(lb: Lab, label: str, *, profile: bool = False) -> SyncResult:
         opts.latency,
         outcome,
         time.process_time() - c0,
+        with_comments,
+    )
+
+
+def _with_comments(lb: Lab) -> int:
+    return sum(
+        1
+        for ws in lb.names
+        for name in lb.stack.workspaces[ws].incidents
+        if lb.stack.workspaces[ws].comments(name)
     )
 
 

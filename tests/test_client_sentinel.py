@@ -119,6 +119,30 @@ async def test_list_pages_by_time_without_gaps(env: Env) -> None:
     assert all(f.startswith(filters[0] + " and properties/lastModifiedTimeUtc ge ") for f in filters[1:])
 
 
+async def test_our_own_writes_in_the_window_fit_on_one_page(env: Env) -> None:
+    # #18 item 5: after the agent wrote 12 incidents, listing from before those writes at page
+    # size 5 takes one read, not three: the page has room for what we wrote.
+    names = [env.ws.create_incident(title=f"inc {i}", labels=["snow"])["name"] for i in range(12)]
+    start = at(env)
+    env.stack.clock.advance(1)
+    for name in names:
+        await env.client.update_incident(await env.client.get_incident(name), {"severity": "Low"})
+    mark = env.stack.recorder.mark()
+    got = [i async for i in env.client.list_incidents(modified_since=start, page_size=5)]
+    assert {i.name for i in got} == set(names)
+    lists = [c for c in env.stack.recorder.since(mark) if c.route == "incidents.list"]
+    assert len(lists) == 1 and lists[0].query["$top"] == "17"
+    # Another client's edit in the same window still comes back (the page is only larger).
+    env.ws.analyst_update(names[0], severity="High")
+    got = [i async for i in env.client.list_incidents(modified_since=start, page_size=5)]
+    assert {i.name for i in got} == set(names)
+    # Once the window starts after our writes, the page is the configured one again.
+    later = at(env) + timedelta(seconds=1)
+    mark = env.stack.recorder.mark()
+    assert [i async for i in env.client.list_incidents(modified_since=later, page_size=5)] == []
+    assert [c.query["$top"] for c in env.stack.recorder.since(mark) if c.route == "incidents.list"] == ["5"]
+
+
 async def test_incident_edited_between_pages_is_listed(env: Env) -> None:
     """Issue #13 item 6: 12 incidents, one edited while the listing pages: all 12 come back,
     the edited one in its new version too."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from agent.app.runtime import Runtime
+from agent.connectors.retry import RetryPolicy
 from agent.store.sqlite.store import Shadow
+from agent.sync.cycle import CycleOptions, CycleStats, run_workspaces
 from tests.e2e import Env, props, reads, writes
 
 ALICE = "alice@contoso.example"
@@ -98,6 +101,28 @@ async def test_idle_cycle_is_two_reads_and_no_write(env: Env) -> None:
         ("servicenow", "table.list"),
     ]
     assert stats.updated_snow == stats.updated_sentinel == stats.created == 0
+
+
+async def test_the_cycle_right_after_an_initial_sync_is_two_reads(env: Env) -> None:
+    # #18 item 5: the overlap window still holds every incident and ticket the initial sync
+    # wrote; at page size 5 they would take three pages a side. The agent knows they are its own.
+    env.rewrite({"agent": {"page_size": "5"}})
+    ws = env.ws()
+    for i in range(12):
+        ws.create_incident(title=f"incident {i}", labels=["snow"], owner_upn=ALICE)
+    async with Runtime(env.config, retry=RetryPolicy(attempts=3, total=5, base=0.01, cap=0.05)) as rt:
+        syncs = rt.syncs()
+        first = (await run_workspaces(syncs, CycleOptions()))["soc"]
+        assert isinstance(first, CycleStats) and first.created == 12
+        mark = env.stack.recorder.mark()
+        after = (await run_workspaces(syncs, CycleOptions()))["soc"]
+    calls = env.calls_since(mark)
+    assert isinstance(after, CycleStats) and after.listed_sentinel == 12 and after.listed_snow == 12
+    assert writes(calls) == []
+    assert [(c.system, c.route) for c in reads(calls)] == [
+        ("sentinel", "incidents.list"),
+        ("servicenow", "table.list"),
+    ]
 
 
 async def test_one_changed_field_is_one_write(env: Env) -> None:

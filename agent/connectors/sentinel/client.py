@@ -24,6 +24,7 @@ from yarl import URL
 
 from agent.connectors.http import HttpClient
 from agent.connectors.http_errors import redact_url
+from agent.connectors.own_writes import OwnWrites
 from agent.connectors.sentinel.models import (
     SentinelAlert,
     SentinelComment,
@@ -80,6 +81,7 @@ class SentinelClient:
         self.portal_host = portal_host
         self.max_pages = max_pages
         self.skipped = 0
+        self.own = OwnWrites()  # this workspace's incidents we wrote (PUT, comments), for page sizes
         self.base_id = (
             f"/subscriptions/{_segment(subscription_id)}/resourceGroups/{_segment(resource_group)}"
             f"/providers/Microsoft.OperationalInsights/workspaces/{_segment(workspace_name)}"
@@ -125,6 +127,9 @@ class SentinelClient:
         """
         if not 0 < page_size <= MAX_TOP:
             raise ValueError(f"page_size must be 1..{MAX_TOP}")
+        if not open_only:
+            # Our own writes in the window come back too: room for them on the page.
+            page_size = self.own.page(page_size, modified_since, MAX_TOP)
         seen: dict[str, str] = {}  # lower-cased name -> etag already yielded
         for label in dict.fromkeys(labels) or (None,):
             listing = self._time_paged(label, modified_since, created_since, open_only, page_size)
@@ -213,7 +218,9 @@ class SentinelClient:
         )
         if resp.status == 201:
             log.warning("sentinel_incident_recreated", incident=current.name)
-        return parse_incident(resp.body)
+        updated = parse_incident(resp.body)
+        self.own.add(updated.name.lower(), updated.modified)
+        return updated
 
     # -- comments, alerts, entities --
 
@@ -246,7 +253,10 @@ class SentinelClient:
             expected=(200, 201),
             idempotent=True,
         )
-        return parse_comment(resp.body)
+        comment = parse_comment(resp.body)
+        # A comment very likely moves the incident's lastModifiedTimeUtc too (E.2): count it.
+        self.own.add(name.lower(), comment.modified)
+        return comment
 
     async def list_alerts(self, name: str) -> list[SentinelAlert]:
         """The incident's alerts (``POST .../alerts``, a read despite the verb)."""

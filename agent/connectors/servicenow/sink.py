@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config, ServiceNowInstance, Workspace
+from agent.connectors.own_writes import OWN_PAGE_MAX, OwnWrites
 from agent.connectors.servicenow import fields as snowfields
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.journal import JournalReader
@@ -116,6 +117,7 @@ class ServiceNowSink:
         self.routing = Routing(config, workspace, client)
         self.journal = JournalReader(client, store, instance.name, workspace.name, instance.username)
         self._caller: str | None = None
+        self.own = OwnWrites()  # this workspace's tickets we wrote, for page sizes
 
     def ticket(self, record: SnowRecord) -> Ticket:
         """The side-neutral record of a ServiceNow record."""
@@ -148,7 +150,9 @@ class ServiceNowSink:
         q = self._scope()
         if since is not None:
             q = q & Q.ge("sys_updated_on", since)
-        async for rec in self.client.list_records(q, self.fields, page_size=self.page_size):
+        # Our own writes in the window come back too: room for them on the page.
+        page = self.own.page(self.page_size, since, OWN_PAGE_MAX)
+        async for rec in self.client.list_records(q, self.fields, page_size=page):
             yield self.ticket(rec)
 
     async def fetch(self, ids: Sequence[str]) -> dict[str, Ticket]:
@@ -252,7 +256,7 @@ class ServiceNowSink:
         HTTP layer retried it already and the next cycle tries again."""
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                created = await self.client.create(body, self._create_fields)
+                created = self._mine(await self.client.create(body, self._create_fields))
                 snowfields.require_unique_key(self.inst, created)
                 if not self.client.fields_proven:  # the table was empty at the start
                     async with self.client.proof_lock:
@@ -319,10 +323,15 @@ class ServiceNowSink:
         return {k: v for k, v in body.items() if k in keep or k not in record.fields or record.fields[k] != v}
 
     async def write(self, ticket_id: str, body: Mapping[str, str]) -> Ticket:
-        return self.ticket(await self.client.patch(ticket_id, body, self.fields))
+        return self.ticket(self._mine(await self.client.patch(ticket_id, body, self.fields)))
 
     async def post_note(self, ticket_id: str, text: str, kind: str) -> Ticket:
-        return self.ticket(await self.client.patch(ticket_id, {kind: text}, self.fields))
+        return self.ticket(self._mine(await self.client.patch(ticket_id, {kind: text}, self.fields)))
+
+    def _mine(self, record: SnowRecord) -> SnowRecord:
+        """Note a record we just wrote (see :mod:`agent.connectors.own_writes`)."""
+        self.own.add(record.sys_id, record.updated_on)
+        return record
 
     # --- users and routing ---------------------------------------------------------------------
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from agent.testing.bench.__main__ import SECTIONS, build_parser, main, options_from, run
 from agent.testing.bench.calls import Calls, kind
+from agent.testing.bench.limits import retries_after_429
 from agent.testing.bench.profiling import OTHER, category, measure
 from agent.testing.bench.report import render
 from agent.testing.bench.targets import rows
@@ -31,7 +33,9 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
         ]
     )
     options = options_from(args, tmp_path / "work")
-    results = await run(options, SECTIONS, "python -m agent.testing.bench (test)")
+    # The demo section runs `make demo` (about a minute): its parsing is tested on its own below.
+    sections = [s for s in SECTIONS if s != "demo"]
+    results = await run(options, sections, "python -m agent.testing.bench (test)")
 
     steady = results.steady
     assert steady is not None and steady.initial is not None
@@ -46,12 +50,25 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
     # The reference reads every open linked incident, its comments and its record, every cycle.
     assert idle.reference is not None and idle.reference.writes == 0
     assert idle.reference.reads >= steady.workspaces + 3 * steady.open_links
+    # The store app's algorithm reads what changed since its last run: an idle cycle lists both
+    # sides once each and writes nothing.
+    assert idle.store_app is not None and (idle.store_app.reads, idle.store_app.writes) == (
+        2 * steady.workspaces,
+        0,
+    )
     changed = steps["one changed field (Sentinel severity)"]
     assert changed.ours is not None and changed.ours.writes == 1
     assert changed.reference is not None and changed.reference.writes == 1
+    assert changed.store_app is not None and changed.store_app.writes == 1
+    for scenario in ("one new Sentinel comment", "one new ServiceNow work note"):
+        store_app = steps[scenario].store_app
+        assert store_app is not None and store_app.writes == 1, scenario
     assert set(steady.comments) == {"to_servicenow", "to_sentinel"}
 
     assert results.arm is not None and results.arm.created > 0
+    # A rate-limit rule used up mid-sync: the agent paused before the rule refused anything.
+    [rule] = results.snow_limit_rows
+    assert rule.verdict == "met" and rule.measured.startswith("0 of "), rule
     assert [s.concurrency for s in results.sweep] == [1, 4]
     assert all(s.created > 0 for s in results.sweep)
 
@@ -126,3 +143,16 @@ def test_profile_counts_library_time_for_its_caller() -> None:
     assert sample.loop_cpu > 0
     assert category("~", "<built-in method orjson.loads>") == "JSON (orjson)"
     assert category("/x/site-packages/aiohttp/client.py", "_request").startswith("HTTP library")
+
+
+def test_the_demo_row_countsretries_after_429_in_the_agent_log(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    lines = [
+        {"event": "http_retry", "status": 429, "system": "sentinel"},
+        {"event": "http_retry", "status": 503, "system": "sentinel"},
+        {"event": "cycle_summary", "status": 429},
+        {"event": "http_retry", "status": 429, "system": "servicenow"},
+    ]
+    log.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\nnot json\n")
+    assert retries_after_429(log) == 2
+    assert retries_after_429(tmp_path / "missing.log") == 0

@@ -1,9 +1,10 @@
 """``python -m agent.testing.bench``: run the benchmarks, print the report, write ``BENCHMARKS.md``.
 
 Sections (``--only`` picks some): ``steady`` (the initial sync, then the steady state side by
-side with per-incident polling), ``arm`` (the initial sync against ARM's real token buckets),
-``scale`` (100,000 links), ``sweep`` (max_concurrency 1 to 32) and ``profile`` (where the time
-of the initial sync goes).
+side with per-incident polling and the store app's algorithm), ``arm`` (the initial sync against
+ARM's real token buckets), ``limits`` (a ServiceNow rate-limit rule used up mid-sync), ``demo``
+(``make demo``'s output searched for 429s), ``scale`` (100,000 links), ``sweep``
+(max_concurrency 1 to 32) and ``profile`` (where the time of the initial sync goes).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.testing.bench import scale, scenarios
+from agent.testing.bench import limits, scale, scenarios
 from agent.testing.bench.lab import BenchOptions
 from agent.testing.bench.report import render
 from agent.testing.bench.results import Results
 
-SECTIONS = ("steady", "arm", "scale", "sweep", "profile")
+SECTIONS = ("steady", "arm", "limits", "demo", "scale", "sweep", "profile")
 QUICK = {
     "workspaces": 1,
     "incidents": 40,
@@ -108,6 +109,8 @@ async def run(options: BenchOptions, sections: Sequence[str], command: str) -> R
     steps = (
         ("steady", scenarios.steady_state, "steady"),
         ("arm", scenarios.arm_limited_sync, "arm"),
+        ("limits", limits.snow_rule, "snow_limit_rows"),
+        ("demo", limits.demo, "demo_row"),
         ("scale", scale.scale, "scale"),
         ("sweep", scenarios.sweep, "sweep"),
         ("profile", lambda o: scenarios.initial_sync(o, profile=True), "profile"),

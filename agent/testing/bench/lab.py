@@ -90,11 +90,13 @@ class Lab:
         agent, self.agent = self.agent, None
         return await agent.stop() if agent is not None else 0.0
 
-    async def cycle(self, *, profile: bool = False, poll: bool = False, dry_run: bool = False) -> Outcome:
-        """One cycle of every workspace (or one reference polling cycle): time, CPU and calls."""
+    async def cycle(
+        self, *, profile: bool = False, poll: str | None = None, dry_run: bool = False
+    ) -> Outcome:
+        """One cycle of every workspace (or of the reference strategy ``poll``): time, CPU and calls."""
         assert self.agent is not None, "start_agent() first"
         mark = self.stack.recorder.mark()
-        answer = await (self.agent.poll() if poll else self.agent.cycle(profile=profile, dry_run=dry_run))
+        answer = await (self.agent.poll(poll) if poll else self.agent.cycle(profile=profile, dry_run=dry_run))
         return Outcome(
             wall=answer["wall"],
             cpu=answer["cpu"],

@@ -133,19 +133,27 @@ def _calls(c: Calls | None) -> str:
 def _steady(s: SteadyResult) -> list[str]:
     rows = []
     for step in s.steps:
-        ratio = "-"
+        ratio = store = "-"
         if step.ours is not None and step.reference is not None and step.ours.total:
             ratio = _ratio(step.reference.total, step.ours.total)
-        rows.append((step.scenario, _calls(step.ours), _calls(step.reference), ratio))
+        if step.ours is not None and step.store_app is not None and step.ours.total:
+            store = _ratio(step.store_app.total, step.ours.total)
+        rows.append(
+            (step.scenario, _calls(step.ours), _calls(step.reference), ratio, _calls(step.store_app), store)
+        )
     idle = next((x for x in s.steps if x.scenario == "idle (settled)"), None)
     per_hour = []
     if idle is not None and idle.ours is not None and idle.reference is not None:
         cycles = 3600 / s.poll_interval
         ours = idle.ours.total / s.workspaces * cycles
         ref = idle.reference.total / s.workspaces * cycles
+        store = ""
+        if idle.store_app is not None:
+            app = idle.store_app.total / s.workspaces * cycles
+            store = f" and **{app:,.0f}** with the store app's algorithm ({_ratio(app, ours)})"
         per_hour = [
             f"An idle hour at `poll_interval` {s.poll_interval:g} s costs **{ours:,.0f}** calls per "
-            f"workspace here and **{ref:,.0f}** with per-incident polling ({_ratio(ref, ours)}), "
+            f"workspace here, **{ref:,.0f}** with per-incident polling ({_ratio(ref, ours)}){store}, "
             f"for {s.open_links} open linked incidents per workspace; polling grows with every "
             "open incident, ours does not. ARM allows a principal 25 reads/s (REFERENCE A.11).",
             "",
@@ -159,17 +167,23 @@ def _steady(s: SteadyResult) -> list[str]:
         text = "synced" if state else "not available yet (the comment did not arrive)"
         comments.append(f"- comment {label}: {text}")
     return [
-        "## 2 and 3. Steady state, side by side with per-incident polling",
+        "## 2 and 3. Steady state, side by side with per-incident polling and the store app",
         "",
         f"Same run, same emulators and data ({s.workspaces} workspaces). Each row is one cycle of "
         "every workspace; 'the next cycle' is the one after, which sees the agent's own writes "
-        "listed again. The reference polls the way existing integrations mirror: every cycle a GET "
+        "listed again. The first reference polls the way existing integrations mirror: every cycle a GET "
         "of every open linked incident, of its comments and of its ServiceNow record, plus one "
-        "listing for new incidents (`agent/testing/bench/polling.py`); it starts from a copy of the same "
-        "shadow and writes with the same planner and clients. Its first cycle only learns which "
-        "comments exist.",
+        "listing for new incidents (`agent/testing/bench/polling.py`). The second is the algorithm "
+        "of Microsoft's ServiceNow store app: every minute a listing of the incidents modified since "
+        "the last run and, for each, its comments and (when their count changed) its alerts, plus "
+        "one listing of the records updated since the last run (`agent/testing/bench/storeapp.py`). "
+        "Each starts from a copy of the same shadow and writes with the same planner and clients; "
+        "its first cycle only learns what exists.",
         "",
-        *_table(("situation", "ours", "per-incident polling", "polling / ours"), rows),
+        *_table(
+            ("situation", "ours", "per-incident polling", "polling / ours", "store app", "store app / ours"),
+            rows,
+        ),
         "",
         *per_hour,
         *comments,

@@ -178,13 +178,15 @@ def _touch_severity(lb: Lab, target: _Target) -> None:
 
 
 class _Run:
-    """Runs the same edits against ours or the reference and records the cost of each."""
+    """Runs the same edits with ours (``strategy`` None) or a reference strategy and records the
+    cost of each (``polling``, ``store_app``: see the worker)."""
 
-    def __init__(self, lb: Lab, result: SteadyResult, *, reference: bool) -> None:
-        self.lb, self.result, self.reference = lb, result, reference
+    def __init__(self, lb: Lab, result: SteadyResult, *, strategy: str | None) -> None:
+        self.lb, self.result, self.strategy = lb, result, strategy
+        self.reference = strategy is not None
 
     async def cycle(self) -> Outcome:
-        outcome = await self.lb.cycle(poll=self.reference)
+        outcome = await self.lb.cycle(poll=self.strategy)
         if outcome.errors:
             raise RuntimeError("; ".join(outcome.errors))
         return outcome
@@ -194,23 +196,25 @@ class _Run:
         if step is None:
             step = Step(scenario)
             self.result.steps.append(step)
-        if self.reference:
+        if self.strategy == "polling":
             step.reference = calls
+        elif self.strategy == "store_app":
+            step.store_app = calls
         else:
             step.ours = calls
         if note:
             step.note = note
 
     async def measure(self, scenario: str, note: str = "") -> None:
-        """One cycle for this scenario; for ours one more (its own writes listed again). The
-        reference's next cycle costs what its idle cycle costs, so it is not run again."""
+        """One cycle for this scenario; for ours one more (its own writes listed again). A
+        reference's next cycle is not run again."""
         self.record(scenario, (await self.cycle()).calls, note)
         if not self.reference:
             self.record(f"{scenario}: the next cycle", (await self.cycle()).calls)
 
     async def edits(self, target: _Target) -> None:
         """The same three edits for either strategy."""
-        lb, stamp = self.lb, "reference" if self.reference else "agent"
+        lb, stamp = self.lb, self.strategy or "agent"
         _touch_severity(lb, target)
         await self.measure("one changed field (Sentinel severity)")
         message = f"Benchmark comment ({stamp}): checked the sign-in logs."
@@ -237,7 +241,7 @@ async def steady_state(options: BenchOptions) -> SteadyResult:
         config = load_config(lb.config)
         result = SteadyResult(len(lb.names), 0, config.agent.poll_interval)
         result.initial = await _sync(lb, "initial sync")
-        ours = _Run(lb, result, reference=False)
+        ours = _Run(lb, result, strategy=None)
         ours.record("first cycle after the initial sync", (await ours.cycle()).calls)
         ours.record("idle, overlap window still holds the initial sync", (await ours.cycle()).calls)
         # Let the overlap window pass and move every watermark past the initial sync with one
@@ -252,22 +256,23 @@ async def steady_state(options: BenchOptions) -> SteadyResult:
         await ours.edits(targets[0])
         result.peak_rss_mb = await lb.stop_agent()
 
-        # The reference starts from a copy of the same shadow, over the same data.
-        copy = lb.folder / "reference.db"
-        _copy_db(lb.folder / "state.db", copy)
-        ref_ini = lb.stack.write_config(
-            lb.folder / "reference.ini",
-            state_db=copy,
-            workspaces=lb.names,
-            extra={"agent": {"max_concurrency": str(lb.concurrency), "log_level": "warning"}},
-        )
-        result.open_links = _open_links(copy, lb.names[0])
-        await lb.start_agent(ref_ini)
-        ref = _Run(lb, result, reference=True)
-        ref.record("first cycle after the initial sync", (await ref.cycle()).calls)
-        ref.record("idle (settled)", (await ref.cycle()).calls)
-        await ref.edits(targets[0])
-        await lb.stop_agent()
+        # Each reference starts from a copy of the same shadow, over the same data.
+        for strategy in ("polling", "store_app"):
+            copy = lb.folder / f"{strategy}.db"
+            _copy_db(lb.folder / "state.db", copy)
+            ref_ini = lb.stack.write_config(
+                lb.folder / f"{strategy}.ini",
+                state_db=copy,
+                workspaces=lb.names,
+                extra={"agent": {"max_concurrency": str(lb.concurrency), "log_level": "warning"}},
+            )
+            result.open_links = _open_links(copy, lb.names[0])
+            await lb.start_agent(ref_ini)
+            ref = _Run(lb, result, strategy=strategy)
+            ref.record("first cycle after the initial sync", (await ref.cycle()).calls)
+            ref.record("idle (settled)", (await ref.cycle()).calls)
+            await ref.edits(targets[0])
+            await lb.stop_agent()
     return result
 
 

@@ -6,8 +6,9 @@ each with one JSON line on stdout (logs go to stderr):
 * ``{"op": "cycle"}``: one cycle of every workspace, as ``run`` makes it (the runtime, its
   token and its connection pools stay open from one cycle to the next); ``"dry_run": true``
   plans without writing, as ``plan`` does;
-* ``{"op": "poll"}``: one cycle of the reference per-incident polling strategy
-  (:mod:`agent.testing.bench.polling`) over the same runtime and HTTP clients;
+* ``{"op": "poll", "strategy": "polling"}``: one cycle of a reference strategy over the same
+  runtime and HTTP clients: per-incident polling (:mod:`agent.testing.bench.polling`) or the
+  ServiceNow store app's algorithm (``"store_app"``, :mod:`agent.testing.bench.storeapp`);
 * ``"profile": true`` on either adds a breakdown of the event-loop thread's CPU time;
 * ``{"op": "exit"}``: answers with the peak RSS and stops.
 
@@ -36,6 +37,7 @@ from agent.store.sqlite.store import Shadow
 from agent.sync.cycle import CycleOptions, CycleStats, WorkspaceSync, run_workspaces
 from agent.testing.bench.polling import PollingSync
 from agent.testing.bench.profiling import measure
+from agent.testing.bench.storeapp import StoreAppSync
 
 
 def peak_rss_mb() -> float:
@@ -96,9 +98,13 @@ async def _poll(pollers: Sequence[PollingSync]) -> dict[str, BaseException | Cyc
     return out
 
 
-def _pollers(rt: Runtime, syncs: Sequence[WorkspaceSync]) -> list[PollingSync]:
+STRATEGIES = {"polling": PollingSync, "store_app": StoreAppSync}
+
+
+def _pollers(rt: Runtime, syncs: Sequence[WorkspaceSync], strategy: str) -> list[PollingSync]:
     assert rt.shadow is not None
-    return [PollingSync(s.settings, rt.source(s.workspace), rt.sink(s.workspace), rt.shadow) for s in syncs]
+    kind = STRATEGIES[strategy]
+    return [kind(s.settings, rt.source(s.workspace), rt.sink(s.workspace), rt.shadow) for s in syncs]
 
 
 async def serve(config_path: Path) -> None:
@@ -110,7 +116,7 @@ async def serve(config_path: Path) -> None:
         assert isinstance(rt.shadow, Shadow)  # the bench times the SQLite store's lock
         lock = rt.shadow._lock = TimedLock()
         syncs = rt.syncs()
-        pollers: list[PollingSync] | None = None
+        pollers: dict[str, list[PollingSync]] = {}
         while True:
             line = await loop.run_in_executor(None, sys.stdin.buffer.readline)
             if not line.strip():
@@ -123,15 +129,18 @@ async def serve(config_path: Path) -> None:
             if op not in ("cycle", "poll"):
                 _answer({"op": op, "error": f"unknown op {op!r}"})
                 continue
-            if op == "poll" and pollers is None:
-                pollers = _pollers(rt, syncs)
+            strategy = str(request.get("strategy", "polling"))
+            if op == "poll" and strategy not in STRATEGIES:
+                _answer({"op": op, "error": f"unknown strategy {strategy!r}"})
+                continue
+            if op == "poll" and strategy not in pollers:
+                pollers[strategy] = _pollers(rt, syncs, strategy)
             calls0, held0, waited0 = rt.calls(), lock.held, lock.waited
             with measure(profile=bool(request.get("profile"))) as sample:
                 if op == "cycle":
                     out = await run_workspaces(syncs, CycleOptions(dry_run=bool(request.get("dry_run"))))
                 else:
-                    assert pollers is not None
-                    out = await _poll(pollers)
+                    out = await _poll(pollers[strategy])
             _answer(
                 {
                     "op": op,
@@ -196,9 +205,9 @@ class AgentProcess:
         """One agent cycle of every workspace (``dry_run``: plan only, write nothing)."""
         return await self.request("cycle", profile=profile, dry_run=dry_run)
 
-    async def poll(self) -> dict[str, Any]:
-        """One cycle of the reference per-incident polling strategy."""
-        return await self.request("poll")
+    async def poll(self, strategy: str = "polling") -> dict[str, Any]:
+        """One cycle of a reference strategy: ``polling`` (per incident) or ``store_app``."""
+        return await self.request("poll", strategy=strategy)
 
     async def stop(self) -> float:
         """Stop the process; returns its peak RSS in MiB."""

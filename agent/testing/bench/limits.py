@@ -44,13 +44,14 @@ async def snow_rule(options: BenchOptions) -> list[Row]:
     calls = sum(n for k, n in outcome.calls.by_kind.items() if k.startswith("servicenow "))
     refused = outcome.calls.throttled_by["servicenow"]
     share = refused / calls if calls else 0.0
-    deferred = outcome.total("deferred")
+    created = outcome.calls.by_kind["servicenow POST incident"]
+    paused = ", ".join(sorted({str(r.get("error", "")).split(":")[0] for r in outcome.results.values()}))
     return [
         Row(
             "2",
             "ServiceNow rate-limit rule used up mid-sync: 429 answers <= 1% of its calls",
             f"{refused} of {calls} ({share:.1%}); rule {limit}/hour for a sync needing {needed}; "
-            f"{outcome.total('created')} created, {deferred} deferred to the rule's reset",
+            f"{created} tickets created, then the cycle stopped ({paused or 'no error'})",
             verdict(share <= 0.01, "requests sent past the rule's limit"),
         )
     ]

@@ -39,5 +39,3 @@ class Results:
     duration: float = 0.0
     snow_limit_rows: list[Row] = field(default_factory=list)  # ServiceNow rate-limit rule run
     demo_row: Row | None = None  # `make demo`'s output checked for 429 retry lines
-    responder_rows: list[Row] = field(default_factory=list)  # the agent against a light responder
-    cpu_limit_reason: str = ""  # set when the profile shows the machine's CPUs are the limit

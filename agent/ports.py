@@ -263,9 +263,15 @@ class TicketSink(Protocol):
         ...
 
     async def create(
-        self, incident: str, body: Mapping[str, str], exclude: frozenset[str] = frozenset()
+        self,
+        incident: str,
+        body: Mapping[str, str],
+        exclude: frozenset[str] = frozenset(),
+        notes: Mapping[str, str] | None = None,
     ) -> Ticket:
-        """Create the ticket, settling a lost answer by its unique key (never twice)."""
+        """Create the ticket, settling a lost answer by its unique key (never twice). ``notes``
+        (journal -> text) are journal entries the ticket is created with, in the same call: they
+        exist exactly when the ticket does."""
         ...
 
     # --- writing -------------------------------------------------------------------------------

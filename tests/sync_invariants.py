@@ -16,6 +16,7 @@ Used by the crash, fault, stateful and hostile-input tests:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -268,7 +269,7 @@ class Checker:
         ]
         s_agent = [c["properties"]["message"] for c in sentinel_comments if c not in s_analyst]
         n_analyst = [j for j in journal if j["sys_created_by"] != agent_user]
-        n_agent = [j["value"] for j in journal if j["sys_created_by"] == agent_user]
+        n_agent = [p for j in journal if j["sys_created_by"] == agent_user for p in entry_parts(j["value"])]
         linked_at = link.created_at
         written = {
             "ServiceNow": [(c["properties"]["message"], _arm(c)) for c in s_analyst],
@@ -290,6 +291,16 @@ class Checker:
                     found.add(f"{where}: {text[:60]!r} copied {copied}x to {side} (written {total[text]}x)")
                 elif comments_on and copied < after[text]:
                     found.add(f"{where}: {text[:60]!r} missing on {side} ({copied} of {after[text]})")
+
+
+_COMMENT_PART = re.compile(r"\n\n(?=Microsoft Sentinel comment by )")
+
+
+def entry_parts(value: str) -> list[str]:
+    """What one journal entry of the agent carries: a new ticket's opening entry holds its alert
+    and entity notes and every comment made before it, each comment below its own header; any
+    other entry is one part."""
+    return _COMMENT_PART.split(value)
 
 
 def _arm(comment: dict[str, Any]) -> datetime:

@@ -21,6 +21,7 @@ from agent.sync import clock
 from agent.testing.emulators.sentinel import portal_text
 from agent.testing.emulators.stack import DEFAULT_SNOW_USER
 from tests.e2e import Env, writes
+from tests.sync_invariants import entry_parts
 
 ALICE = "alice@contoso.example"
 
@@ -111,17 +112,27 @@ async def test_sentinel_comment_becomes_one_work_note_with_header(
 
 
 async def test_comments_present_at_creation_go_over_oldest_first(env: Env) -> None:
+    """The comments made before the ticket ride in its create: one entry, oldest first, each
+    below its author and time."""
     ws = env.ws()
     inc = ws.create_incident(title="t", labels=["snow"])
     for text in ("first", "second", "third"):
-        ws.analyst_comment(inc["name"], text)
-    await env.stats()
+        ws.analyst_comment(inc["name"], text, author_upn=ALICE)
+    mark = env.stack.recorder.mark()
+    stats = await env.stats()
+    assert stats.comments_to_snow == 3
     rec = env.snow_record(inc["name"])
-    assert [n["value"].partition("\n\n")[2] for n in notes(env, rec["sys_id"])] == [
-        "first",
-        "second",
-        "third",
-    ]
+    [entry] = notes(env, rec["sys_id"])
+    parts = entry_parts(entry["value"])
+    assert [p.partition("\n\n")[2] for p in parts] == ["first", "second", "third"]
+    assert all(
+        p.startswith("Microsoft Sentinel comment by ") and ALICE in p.partition("\n")[0] for p in parts
+    )
+    assert [c.route for c in writes(env.calls_since(mark)) if c.system == "servicenow"] == ["table.post"]
+    for _ in range(2):
+        await env.stats()
+    assert len(notes(env, rec["sys_id"])) == 1  # never posted again
+    assert len(ws.comments(inc["name"])) == 3  # nothing came back to Sentinel
 
 
 async def test_work_note_becomes_comment_with_deterministic_id(
@@ -135,7 +146,7 @@ async def test_work_note_becomes_comment_with_deterministic_id(
     stats = await env.stats()
     assert stats.comments_to_sentinel == 1
     [comment] = env.ws().comments(name)
-    assert comment["name"] == comment_id(f'{env.stack.workspace_instance("soc")}:{entry["sys_id"]}')
+    assert comment["name"] == comment_id(f"{env.stack.workspace_instance('soc')}:{entry['sys_id']}")
     head, _, body = portal_text(comment["properties"]["message"]).partition("\n\n")
     number = env.snow_record(name)["number"]
     assert head.startswith(f"ServiceNow work note by bob.hunter on {number}, ")
@@ -586,7 +597,10 @@ async def simulate_and_check(env: Env, *, seed: int, faulty: bool) -> None:
         name = rec["correlation_id"]
         comments = env.ws().comments(name)
         journal = env.snow.journal(rec["sys_id"])
-        ours = [e for e in journal if e["sys_created_by"] == DEFAULT_SNOW_USER]
+        # an opening entry carries several parts (tests.sync_invariants.entry_parts): count those
+        ours = [
+            p for e in journal if e["sys_created_by"] == DEFAULT_SNOW_USER for p in entry_parts(e["value"])
+        ]
         theirs = [e for e in journal if e["sys_created_by"] != DEFAULT_SNOW_USER]
         mirrors = {comment_id(f"{instance}:{e['sys_id']}") for e in theirs}
         by_analysts = [c for c in comments if c["name"] not in mirrors]
@@ -595,12 +609,12 @@ async def simulate_and_check(env: Env, *, seed: int, faulty: bool) -> None:
             assert c["properties"]["author"].get("userPrincipalName"), "the agent's comment came back"
         for text in {c["properties"]["message"] for c in by_analysts}:
             sent = sum(1 for c in by_analysts if c["properties"]["message"] == text)
-            assert sum(1 for e in ours if e["value"].endswith("\n\n" + text)) == sent, text
+            assert sum(1 for p in ours if p.endswith("\n\n" + text)) == sent, text
         # every analyst journal entry is one Sentinel comment with its deterministic id
         assert sorted(c["name"] for c in comments if c["name"] in mirrors) == sorted(mirrors)
         # what else we wrote are the alert and entity notes
-        rest = [e for e in ours if not e["value"].startswith("Microsoft Sentinel comment by ")]
-        assert all(("Microsoft Sentinel alerts" in e["value"]) or ("entities (" in e["value"]) for e in rest)
+        rest = [p for p in ours if not p.startswith("Microsoft Sentinel comment by ")]
+        assert all(("Microsoft Sentinel alerts" in p) or ("entities (" in p) for p in rest)
         assert len(ours) == len(by_analysts) + len(rest)
         checked += len(comments)
     assert checked >= 10  # the scenario really exercised comments

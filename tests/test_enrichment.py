@@ -32,7 +32,9 @@ async def make_due(env: Env, name: str) -> None:
         await shadow.save_link(replace(link, enrich_after=datetime.now(UTC) - timedelta(seconds=1)))
 
 
-async def test_create_posts_one_alerts_note_and_one_entities_note(env: Env) -> None:
+async def test_create_carries_one_note_listing_alerts_and_entities(env: Env) -> None:
+    """The ticket is made with one agent note listing the alerts, then the entities: no
+    separate write for either."""
     ws = env.ws()
     inc = ws.create_incident(title="Credential dumping", labels=["snow"])
     a1 = ws.add_alert(inc["name"], display_name="Mimikatz detected", severity="High")
@@ -42,10 +44,13 @@ async def test_create_posts_one_alerts_note_and_one_entities_note(env: Env) -> N
     ws.add_entity(inc["name"], kind="Account", friendly_name="alice")
     ws.add_entity(inc["name"], kind="Host", friendly_name="ws-01")
     ws.add_entity(inc["name"], kind="Ip", friendly_name="203.0.113.9", address="203.0.113.9")
+    mark = env.stack.recorder.mark()
     stats = await env.stats()
-    assert stats.created == 1 and stats.notes_to_snow == 2
+    assert stats.created == 1 and stats.notes_to_snow == 1
+    assert [c.route for c in writes(env.calls_since(mark)) if c.system == "servicenow"] == ["table.post"]
     rec = env.snow_record(inc["name"])
-    alerts, entities = agent_notes(env, rec["sys_id"])
+    [note] = agent_notes(env, rec["sys_id"])
+    alerts, entities = note.split("\n\n")
     assert alerts.splitlines()[0] == "Microsoft Sentinel alerts (2):"
     assert "- Mimikatz detected | High | " in alerts and "| Microsoft Defender for Endpoint" in alerts
     assert "- Suspicious LSASS access | Medium | " in alerts and alerts.rstrip().endswith("| Azure Sentinel")
@@ -60,7 +65,7 @@ async def test_create_posts_one_alerts_note_and_one_entities_note(env: Env) -> N
     assert len(link.entities_posted) == 3
     for _ in range(2):
         await env.stats()
-    assert len(agent_notes(env, rec["sys_id"])) == 2  # never re-posted
+    assert len(agent_notes(env, rec["sys_id"])) == 1  # never re-posted
     assert ws.comments(inc["name"]) == []  # the agent's notes are never copied to Sentinel
 
 
@@ -151,12 +156,12 @@ async def test_adopted_after_lost_shadow_does_not_repost_evidence(env: Env) -> N
     ws.add_entity(inc["name"], kind="Host", friendly_name="h1")
     await env.stats()
     sys_id = env.snow_record(inc["name"])["sys_id"]
-    assert len(agent_notes(env, sys_id)) == 2
+    assert len(agent_notes(env, sys_id)) == 1  # alerts and entities, in the create
     for suffix in ("", "-wal", "-shm"):
         (env.tmp / f"state.db{suffix}").unlink(missing_ok=True)
     stats = await env.stats()
     assert stats.adopted == 1
-    assert len(agent_notes(env, sys_id)) == 2
+    assert len(agent_notes(env, sys_id)) == 1
     link = await link_of(env, inc["name"])
     assert len(link.alerts_posted) == 1 and len(link.entities_posted) == 1
     ws.add_alert(inc["name"], display_name="a later alert")
@@ -165,9 +170,10 @@ async def test_adopted_after_lost_shadow_does_not_repost_evidence(env: Env) -> N
     assert "an alert\n" not in agent_notes(env, sys_id)[-1]
 
 
-async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -> None:
-    """ARM throttling after the alerts note but before the entities note: the ticket is linked
-    anyway, and the conversation's retry posts only what is missing."""
+async def test_create_with_entities_unreadable_posts_them_once_later(env: Env) -> None:
+    """The entities cannot be read (ARM answers 503) when the ticket is made: the ticket is made
+    anyway with the comment and the alerts, linked, and the conversation's retry posts only the
+    entities."""
     ws = env.ws()
     inc = ws.create_incident(title="t", labels=["snow"])
     ws.analyst_comment(inc["name"], "an analyst comment")
@@ -177,22 +183,22 @@ async def test_create_interrupted_between_notes_posts_each_note_once(env: Env) -
     stats = await env.stats()
     assert (stats.created, stats.failures, stats.comments_deferred) == (1, 0, 1)
     sys_id = env.snow_records()[0]["sys_id"]
-    assert len(agent_notes(env, sys_id)) == 2  # the comment and the alerts
+    [opening] = agent_notes(env, sys_id)  # the alerts and the comment, in the create
+    assert opening.startswith("Microsoft Sentinel alerts (1):") and opening.endswith("an analyst comment")
     env.stack.sentinel.faults.clear()
     backoff_passed(env)
     stats = await env.stats()
     assert (stats.failures, stats.comments_deferred, stats.notes_to_snow) == (0, 0, 1)
     values = agent_notes(env, sys_id)
-    assert len(values) == 3
-    assert values[0].endswith("an analyst comment")
-    assert values[1].startswith("Microsoft Sentinel alerts (1):")
-    assert values[2] == "Microsoft Sentinel entities (1):\n- Host: h1"
+    assert len(values) == 2
+    assert values[0] == opening
+    assert values[1] == "Microsoft Sentinel entities (1):\n- Host: h1"
     link = await link_of(env, inc["name"])
     assert "talk_retries" not in link.extra
     # the early retry kept the late-enrichment re-check for later
     assert link.enrich_after is not None and link.enrich_after > datetime.now(UTC)
     await env.stats()
-    assert len(agent_notes(env, sys_id)) == 3
+    assert len(agent_notes(env, sys_id)) == 2
 
 
 async def test_recheck_of_a_deleted_incident_is_dropped(env: Env) -> None:

@@ -298,3 +298,92 @@ async def test_an_analyst_change_racing_the_write_is_copied_not_overwritten(rig:
         "owner": "alice@example.com",
     }
     assert ticket_of(rig, inc.id).values["owner"] == "u-alice"
+
+
+# --- a new ticket's opening entry (#18: one create carries what the incident already holds) --------
+
+
+def journal_texts(rig: Rig, incident: str) -> list[str]:
+    return [n.text for n in rig.sink.journal.entries.get(ticket_of(rig, incident).id, [])]
+
+
+async def test_comments_made_before_the_ticket_ride_in_its_create(rig: Rig) -> None:
+    inc = rig.source.add()
+    rig.source.comment(inc.id, "first look")
+    rig.source.comment(inc.id, "seen on the endpoint", author="bob")
+    stats = await rig.cycle()
+    assert (stats.created, stats.comments_to_snow, rig.sink.writes) == (1, 2, 1)  # the create only
+    [entry] = journal_texts(rig, inc.id)
+    first, second = entry.split("\n\n", 1)[1], entry.split("\n\n")[-1]
+    assert (first.startswith("first look"), second) == (True, "seen on the endpoint")
+    assert "by bob" in entry
+    for _ in range(2):
+        await rig.cycle()
+    assert len(journal_texts(rig, inc.id)) == 1 and len(rig.source.notes[inc.id]) == 2  # no echo
+    rig.source.comment(inc.id, "a later one")
+    await rig.cycle()
+    assert [t.endswith("a later one") for t in journal_texts(rig, inc.id)] == [False, True]
+
+
+async def test_a_crash_between_the_create_and_the_commit_posts_the_opening_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inc = rig.source.add()
+    rig.source.comment(inc.id, "before the ticket")
+    real = rig.store.save_link
+
+    async def crash(*args: Any, **kwargs: Any) -> None:
+        raise Died  # the create landed (with its entry); the link was never committed
+
+    monkeypatch.setattr(rig.store, "save_link", crash)
+    with pytest.raises(BaseExceptionGroup, match="unhandled errors in a TaskGroup") as died:
+        await rig.cycle()
+    assert died.group_contains(Died)
+    monkeypatch.setattr(rig.store, "save_link", real)
+    assert len(journal_texts(rig, inc.id)) == 1
+    stats = await rig.cycle()
+    assert (stats.created, stats.adopted, stats.comments_to_snow, len(rig.sink.tickets)) == (0, 1, 0, 1)
+    for _ in range(2):
+        await rig.cycle()
+    [entry] = journal_texts(rig, inc.id)
+    assert entry.endswith("before the ticket") and len(rig.source.notes[inc.id]) == 1
+    [intent] = await rig.store.comment_links("inst", "ws", inc.id)
+    assert intent.state == "confirmed" and intent.note_ids == (f"comment:{rig.source.notes[inc.id][0].id}",)
+
+
+async def test_a_crash_before_the_create_loses_no_comment(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intents were committed, the create never went out: the next create drops them and
+    carries the comments itself."""
+    inc = rig.source.add()
+    rig.source.comment(inc.id, "before the ticket")
+    real = rig.sink.create
+
+    async def crash(*args: Any, **kwargs: Any) -> Any:
+        raise Died
+
+    monkeypatch.setattr(rig.sink, "create", crash)
+    with pytest.raises(BaseExceptionGroup, match="unhandled errors in a TaskGroup"):
+        await rig.cycle()
+    assert [c.state for c in await rig.store.comment_links("inst", "ws", inc.id)] == ["pending"]
+    monkeypatch.setattr(rig.sink, "create", real)
+    stats = await rig.cycle()
+    assert (stats.created, stats.comments_to_snow) == (1, 1)
+    [entry] = journal_texts(rig, inc.id)
+    assert entry.endswith("before the ticket")
+    assert [c.state for c in await rig.store.comment_links("inst", "ws", inc.id)] == ["confirmed"]
+
+
+async def test_a_lost_shadow_finds_the_comments_inside_the_opening_entry(rig: Rig) -> None:
+    inc = rig.source.add()
+    rig.source.comment(inc.id, "one")
+    rig.source.comment(inc.id, "two")
+    await rig.cycle()
+    fresh = await MemoryStore.open()
+    rig.sync = WorkspaceSync(fakes.settings(), rig.source, rig.sink, fresh)
+    rig.store = fresh
+    rig.source.edit(inc.id, severity="High")
+    stats = await rig.cycle()
+    assert (stats.adopted, stats.comments_to_snow, stats.comments_to_sentinel) == (1, 0, 0)
+    for _ in range(2):
+        await rig.cycle()
+    assert len(journal_texts(rig, inc.id)) == 1 and len(rig.source.notes[inc.id]) == 2

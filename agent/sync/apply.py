@@ -19,12 +19,12 @@ from agent.core.maps import given_up
 from agent.core.merge import Plan
 from agent.core.merge import plan as merge
 from agent.core.records import Incident, Link, Ticket
-from agent.errors import EditConflict, RemoteError, TransientError
+from agent.errors import EditConflict, NotSent, PermanentError, RateLimited, RemoteError, TransientError
 from agent.log import log
 from agent.sync import clock, hooks
 from agent.sync.actions import Action, Create, FollowUp, Skip, Update, side, ticket_side
 from agent.sync.context import CycleContext, Setup
-from agent.sync.conversation import PairWork, journal_seen
+from agent.sync.conversation import Opening, PairWork, journal_seen
 from agent.sync.failures import safe_error
 from agent.sync.pairing import Pair
 from agent.sync.writes import log_plan_notes, new_ticket, plan_writes
@@ -85,10 +85,18 @@ async def _label(sync: Setup, incident: Incident, ticket: Ticket) -> str:
 
 
 async def create(sync: Setup, ctx: CycleContext, incident: Incident) -> None:
-    """Source -> ticket: create the ticket, write its number back as a label, converse, link."""
+    """Source -> ticket: create the ticket with what the incident already holds (its alerts,
+    entities and comments, :mod:`agent.sync.conversation.opening`), write its number back as a
+    label, converse, link."""
     body = await new_ticket(sync, ctx, incident)
-    ticket = await sync.sink.create(incident.id, body)
+    opening = await sync.talk.open(incident, body, clock.utcnow())
+    try:
+        ticket = await sync.sink.create(incident.id, body, notes=opening.notes)
+    except (PermanentError, NotSent, RateLimited):
+        await sync.talk.created(incident, None, opening, clock.utcnow())  # nothing was made
+        raise
     log.info("snow_created", snow_number=ticket.number, sys_id=ticket.id, direction="to_snow")
+    await sync.talk.created(incident, ticket, opening, clock.utcnow())
     # The label goes before the link is saved: after a crash in between, the incident is listed
     # again (the watermark has not moved) and adopting it writes the label.
     version = await _label(sync, incident, ticket)
@@ -110,7 +118,7 @@ async def create(sync: Setup, ctx: CycleContext, incident: Incident) -> None:
     )
     # Comments, alerts and entities go before the link is saved: a crash in between leaves no
     # link, and adopting the ticket next cycle resolves what was written (no duplicate).
-    link, _ticket = await converse(sync, ctx, link, None, incident, ticket, created=True)
+    link, _ticket = await converse(sync, ctx, link, None, incident, ticket, created=True, opening=opening)
     await commit(sync, link)
     ctx.stats.created += 1
 
@@ -331,6 +339,7 @@ async def converse(
     adopted: bool = False,
     source_changed: bool = True,
     ticket_changed: bool = True,
+    opening: Opening | None = None,
 ) -> tuple[Link, Ticket]:
     """Comments, journal entries, alerts and entities of one pair (:mod:`agent.sync.conversation`).
 
@@ -340,7 +349,9 @@ async def converse(
     error is linked already and is not written again.
     """
     now = clock.utcnow()
-    work = PairWork(link, incident, ticket, source_changed, ticket_changed, created, adopted, due(link, now))
+    work = PairWork(
+        link, incident, ticket, source_changed, ticket_changed, created, adopted, due(link, now), opening
+    )
     try:
         done, ticket = await sync.talk.run(work, now)
     except RemoteError as exc:

@@ -395,7 +395,11 @@ class FakeSink:
         return {**body, "parent": closed.id}
 
     async def create(
-        self, incident: str, body: Mapping[str, str], exclude: frozenset[str] = frozenset()
+        self,
+        incident: str,
+        body: Mapping[str, str],
+        exclude: frozenset[str] = frozenset(),
+        notes: Mapping[str, str] | None = None,
     ) -> Ticket:
         _fail(self.failing, "create")
         self.writes += 1
@@ -414,6 +418,9 @@ class FakeSink:
             marker=self.marker,
         )
         self.tickets[ticket_id] = ticket
+        for kind, text in (notes or {}).items():
+            n = Note(uuid.uuid4().hex, ticket_id, kind, text, AGENT, ticket.modified)
+            self.journal.entries.setdefault(ticket_id, []).append(n)
         return ticket
 
     # --- writing -----------------------------------------------------------------------------------

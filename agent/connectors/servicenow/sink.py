@@ -248,15 +248,25 @@ class ServiceNowSink:
         return out
 
     async def create(
-        self, incident: str, body: Mapping[str, str], exclude: frozenset[str] = frozenset()
+        self,
+        incident: str,
+        body: Mapping[str, str],
+        exclude: frozenset[str] = frozenset(),
+        notes: Mapping[str, str] | None = None,
     ) -> Ticket:
         """POST the ticket; when the answer leaves open whether it was created (a 5xx, a timeout, a
         connection dropped after sending), settle that now by its unique key and POST again only
         when it is absent. A 429 or a request that never left (``NotSent``) created nothing: the
-        HTTP layer retried it already and the next cycle tries again."""
+        HTTP layer retried it already and the next cycle tries again.
+
+        ``notes`` are journal fields (``work_notes``, ``comments``) sent in the same POST: an insert
+        takes a journal field like any other and adds one entry for it (ServiceNowDocs,
+        rest-api-explorer/t_GetStartedCreateInt.md creates an incident with ``comments``;
+        REFERENCE C.9), so the entries exist exactly when the record does."""
+        values = {**body, **(notes or {})}
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:
-                created = self._mine(await self.client.create(body, self._create_fields))
+                created = self._mine(await self.client.create(values, self._create_fields))
                 snowfields.require_unique_key(self.inst, created)
                 if not self.client.fields_proven:  # the table was empty at the start
                     async with self.client.proof_lock:

@@ -39,8 +39,11 @@ comments an incident holds (Sentinel: 100, REFERENCE A.8) one ``sentinel_comment
 warning is logged, the incident is marked in its link, and nothing more is copied to it; every
 other field keeps syncing.
 
-**Alerts and entities** (:mod:`.evidence`, source -> ticket): on create one note listing the
-alerts and one listing the entities; later only new ones (ids remembered in the link), when the
+**A new ticket** (:mod:`.opening`) carries in its create one agent note listing the alerts and
+entities and one entry holding the comments made before it, under the same intents as any entry.
+
+**Alerts and entities** (:mod:`.evidence`, source -> ticket): on create in the opening note;
+later only new ones (ids remembered in the link), when the
 alert count grows and once at the late-enrichment re-check (entities arrive after the incident).
 """
 
@@ -50,16 +53,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from agent.core.records import CommentLink, Link, Ticket
+from agent.core.records import CommentLink, Incident, Link, Ticket
 from agent.log import log
 from agent.ports import IncidentSource, Store, TicketSink
-from agent.sync.conversation import comments, evidence, journal
+from agent.sync.conversation import comments, evidence, journal, opening
 from agent.sync.conversation.state import (
     CONFIRMED,
     EXTRA_JOURNAL_SEEN,
     POSTED,
     UNCONFIRMED,
     Counts,
+    Opening,
     PairWork,
     State,
     Talk,
@@ -68,7 +72,7 @@ from agent.sync.conversation.state import (
     text_hash,
 )
 
-__all__ = ["Conversation", "Counts", "PairWork", "journal_seen"]
+__all__ = ["Conversation", "Counts", "Opening", "PairWork", "journal_seen"]
 
 
 class Conversation:
@@ -113,7 +117,8 @@ class Conversation:
             if link is not None:
                 self.journal.remember(ticket_id, link.extra)
         unconfirmed = await self.store.unconfirmed_comment_links(talk.instance, talk.workspace)
-        others = {c.incident for c in unconfirmed} - ticket_of.keys()
+        talk.unsettled = {c.incident for c in unconfirmed}
+        others = talk.unsettled - ticket_of.keys()
         for incident, link in (await self.store.get_links(talk.instance, talk.workspace, others)).items():
             ticket_of[incident] = link.sys_id
             _widen(reads, link.sys_id, self._since(link))
@@ -137,7 +142,7 @@ class Conversation:
         if w.ticket.id in talk.entries:
             await journal.to_source(talk, st, now)
         if w.created or w.adopted or w.source_changed:
-            await comments.to_ticket(talk, st, adopted=w.adopted, now=now)
+            await comments.to_ticket(talk, st, adopted=w.adopted, now=now, opening=w.opening)
         else:
             comments.count_puts(st, listed=None)
         await evidence.post(talk, st, w, now)
@@ -150,6 +155,24 @@ class Conversation:
             enrich_after=None if w.enrich_due else link.enrich_after,
         )
         return done, st.ticket
+
+    # --- a new ticket ---------------------------------------------------------------------------
+
+    async def open(self, incident: Incident, taken: Iterable[str], now: datetime) -> Opening:
+        """Before a create: read what the new ticket starts with and commit the intents of the
+        entries its create carries (:mod:`.opening`); ``taken`` are the fields of its body."""
+        found = await opening.read(self.talk, incident)
+        opening.plan(self.talk, incident, found, frozenset(taken))
+        await opening.intend(self.talk, incident, found, now)
+        return found
+
+    async def created(self, incident: Incident, ticket: Ticket | None, found: Opening, now: datetime) -> None:
+        """After the create: ``ticket`` made with the opening entries, or None when the create
+        certainly did not happen (its intents go)."""
+        if ticket is None:
+            await opening.forget(self.talk, incident, found, now)
+        else:
+            await opening.posted(self.talk, incident, ticket, found, now)
 
     async def finish(self, now: datetime) -> None:
         """Confirm the entries written this cycle from one batched journal read."""

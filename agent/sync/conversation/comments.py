@@ -4,46 +4,56 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from agent.core import text as textfmt
-from agent.core.records import Comment, CommentLink
+from agent.core.records import Comment, CommentLink, Incident, Note
 from agent.errors import PermanentError
 from agent.log import log
 from agent.sync.conversation.state import (
     AGENT_NOTE,
+    COMMENT,
     CONFIRMED,
     DROPPED,
     EXTRA_COMMENTS_SEEN,
     EXTRA_DROPPED,
+    FOUND,
     PENDING,
     PLACEHOLDER,
     POSTED,
     TO_SNOW,
     UNCONFIRMED,
+    Opening,
     State,
     Talk,
     text_hash,
 )
 
 
-async def to_ticket(talk: Talk, st: State, *, adopted: bool, now: datetime) -> None:
-    """Copy the incident's new comments to the ticket."""
+async def to_ticket(
+    talk: Talk, st: State, *, adopted: bool, now: datetime, opening: Opening | None = None
+) -> None:
+    """Copy the incident's new comments to the ticket (``opening``: those of a new ticket were
+    listed for its create already)."""
     count = st.incident.comments_count
     seen = st.extra.get(EXTRA_COMMENTS_SEEN)
     if not adopted and (count == 0 or (count is not None and seen is not None and seen == str(count))):
         count_puts(st, listed=None)
         return
-    comments = await talk.source.comments(st.incident)
+    comments = await _listed(talk, st, opening)
     known = {c.sentinel_comment for c in st.links}
+    known |= {i.removeprefix(COMMENT) for c in st.links for i in c.note_ids if i.startswith(COMMENT)}
     echoes = {talk.source.comment_id(talk.key(e.id)) for e in st.notes}
     linked = {c.journal_sys_id for c in st.links}
     # Entries the agent wrote whose link was lost (a lost shadow): matched by their text.
     orphans = [e for e in st.notes if e.id not in linked and talk.journal.maybe_agent(e)]
+    if adopted:
+        known |= await _found_in_openings(talk, st, comments, known | echoes, orphans, now)
     for c in comments:
         if c.id in known or c.id in echoes:
             continue
-        text = note_text(talk, c, st)
+        text = note_text(talk, c, st.incident)
         digest = text_hash(text)
         match = next((e for e in orphans if text_hash(e.text) == digest), None)
         if match is not None:
@@ -65,16 +75,53 @@ async def to_ticket(talk: Talk, st: State, *, adopted: bool, now: datetime) -> N
     count_puts(st, listed=len(comments))
 
 
+async def _listed(talk: Talk, st: State, opening: Opening | None) -> Sequence[Comment]:
+    """The incident's comments: as listed for the create when they were, else listed now."""
+    if opening is not None:
+        if opening.comments is not None:
+            return opening.comments
+        if "comments" in opening.errors:
+            raise opening.errors["comments"]
+    return await talk.source.comments(st.incident)
+
+
+async def _found_in_openings(
+    talk: Talk, st: State, comments: Sequence[Comment], skip: set[str], orphans: list[Note], now: datetime
+) -> set[str]:
+    """After a lost shadow: the comments a ticket's opening entry carries (the agent's entry that
+    holds their text among others, :mod:`.opening`) are linked to it again, one link per entry."""
+    out: set[str] = set()
+    texts = [(c.id, _norm(note_text(talk, c, st.incident))) for c in comments if c.id not in skip]
+    for e in list(orphans):
+        body = _norm(e.text)
+        inside = tuple(cid for cid, text in texts if text != body and text in body)
+        if not inside:
+            continue
+        orphans.remove(e)
+        found = CommentLink(
+            talk.instance, talk.workspace, st.incident.id, f"{FOUND}{e.id}", e.id, TO_SNOW, now,
+            state=CONFIRMED, text_hash=text_hash(e.text), note_ids=tuple(f"{COMMENT}{c}" for c in inside),
+        )  # fmt: skip
+        await talk.store.add_comment_link(found)
+        st.links.append(found)
+        out.update(inside)
+    return out
+
+
+def _norm(text: str) -> str:
+    return text.replace("\r\n", "\n").strip()
+
+
 def count_puts(st: State, listed: int | None) -> None:
     """Remember how many comments the incident holds now (our own writes included)."""
     total = listed if listed is not None else (st.incident.comments_count or 0) + st.puts
     st.extra[EXTRA_COMMENTS_SEEN] = str(total)
 
 
-def note_text(talk: Talk, c: Comment, st: State) -> str:
+def note_text(talk: Talk, c: Comment, incident: Incident) -> str:
     """The journal entry for a comment: a header naming author and time, then its text."""
     header = textfmt.sentinel_comment_header(c.author, c.author_id, c.created)
-    where = f"{talk.source.title} incident #{st.incident.number}"
+    where = f"{talk.source.title} incident #{incident.number}"
     room = talk.sink.note_limit - len(header) - 2
     if talk.comment_format == "code":
         body = textfmt.code_block(textfmt.cap(c.text, room - 20, where))

@@ -4,16 +4,19 @@ conversation state (:class:`Talk`) and one pair's (:class:`State`)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agent.core.records import CommentLink, Incident, Link, Note, Ticket
+from agent.core.records import Comment, CommentLink, Evidence, Incident, Link, Note, Ticket
+from agent.errors import RemoteError
 from agent.ports import IncidentSource, Journal, Store, TicketSink
 
 TO_SNOW, TO_SENTINEL = "to_snow", "to_sentinel"
 PENDING, POSTED, CONFIRMED, UNCONFIRMED = "pending", "posted", "confirmed", "unconfirmed"
 AGENT_NOTE = "agent-note:"  # pseudo comment name of an alert/entity note (never a source id)
-ALERT, ENTITY = "alert:", "entity:"  # prefixes of the ids an agent note lists
+ALERT, ENTITY, COMMENT = "alert:", "entity:", "comment:"  # prefixes of the ids an agent note lists
+FOUND = AGENT_NOTE + "found:"  # an opening entry found again by its text after a lost shadow
 PLACEHOLDER = "pending:"  # journal id of a link whose entry is not confirmed yet
 DROPPED = "dropped:"  # journal id of the link of something not written to a closed ticket
 
@@ -47,6 +50,35 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One journal entry a new ticket carries in its create: its intent's name, its journal, its
+    text and the ids it lists (``alert:``, ``entity:``, ``comment:``)."""
+
+    name: str
+    kind: str
+    text: str
+    note_ids: tuple[str, ...]
+
+
+@dataclass
+class Opening:
+    """What a new ticket starts with, read before its create (:mod:`.opening`): the incident's
+    alerts, entities and comments (None: not read, because there are none or the read failed,
+    the failure in ``errors``), and the entries the create carries."""
+
+    alerts: Sequence[Evidence] | None = None
+    entities: Sequence[Evidence] | None = None
+    comments: Sequence[Comment] | None = None
+    errors: dict[str, RemoteError] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def notes(self) -> dict[str, str]:
+        """Journal -> text of the entries, as the create takes them."""
+        return {e.kind: e.text for e in self.entries}
+
+
+@dataclass(frozen=True)
 class PairWork:
     """One pair the engine processes: the link it would save, both records after the field
     writes, and why the pair is here."""
@@ -59,6 +91,7 @@ class PairWork:
     created: bool = False
     adopted: bool = False
     enrich_due: bool = False
+    opening: Opening | None = None  # a new ticket: what was read and written with its create
 
 
 @dataclass
@@ -90,6 +123,7 @@ class Talk:
     counts: Counts = field(default_factory=Counts)
     entries: dict[str, list[Note]] = field(default_factory=dict)  # ticket id -> journal read this cycle
     posted: dict[str, datetime | None] = field(default_factory=dict)  # ticket id -> modified before
+    unsettled: set[str] = field(default_factory=set)  # incidents with comment links not confirmed
 
     @property
     def journal(self) -> Journal:

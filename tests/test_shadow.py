@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -166,12 +167,54 @@ async def test_cycle_history_is_pruned_but_keeps_last_success(
         await shadow.record_cycle(INST, WS, started=t, finished=t, ok=False, summary={"i": i})
     assert await shadow.last_ok_cycle(INST, WS) == last_ok
     assert (await shadow.last_cycle(INST, WS) or {})["summary"] == {"i": 6}
-    async with shadow._lock:
-        rows = list(await shadow._db.execute_fetchall("SELECT count(*) FROM cycles"))
+    rows = await shadow._read("SELECT count(*) FROM cycles")
     assert rows[0][0] == 4
 
 
 # --- atomicity, separation, deletion ----------------------------------------------------------
+
+
+async def test_concurrent_commits_share_transactions_and_a_broken_one_fails_alone(shadow: Shadow) -> None:
+    """The writer commits the pairs queued meanwhile together (a group commit), each in its own
+    savepoint: the one that breaks a unique key fails alone, every other one is stored, and each
+    caller returns only once its write committed."""
+    links = [make_link(f"inc-{i}", f"{i:032x}") for i in range(20)]
+    clash = make_link("inc-x", f"{3:032x}")  # the sys_id of another incident's link
+    before = shadow.times.groups
+    results = await asyncio.gather(
+        *(shadow.save_link(link) for link in links), shadow.save_link(clash), return_exceptions=True
+    )
+    assert results[:20] == [None] * 20
+    assert isinstance(results[20], DuplicateKey)
+    assert shadow.times.groups - before < 21
+    assert await shadow.count_links(INST, WS) == (20, 20)
+    assert (await shadow.get_links(INST, WS, ["inc-x"])) == {}
+
+
+async def test_reads_do_not_wait_for_writes(shadow: Shadow) -> None:
+    """A read runs on a connection of its own: it answers while the writer is busy."""
+    await shadow.save_link(make_link())
+    gate = threading.Event()
+    busy = asyncio.ensure_future(shadow._transact(lambda db: gate.wait(10)))  # holds the writer
+    queued = asyncio.ensure_future(shadow.save_link(make_link("inc-2", "2" * 32)))
+    try:
+        found = await asyncio.wait_for(shadow.get_links(INST, WS, ["inc-1", "inc-2"]), 5)
+        assert list(found) == ["inc-1"] and not busy.done() and not queued.done()
+    finally:
+        gate.set()
+    await asyncio.gather(busy, queued)
+    assert await shadow.count_links(INST, WS) == (2, 2)
+
+
+async def test_close_finishes_queued_writes(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    s = await Shadow.open(path)
+    pending = [asyncio.ensure_future(s.save_link(make_link(f"inc-{i}", f"{i:032x}"))) for i in range(50)]
+    await asyncio.sleep(0)
+    await s.close()
+    await asyncio.gather(*pending)
+    async with await Shadow.open(path) as again:
+        assert await again.count_links(INST, WS) == (50, 50)
 
 
 async def test_save_link_is_atomic(shadow: Shadow) -> None:
@@ -321,7 +364,7 @@ async def test_failure_backoff_grows_and_caps(shadow: Shadow) -> None:
 
 
 async def test_failure_backoff_survives_many_attempts(shadow: Shadow) -> None:
-    async with shadow._write() as db:
+    async with shadow._batch() as db:
         await db.execute(
             "INSERT INTO failures (instance, workspace, incident, error, attempts, next_try, last_at) "
             "VALUES (?, ?, ?, 'x', 5000, ?, ?)",
@@ -404,9 +447,8 @@ async def test_fresh_database_is_current_and_reopens(tmp_path: Path) -> None:
     async with await Shadow.open(path) as s:
         assert await s.schema_version() == SCHEMA_VERSION
         assert await s.count_links(INST, WS) == (1, 1)
-        async with s._lock:
-            [(journal,)] = list(await s._db.execute_fetchall("PRAGMA journal_mode"))
-            [(sync,)] = list(await s._db.execute_fetchall("PRAGMA synchronous"))
+        [(journal,)] = list(await s._db.execute_fetchall("PRAGMA journal_mode"))  # the writer's
+        [(sync,)] = list(await s._db.execute_fetchall("PRAGMA synchronous"))
         assert (journal, sync) == ("wal", 1)  # 1 = NORMAL
 
 

@@ -25,8 +25,7 @@ class TestSqliteStore(StoreTests):
 
     async def cycles_kept(self, store: Store) -> int:
         assert isinstance(store, Shadow)
-        async with store._lock:
-            rows = list(await store._db.execute_fetchall("SELECT count(*) FROM cycles"))
+        rows = await store._read("SELECT count(*) FROM cycles")
         return int(rows[0][0])
 
 

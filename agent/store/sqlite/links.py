@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -188,17 +189,21 @@ class LinkTables(Database):
         Returns the link removed (None if there was none; the tombstone is written anyway).
         """
         key = (instance, workspace, incident)
-        async with self._write() as db:
-            rows = list(await db.execute_fetchall(f"SELECT * FROM links WHERE {_BY_INCIDENT}", key))
+
+        def job(db: sqlite3.Connection) -> Link | None:
+            rows = db.execute(f"SELECT * FROM links WHERE {_BY_INCIDENT}", key).fetchall()
             link = link_from_row(rows[0]) if rows else None
-            await db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO unlinked (instance, workspace, incident, sys_id, number, reason, at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (*key, link.sys_id if link else "", link.number if link else "", reason, ts(now)),
             )
             for table in ("links", "comment_links", "failures"):
-                await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
-        return link
+                db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
+            return link
+
+        found: Link | None = await self._transact(job)
+        return found
 
     async def unlinked(
         self, instance: str, workspace: str, incidents: Iterable[str] | None = None
@@ -228,10 +233,13 @@ class LinkTables(Database):
 
     async def forget_unlinked(self, instance: str, workspace: str, incident: str) -> bool:
         """Remove a tombstone (the incident may be linked again); False if there was none."""
-        async with self._write() as db:
-            key = (instance, workspace, incident)
-            cursor = await db.execute(f"DELETE FROM unlinked WHERE {_BY_INCIDENT}", key)
-            return cursor.rowcount > 0
+        key = (instance, workspace, incident)
+
+        def job(db: sqlite3.Connection) -> bool:
+            return db.execute(f"DELETE FROM unlinked WHERE {_BY_INCIDENT}", key).rowcount > 0
+
+        removed: bool = await self._transact(job)
+        return removed
 
     # --- comment links --------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ Params = Sequence[Any] | Mapping[str, Any]
 
 
 class Batch:
-    """The statements of one :meth:`Shadow._batch` transaction, in order."""
+    """The statements of one :meth:`Shadow._batch` write, in order."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[str, Params | list[Params], bool]] = []
@@ -32,20 +32,13 @@ class Batch:
         self.statements.append((sql, list(rows), True))
 
 
-def run_batch(db: sqlite3.Connection, statements: Sequence[tuple[str, Any, bool]]) -> None:
-    """Runs in the database thread: the statements in one transaction."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for sql, params, many in statements:
-            if many:
-                db.executemany(sql, params)
-            else:
-                db.execute(sql, params)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+def run_statements(db: sqlite3.Connection, statements: Sequence[tuple[str, Any, bool]]) -> None:
+    """Runs in the writer's thread, inside its transaction: the statements in order."""
+    for sql, params, many in statements:
+        if many:
+            db.executemany(sql, params)
+        else:
+            db.execute(sql, params)
 
 
 def chunks(names: Iterable[str]) -> Iterable[list[str]]:

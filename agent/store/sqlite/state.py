@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -137,17 +138,21 @@ class StateTables(Database):
         Returns that next-try time.
         """
         key = (instance, workspace, incident)
-        async with self._write() as db:
-            rows = await db.execute_fetchall(f"SELECT attempts FROM failures WHERE {_BY_INCIDENT}", key)
-            attempts = (int(next(iter(rows))["attempts"]) if rows else 0) + 1
+
+        def job(db: sqlite3.Connection) -> datetime:
+            rows = db.execute(f"SELECT attempts FROM failures WHERE {_BY_INCIDENT}", key).fetchall()
+            attempts = (int(rows[0]["attempts"]) if rows else 0) + 1
             # The exponent is capped so a long-failing incident cannot overflow the float.
             over = attempts - grace
             delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
             next_try = now + timedelta(seconds=delay)
-            await db.execute(
+            db.execute(
                 f"INSERT OR REPLACE INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (*key, error[:ERROR_TEXT_MAX], attempts, ts(next_try), ts(now)),
             )
+            return next_try
+
+        next_try: datetime = await self._transact(job)
         return next_try
 
     async def clear_failure(self, instance: str, workspace: str, incident: str) -> None:

@@ -1,9 +1,10 @@
 """The shadow: a SQLite copy of what both sides last agreed on, per linked incident pair.
 
-The engine writes here only *after* the remote write succeeded, one short transaction per
-incident pair (:meth:`Shadow.save_link`). If the agent dies between the remote write and the
-commit, the next cycle sees "changed on both sides, now equal" and only records it (see
-``agent.core.merge``), so an interrupted run is harmless.
+The engine writes here only *after* the remote write succeeded, one atomic commit per incident
+pair (:meth:`Shadow.save_link`; many pairs' commits share one transaction, each in a savepoint
+of its own, and each caller returns only once it committed: :mod:`.db`). If the agent dies
+between the remote write and the commit, the next cycle sees "changed on both sides, now equal"
+and only records it (see ``agent.core.merge``), so an interrupted run is harmless.
 
 Tables (every key starts with the ServiceNow ``instance``, then the Sentinel ``workspace``):
 
@@ -40,8 +41,8 @@ from agent.store.sqlite.state import StateTables
 class Shadow(LinkTables, StateTables):
     """The shadow store. Create with ``await Shadow.open(path)``; use as an async context manager.
 
-    One connection, used by one event loop; every call takes an internal lock so that a
-    transaction is never interleaved with another coroutine's statements.
+    Two connections (:mod:`.db`): writes are group-committed by one writer task, reads use a
+    connection of their own and never wait for writes. Used by one event loop at a time.
     """
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -60,19 +61,26 @@ class Shadow(LinkTables, StateTables):
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise ConfigError([f"state database {path}: cannot open: {exc}"]) from exc
+        reader: aiosqlite.Connection | None = None
         try:
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA busy_timeout = 5000")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await migrate(db, path)
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+            await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.execute("PRAGMA query_only = ON")
         except BaseException as exc:
+            if reader is not None:
+                await reader.close()
             await db.close()
             if isinstance(exc, sqlite3.DatabaseError):
                 raise ConfigError([f"state database {path}: {exc}"]) from exc
             raise
         chmod_private(path)
-        return cls(db, path)
+        return cls(db, reader, path)
 
     @property
     def location(self) -> str:
@@ -80,9 +88,8 @@ class Shadow(LinkTables, StateTables):
         return f"sqlite:{self.path}"
 
     async def close(self) -> None:
-        """Close the connection (safe to call twice)."""
-        async with self._lock:
-            await self._db.close()
+        """Finish the queued writes and close the connections (safe to call twice)."""
+        await self._close_connections()
 
     async def __aenter__(self) -> Shadow:
         return self

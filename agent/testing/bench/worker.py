@@ -13,9 +13,10 @@ each with one JSON line on stdout (logs go to stderr):
 * ``{"op": "exit"}``: answers with the peak RSS and stops.
 
 Every answer carries wall time, CPU time (process and event-loop thread), how long the shadow's
-lock was held and waited for, the peak RSS so far and each workspace's cycle statistics (or its
-error). :class:`AgentProcess` is the driver the
-benchmark uses from its own event loop, where the emulators keep serving meanwhile.
+connections were busy and writes waited for the writer
+(:class:`agent.store.sqlite.db.StoreTimes`), the peak RSS so far and each workspace's cycle
+statistics (or its error). :class:`AgentProcess` is the driver the benchmark uses from its own
+event loop, where the emulators keep serving meanwhile.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import resource
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
@@ -54,31 +54,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-class TimedLock(asyncio.Lock):
-    """An :class:`asyncio.Lock` that adds up how long it was held and how long tasks waited.
-
-    The worker puts one in place of the shadow's lock: every shadow statement runs under it,
-    so its held time is the time the shadow (one SQLite connection) was busy.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.held = 0.0
-        self.waited = 0.0
-        self._since = 0.0
-
-    async def acquire(self) -> Literal[True]:
-        started = time.monotonic()
-        await super().acquire()
-        self._since = time.monotonic()
-        self.waited += self._since - started
-        return True
-
-    def release(self) -> None:
-        self.held += time.monotonic() - self._since
-        super().release()
 
 
 def _results(out: dict[str, BaseException | CycleStats]) -> dict[str, Any]:
@@ -113,8 +88,8 @@ async def serve(config_path: Path) -> None:
     log.configure(level="warning", stream=sys.stderr)
     loop = asyncio.get_running_loop()
     async with Runtime(config) as rt:
-        assert isinstance(rt.shadow, Shadow)  # the bench times the SQLite store's lock
-        lock = rt.shadow._lock = TimedLock()
+        assert isinstance(rt.shadow, Shadow)  # the bench reads the SQLite store's times
+        times = rt.shadow.times
         syncs = rt.syncs()
         pollers: dict[str, list[PollingSync]] = {}
         while True:
@@ -135,7 +110,7 @@ async def serve(config_path: Path) -> None:
                 continue
             if op == "poll" and strategy not in pollers:
                 pollers[strategy] = _pollers(rt, syncs, strategy)
-            calls0, held0, waited0 = rt.calls(), lock.held, lock.waited
+            calls0, before = rt.calls(), times.as_dict()
             with measure(profile=bool(request.get("profile"))) as sample:
                 if op == "cycle":
                     out = await run_workspaces(syncs, CycleOptions(dry_run=bool(request.get("dry_run"))))
@@ -151,12 +126,19 @@ async def serve(config_path: Path) -> None:
                     "breakdown": sample.breakdown,
                     "top": sample.top,
                     "requests": rt.calls() - calls0,
-                    "shadow_held": lock.held - held0,
-                    "shadow_waited": lock.waited - waited0,
+                    "shadow_held": _busy(times.as_dict()) - _busy(before),
+                    "shadow_waited": times.waited - before["waited"],
+                    "shadow": {k: v - before[k] for k, v in times.as_dict().items()},
                     "peak_rss_mb": peak_rss_mb(),
                     "results": _results(out),
                 }
             )
+
+
+def _busy(times: dict[str, float]) -> float:
+    """Seconds the shadow's connections were busy: the writer's groups (until the writer task had
+    their outcome) and the reads executing in the reader's thread."""
+    return times["write_busy"] + times["read_busy"]
 
 
 def _answer(obj: dict[str, Any]) -> None:

@@ -75,7 +75,8 @@ def _all_faults(stack: EmulatorStack) -> list[Any]:
 
 
 async def _scenario(tmp: Path, seed: int, faulty: bool, travel: TimeTravel) -> Outcome:
-    """25 incidents; 4 rounds of (analyst edits, 3 cycles, a fault-free convergence)."""
+    """40 incidents; 4 rounds of (analyst edits, 3 cycles, a fault-free convergence). Enough
+    incidents that the faulty cycles make some 30 faults at these rates."""
     travel.offset = timedelta()  # every scenario starts at the real time
     async with EmulatorStack(seed=seed, directory=tmp / "emu") as stack:
         stack.add_workspace("soc")
@@ -95,7 +96,7 @@ async def _scenario(tmp: Path, seed: int, faulty: bool, travel: TimeTravel) -> O
         config = load_config(path)
         checker = Checker(stack, config)
         sim = Simulator(stack, seed=seed)
-        sim.seed(["soc"], 25)
+        sim.seed(["soc"], 40)
         failed = 0
 
         async def cycle() -> CycleStats | BaseException:

@@ -48,6 +48,10 @@ class IncidentSource(Protocol):
     """The properties a write may carry (a hook returning others is refused)."""
     comments_html: bool
     """Comments are HTML (shown as text on the ticket), else plain text."""
+    stable_comment_ids: bool
+    """The agent chooses a comment's id, so writing it again rewrites it (Sentinel). False: a
+    comment gets no id the agent knows before writing it and a second write adds a second comment
+    (Graph); the conversation then records its intent first and finds the comment again by text."""
     max_comments: int | None
     """How many comments one incident holds at most (None: no limit)."""
     closed_status: str

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -387,3 +388,90 @@ async def test_a_lost_shadow_finds_the_comments_inside_the_opening_entry(rig: Ri
     for _ in range(2):
         await rig.cycle()
     assert len(journal_texts(rig, inc.id)) == 1 and len(rig.source.notes[inc.id]) == 2
+
+
+# --- a source whose comments get no id the agent chooses (Graph, GRAPH.md E) -----------------------
+
+
+@pytest.fixture
+async def graphlike(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+    clock = Clock()
+    monkeypatch.setattr(sync_clock, "utcnow", lambda: clock.now)
+    source = FakeSource(clock, stable_comment_ids=False)
+    sink = FakeSink(clock, users={"alice@example.com": "u-alice"})
+    store = await MemoryStore.open()
+    yield Rig(clock, source, sink, store, WorkspaceSync(fakes.settings(), source, sink, store))
+    await store.close()
+
+
+def on_incident(rig: Rig, incident: str, text: str) -> int:
+    return sum(1 for c in rig.source.notes[incident] if c.text.endswith(text))
+
+
+async def test_without_comment_ids_each_journal_entry_is_written_once_and_never_echoes(
+    graphlike: Rig,
+) -> None:
+    rig = graphlike
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.sink.note(ticket.id, "isolated the host")
+    await rig.cycle()
+    for _ in range(3):
+        await rig.cycle()
+    assert on_incident(rig, inc.id, "isolated the host") == 1
+    assert len(rig.sink.journal.entries[ticket.id]) == 1  # the agent's comment never came back
+    rig.source.comment(inc.id, "seen on the endpoint")
+    await rig.cycle()
+    await rig.cycle()
+    notes = [n.text for n in rig.sink.journal.entries[ticket.id]]
+    assert len(notes) == 2 and notes[1].endswith("seen on the endpoint")
+
+
+async def test_without_comment_ids_a_lost_answer_is_settled_by_text_not_written_again(graphlike: Rig) -> None:
+    rig = graphlike
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.sink.note(ticket.id, "isolated the host")
+    rig.source.lose_comment_answer = True  # the POST lands, its answer is lost
+    stats = await rig.cycle()
+    assert stats.comments_deferred == 1 and on_incident(rig, inc.id, "isolated the host") == 1
+    rig.clock.now += timedelta(minutes=5)  # past the retry's backoff
+    await rig.cycle()
+    await rig.cycle()
+    assert on_incident(rig, inc.id, "isolated the host") == 1
+    links = await rig.store.comment_links("inst", "ws", inc.id)
+    assert [c.state for c in links] == ["confirmed"]
+
+
+async def test_without_comment_ids_a_write_that_never_landed_is_written_again(graphlike: Rig) -> None:
+    rig = graphlike
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.sink.note(ticket.id, "isolated the host")
+    rig.source.failing["comment"] = fakes.transient()
+    stats = await rig.cycle()
+    assert stats.comments_deferred == 1 and on_incident(rig, inc.id, "isolated the host") == 0
+    rig.clock.now += timedelta(minutes=5)  # past the retry's backoff
+    await rig.cycle()
+    await rig.cycle()
+    assert on_incident(rig, inc.id, "isolated the host") == 1
+
+
+async def test_without_comment_ids_a_lost_shadow_finds_the_written_comments_again(graphlike: Rig) -> None:
+    rig = graphlike
+    inc = rig.source.add()
+    await rig.cycle()
+    ticket = ticket_of(rig, inc.id)
+    rig.sink.note(ticket.id, "isolated the host")
+    await rig.cycle()
+    await rig.cycle()
+    await rig.store.close()
+    rig.store = await MemoryStore.open()  # the shadow is gone
+    rig.sync = WorkspaceSync(fakes.settings(), rig.source, rig.sink, rig.store)
+    for _ in range(3):
+        await rig.cycle()
+    assert on_incident(rig, inc.id, "isolated the host") == 1
+    assert len(rig.sink.tickets) == 1 and len(rig.sink.journal.entries[ticket.id]) == 1

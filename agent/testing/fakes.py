@@ -84,12 +84,17 @@ class FakeSource:
     field_keys: Mapping[str, str] = {"severity": "severity", "status": "status", "owner": "owner"}
     writable = frozenset({"severity", "status", "owner", "labels", "classification", "reason", "comment"})
     comments_html = False
+    stable_comment_ids = True
     max_comments: int | None = 100
     closed_status = "Closed"
 
-    def __init__(self, clock: Clock, labels: Sequence[str] = ()) -> None:
+    def __init__(self, clock: Clock, labels: Sequence[str] = (), *, stable_comment_ids: bool = True) -> None:
         self.clock = clock
         self.labels = tuple(labels)
+        # False: like Graph (GRAPH.md E), a comment gets an id of the source's own and writing it
+        # twice adds it twice; ``lose_comment_answer`` then makes the next write land and fail.
+        self.stable_comment_ids = stable_comment_ids
+        self.lose_comment_answer = False
         self.incidents: dict[str, Incident] = {}
         self.notes: dict[str, list[Comment]] = {}
         self.closures: dict[str, Closure] = {}
@@ -236,13 +241,19 @@ class FakeSource:
 
     async def put_comment(self, incident: Incident, comment_id: str, text: str) -> bool:
         _fail(self.failing, "comment")
-        kept = [c for c in self.notes[incident.id] if c.id != comment_id]
+        if self.stable_comment_ids:
+            kept = [c for c in self.notes[incident.id] if c.id != comment_id]
+        else:
+            kept, comment_id = list(self.notes[incident.id]), str(uuid.uuid4())
         if self.max_comments is not None and len(kept) >= self.max_comments:
             return False
         kept.append(Comment(comment_id, text, "agent", None, self.clock.tick()))
         self.notes[incident.id] = kept
         current = self.incidents[incident.id]
         self.incidents[incident.id] = replace(current, comments_count=len(kept), version=uuid.uuid4().hex)
+        if self.lose_comment_answer:
+            self.lose_comment_answer = False
+            raise TransientError("sentinel", "POST", incident.id, None, "the answer was lost")
         return True
 
     def comment_text(self, header: str, text: str, where: str) -> str:

@@ -92,6 +92,7 @@ class SentinelSource:
     field_keys: Mapping[str, str] = {"severity": "severity", "status": "status", "owner": "owner"}
     writable = frozenset(WRITABLE)
     comments_html = True
+    stable_comment_ids = True
     max_comments: int | None = MAX_COMMENTS
     closed_status = CLOSED
 

@@ -61,6 +61,7 @@ from agent.sync.conversation.state import (
     CONFIRMED,
     EXTRA_JOURNAL_SEEN,
     POSTED,
+    TO_SNOW,
     UNCONFIRMED,
     Counts,
     Opening,
@@ -116,7 +117,7 @@ class Conversation:
             _widen(reads, ticket_id, self._since(link) if link is not None else None)
             if link is not None:
                 self.journal.remember(ticket_id, link.extra)
-        unconfirmed = await self.store.unconfirmed_comment_links(talk.instance, talk.workspace)
+        unconfirmed = await self._unconfirmed()
         talk.unsettled = {c.incident for c in unconfirmed}
         others = talk.unsettled - ticket_of.keys()
         for incident, link in (await self.store.get_links(talk.instance, talk.workspace, others)).items():
@@ -179,7 +180,7 @@ class Conversation:
         talk = self.talk
         if not talk.posted:
             return
-        unconfirmed = await self.store.unconfirmed_comment_links(talk.instance, talk.workspace)
+        unconfirmed = await self._unconfirmed()
         owners = await self.store.get_links(talk.instance, talk.workspace, {c.incident for c in unconfirmed})
         ticket_of = {name: link.sys_id for name, link in owners.items() if link.sys_id in talk.posted}
         mine = [c for c in unconfirmed if c.state == POSTED and c.incident in ticket_of]
@@ -192,6 +193,13 @@ class Conversation:
         await self._settle(mine, ticket_of, now, same_cycle=True)
 
     # --- confirming what the agent wrote --------------------------------------------------------
+    async def _unconfirmed(self) -> list[CommentLink]:
+        """The journal entries written but not confirmed yet (a comment written to the source is
+        settled with its pair, :func:`.journal.settle`)."""
+        talk = self.talk
+        links = await self.store.unconfirmed_comment_links(talk.instance, talk.workspace)
+        return [c for c in links if c.direction == TO_SNOW]
+
     async def _settle(
         self, links: Sequence[CommentLink], ticket_of: Mapping[str, str], now: datetime, *, same_cycle: bool
     ) -> None:

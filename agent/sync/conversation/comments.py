@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -11,6 +12,7 @@ from agent.core import text as textfmt
 from agent.core.records import Comment, CommentLink, Incident, Note
 from agent.errors import PermanentError
 from agent.log import log
+from agent.sync.conversation import journal
 from agent.sync.conversation.state import (
     AGENT_NOTE,
     COMMENT,
@@ -22,6 +24,7 @@ from agent.sync.conversation.state import (
     PENDING,
     PLACEHOLDER,
     POSTED,
+    TO_SENTINEL,
     TO_SNOW,
     UNCONFIRMED,
     Opening,
@@ -45,6 +48,8 @@ async def to_ticket(
     known = {c.sentinel_comment for c in st.links}
     known |= {i.removeprefix(COMMENT) for c in st.links for i in c.note_ids if i.startswith(COMMENT)}
     echoes = {talk.source.comment_id(talk.key(e.id)) for e in st.notes}
+    if not talk.source.stable_comment_ids:
+        echoes |= _written(talk, st, comments)
     linked = {c.journal_sys_id for c in st.links}
     # Entries the agent wrote whose link was lost (a lost shadow): matched by their text.
     orphans = [e for e in st.notes if e.id not in linked and talk.journal.maybe_agent(e)]
@@ -110,6 +115,22 @@ async def _found_in_openings(
 
 def _norm(text: str) -> str:
     return text.replace("\r\n", "\n").strip()
+
+
+def _written(talk: Talk, st: State, comments: Sequence[Comment]) -> set[str]:
+    """The ids of the comments the agent wrote to a source whose comments have no id it chose:
+    each write's link accounts for one comment with its exact text, and so does each journal
+    entry of the ticket as the agent would write it (its link lost with a lost shadow)."""
+    ours = Counter(c.text_hash for c in st.links if c.direction == TO_SENTINEL and c.text_hash)
+    linked = {c.journal_sys_id for c in st.links if c.direction == TO_SENTINEL}
+    ours.update(text_hash(journal.message_of(talk, st, e)) for e in st.notes if e.id not in linked)
+    found: set[str] = set()
+    for c in comments:
+        digest = text_hash(c.text)
+        if ours[digest] > 0:
+            ours[digest] -= 1
+            found.add(c.id)
+    return found
 
 
 def count_puts(st: State, listed: int | None) -> None:

@@ -383,7 +383,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
 def test_missing_sections(tmp_path: Path) -> None:
     assert problems(tmp_path, {"servicenow": None, "workspace:soc-eu": None}) == [
         "[servicenow]: at least one [servicenow] section is required",
-        "[workspace]: at least one [workspace:NAME] section is required",
+        "[workspace]: at least one [workspace:NAME] or [defender:NAME] section is required",
     ]
 
 

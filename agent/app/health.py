@@ -109,7 +109,7 @@ class Operations:
         self.host, self.port = config.agent.metrics_listen
         enabled = {
             name: ws.servicenow
-            for name, ws in config.workspaces.items()
+            for name, ws in config.sources.items()
             if ws.enabled and (not workspaces or name in workspaces)
         }
         self.registry = CollectorRegistry()

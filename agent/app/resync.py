@@ -121,7 +121,7 @@ async def resync(
     async with exclusive(config) as lead, Runtime(config) as rt:
         lead.bind(rt)
         syncs = rt.syncs(workspaces)
-        disabled = [w for w in workspaces or () if not config.workspaces[w].enabled]
+        disabled = [w for w in workspaces or () if not config.sources[w].enabled]
         if disabled:
             raise ConfigError([f"[workspace:{w}] enabled: workspace is disabled" for w in disabled])
         assert rt.shadow is not None
@@ -284,7 +284,7 @@ async def unlink(
     known(config, [workspace])
     if bool(incidents) == every:
         raise ConfigError(["unlink: name incidents (Sentinel id or ServiceNow number) or give --all"])
-    inst = config.workspaces[workspace].servicenow
+    inst = config.sources[workspace].servicenow
     now = datetime.now(UTC)
     done: list[dict[str, str]] = []
     async with exclusive(config) as lead, await open_store(config.agent.state) as shadow:

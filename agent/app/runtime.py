@@ -1,7 +1,10 @@
 """Everything one agent process holds open: the shadow and one HTTP client per remote system.
 
-One ``HttpClient`` (one aiohttp session and connection pool) per Entra application for ARM,
-and one per ServiceNow instance, shared by every workspace that uses it.
+One ``HttpClient`` (one aiohttp session and connection pool) per Entra application for ARM, one
+per (Entra application, Graph endpoint) for the Defender sources (its own token audience, GRAPH.md
+A.1, and the app's one request pacer in that tenant, G), and one per ServiceNow instance, shared
+by every source that uses it. Each enabled ``[workspace:NAME]`` and ``[defender:NAME]`` becomes
+one :class:`~agent.sync.cycle.WorkspaceSync`: its incident source, its ticket side, the shadow.
 """
 
 from __future__ import annotations
@@ -9,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from agent.config import Config, ServiceNowInstance, Workspace
+from agent.config import Config, Defender, ServiceNowInstance, Workspace
 from agent.connectors.entra import EntraAuth
+from agent.connectors.graph.client import GraphClient
+from agent.connectors.graph.cloud import graph_auth, graph_pacer
+from agent.connectors.graph.source import GraphSource
 from agent.connectors.http import HttpClient
 from agent.connectors.pacing import ArmBuckets, HourlyQuotas
 from agent.connectors.retry import RetryPolicy
@@ -37,6 +43,7 @@ class Runtime:
         self.arm: dict[str, HttpClient] = {}
         self.snow_http: dict[str, HttpClient] = {}
         self.entra: dict[str, EntraAuth] = {}
+        self.graph: dict[tuple[str, str], HttpClient] = {}  # (oauth, graph_url) -> its session
         self.snow_gates: dict[str, PauseGate] = {}
         self._snow_clients: dict[str, ServiceNowClient] = {}
 
@@ -74,6 +81,10 @@ class Runtime:
                 retry=self.retry,
                 buckets=ArmBuckets(),
             )
+        for defender in cfg.defenders.values():
+            key = (defender.oauth, defender.graph_url)
+            if key not in self.graph:
+                self.graph[key] = self._graph_http(defender, ca)
         for name, inst in cfg.servicenow.items():
             snow_auth: ServiceNowBasicAuth | ServiceNowOAuth
             if inst.auth == "oauth":
@@ -111,10 +122,34 @@ class Runtime:
         for gate in self.snow_gates.values():
             await gate.load(self.shadow)  # a rate-limit pause an earlier run began (REFERENCE E.8)
 
+    def _graph_http(self, defender: Defender, ca: str | None) -> HttpClient:
+        """The Graph session of a Defender source's app: a token for the Graph endpoint (not
+        ARM's), paced at the app's 150 requests a minute in its tenant (GRAPH.md G)."""
+        app = self.config.oauth[defender.oauth]
+        auth = graph_auth(
+            tenant_id=app.tenant_id,
+            client_id=app.client_id,
+            client_secret=app.client_secret.reveal() if app.client_secret else None,
+            certificate_file=str(app.certificate_file) if app.certificate_file else None,
+            graph_url=defender.graph_url,
+            authority_host=app.authority_host,
+            cloud="usgov" if app.cloud == "usgov" else "public",
+            ca_bundle=ca,
+        )
+        return HttpClient(
+            "graph",
+            auth=auth,
+            ca_bundle=ca,
+            max_concurrency=self.config.agent.max_concurrency,
+            retry=self.retry,
+            pacer=graph_pacer(app.tenant_id, app.client_id),
+        )
+
     async def close(self) -> None:
-        for http in [*self.arm.values(), *self.snow_http.values()]:
+        for http in [*self.arm.values(), *self.graph.values(), *self.snow_http.values()]:
             await http.close()
-        for auth in self.entra.values():
+        graph_auths = [h.auth for h in self.graph.values()]
+        for auth in [*self.entra.values(), *graph_auths]:
             close = getattr(auth, "close", None)
             if close is not None:
                 await close()
@@ -124,7 +159,7 @@ class Runtime:
 
     def calls(self) -> int:
         """Requests sent to every remote system so far (retries included)."""
-        return sum(h.requests for h in [*self.arm.values(), *self.snow_http.values()])
+        return sum(h.requests for h in [*self.arm.values(), *self.graph.values(), *self.snow_http.values()])
 
     def sentinel_client(self, workspace: str) -> SentinelClient:
         ws = self.config.workspaces[workspace]
@@ -139,34 +174,47 @@ class Runtime:
             portal_host=app.portal_host,
         )
 
+    def graph_client(self, name: str) -> GraphClient:
+        """The Graph client of Defender source ``name``."""
+        defender = self.config.defenders[name]
+        return GraphClient(self.graph[(defender.oauth, defender.graph_url)], defender.graph_url)
+
     def snow_client(self, instance: str) -> ServiceNowClient:
         return self._snow_clients[instance]
 
     def syncs(self, only: Sequence[str] | None = None) -> list[WorkspaceSync]:
-        """One ``WorkspaceSync`` per enabled workspace (``enabled = false`` is never touched)."""
-        unknown = [w for w in only or () if w not in self.config.workspaces]
+        """One ``WorkspaceSync`` per enabled workspace and Defender source (``enabled = false`` is
+        never touched)."""
+        sources = self.config.sources
+        unknown = [w for w in only or () if w not in sources]
         if unknown:
             raise ConfigError([f"[workspace:{w}]: no such workspace in the config" for w in unknown])
         return [
-            self.sync(name)
-            for name, ws in self.config.workspaces.items()
-            if ws.enabled and (not only or name in only)
+            self.sync(name) for name, src in sources.items() if src.enabled and (not only or name in only)
         ]
 
     def sync(self, workspace: str) -> WorkspaceSync:
-        """The sync of one workspace: its source, its ticket side and the shadow, plugged together."""
+        """The sync of one source: its incidents, its ticket side and the shadow, plugged together."""
         assert self.shadow is not None
-        ws = self.config.workspaces[workspace]
+        ws = self.config.sources[workspace]
         inst = self.config.servicenow[ws.servicenow]
         hook = hooks.load(self.config.agent.custom_mapping)
+        source = self.defender_source(workspace) if isinstance(ws, Defender) else self.source(workspace)
         return WorkspaceSync(
             settings(self.config, ws, inst),
-            self.source(workspace),
+            source,
             self.sink(workspace),
             self.shadow,
             hook=hook,
             calls=self.calls,
         )
+
+    def defender_source(self, name: str) -> GraphSource:
+        """The incident source of one ``[defender:NAME]``."""
+        defender = self.config.defenders[name]
+        maps = self.config.mappings.for_instance(defender.servicenow)
+        app = self.config.oauth[defender.oauth]
+        return GraphSource(self.graph_client(name), defender, app.tenant_id, maps.closure_to_defender)
 
     def source(self, workspace: str) -> SentinelSource:
         """The incident source of one workspace."""
@@ -174,9 +222,10 @@ class Runtime:
                               page_size=self.config.agent.page_size)  # fmt: skip
 
     def sink(self, workspace: str) -> ServiceNowSink:
-        """The ticket side of one workspace."""
+        """The ticket side of one workspace or Defender source."""
         assert self.shadow is not None
-        ws = self.config.workspaces[workspace]
+        ws = self.config.sources[workspace]
+        marker = f"Defender/{ws.name}" if isinstance(ws, Defender) else f"Sentinel/{ws.workspace_name}"
         hook = hooks.load(self.config.agent.custom_mapping)
         return ServiceNowSink(
             self.config,
@@ -184,13 +233,13 @@ class Runtime:
             self.config.servicenow[ws.servicenow],
             self.snow_client(ws.servicenow),
             self.shadow,
-            marker=f"Sentinel/{ws.workspace_name}",
+            marker=marker,
             hook_fields=hook_fields(hooks.declared_fields(hook)),
         )
 
 
-def settings(config: Config, ws: Workspace, inst: ServiceNowInstance) -> Settings:
-    """What the engine takes from the configuration for workspace ``ws``."""
+def settings(config: Config, ws: Workspace | Defender, inst: ServiceNowInstance) -> Settings:
+    """What the engine takes from the configuration for workspace (or Defender source) ``ws``."""
     agent, im = config.agent, config.mappings.for_instance(inst.name)
     return Settings(
         workspace=ws.name,

@@ -48,7 +48,7 @@ async def collect(config: Config, now: datetime | None = None) -> dict[str, Any]
             pause = await saved_pause(shadow, instance, now.timestamp())
             if pause is not None:  # REFERENCE E.8: the instance's hourly rate limit is used up
                 report["servicenow_paused"][instance] = {"until": pause_iso(pause[0]), "reason": pause[1]}
-        for name, ws in config.workspaces.items():
+        for name, ws in config.sources.items():
             inst = ws.servicenow
             total, open_ = await shadow.count_links(inst, name)
             watermarks: dict[str, Any] = {}

@@ -54,22 +54,22 @@ def iso(value: datetime | None) -> str | None:
 
 def creation_floor(config: Config, workspace: str, created: datetime | None, now: datetime) -> datetime:
     """The oldest creation time a regular cycle still makes a ticket for."""
-    max_age = now - timedelta(days=config.workspaces[workspace].max_age_days)
+    max_age = now - timedelta(days=config.sources[workspace].max_age_days)
     return max(max_age, created) if created is not None else max_age
 
 
 async def show(config: Config, workspace: str | None) -> dict[str, Any]:
     """Each workspace's watermarks per side, with when each last moved (``watermark show``)."""
-    names = [workspace] if workspace else list(config.workspaces)
+    names = [workspace] if workspace else list(config.sources)
     known(config, names)
     now = datetime.now(UTC)
     report: dict[str, Any] = {}
     async with await open_store(config.agent.state) as shadow:
         for name in names:
-            inst = config.workspaces[name].servicenow
+            inst = config.sources[name].servicenow
             marks = {side: await shadow.get_watermark(inst, name, side) for side in SIDES}
             report[name] = {
-                "enabled": config.workspaces[name].enabled,
+                "enabled": config.sources[name].enabled,
                 "instance": inst,
                 **{side: _as_dict(w) for side, w in marks.items()},
             }
@@ -105,7 +105,7 @@ async def set_(
             raise LockHeld(f"{exc}; stop the agent first, or use --force") from None
         log.warning("watermark_set_forced", workspace=workspace, message=str(exc))
         lines = await _apply(config, workspace, modified=modified, created=created, side=side, now=now)
-    return WatermarkMove(workspace, lines, config.workspaces[workspace].enabled)
+    return WatermarkMove(workspace, lines, config.sources[workspace].enabled)
 
 
 def _check_request(modified: datetime | None, created: datetime | None, side: str, now: datetime) -> None:
@@ -133,7 +133,7 @@ async def _apply(
     side: str,
     now: datetime,
 ) -> list[str]:
-    inst = config.workspaces[workspace].servicenow
+    inst = config.sources[workspace].servicenow
     overlap = timedelta(seconds=config.agent.overlap)
     sides = SIDES if side == "both" else (side,)
     lines: list[str] = []
@@ -146,7 +146,7 @@ async def _apply(
             old = before["sentinel"]
             await shadow.set_watermark(inst, workspace, "sentinel", created=created, moved_at=now)
             floor = creation_floor(config, workspace, created, now)
-            max_age = config.workspaces[workspace].max_age_days
+            max_age = config.sources[workspace].max_age_days
             lines.append(
                 f"sentinel creation floor {iso(old.created) or 'unset'} -> {iso(created)}: new tickets "
                 f"only for incidents created since {iso(floor)}"
@@ -203,7 +203,7 @@ def report_backfill(results: Mapping[str, BaseException | CycleStats], since: da
 
 def known(config: Config, names: Sequence[str]) -> None:
     """Raise ``ConfigError`` for names that are not ``[workspace:NAME]`` sections."""
-    unknown = [n for n in names if n not in config.workspaces]
+    unknown = [n for n in names if n not in config.sources]
     if unknown:
         raise ConfigError([f"[workspace:{n}]: no such workspace in the config" for n in unknown])
 

@@ -12,12 +12,15 @@ Sections::
     [agent]                       process-wide settings (AgentSettings)
     [oauth:NAME]                  an Entra app used for the Sentinel (ARM) API; [oauth] = [oauth:default]
     [servicenow] / [servicenow:NAME]   a ServiceNow instance; [servicenow] = [servicenow:default]
-    [workspace:NAME]              a Sentinel workspace to sync (at least one)
+    [workspace:NAME]              a Sentinel workspace to sync
+    [defender:NAME]               a Defender XDR tenant's incidents through Microsoft Graph
+                                  (at least one workspace or Defender section)
     [severity_to_servicenow] [severity_to_sentinel] [status_to_servicenow] [status_to_sentinel]
     [closure_to_servicenow] [closure_to_sentinel]   value maps; a present section replaces the
                                   default of the instance's table profile; [KIND:INSTANCE] applies
                                   to one ServiceNow instance and wins there
-    [owners] / [owners:WORKSPACE] ServiceNow user_name = Entra UPN
+    [closure_to_defender]         close code = classification/determination (Graph terms), optional
+    [owners] / [owners:WORKSPACE] ServiceNow user_name = Entra UPN (WORKSPACE: also a Defender name)
     [assignment_groups] / [assignment_groups:WORKSPACE]   label:/owner:/severity:/* = group name
 
 The package: :mod:`.model` (the dataclasses), :mod:`.convert` (converters), :mod:`.section`
@@ -49,6 +52,7 @@ from agent.config.model import (
     AgentSettings,
     Cloud,
     Config,
+    Defender,
     GroupRule,
     InstanceMaps,
     Mappings,
@@ -75,6 +79,7 @@ __all__ = [
     "AgentSettings",
     "Cloud",
     "Config",
+    "Defender",
     "GroupRule",
     "InstanceMaps",
     "Mappings",

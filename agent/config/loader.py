@@ -25,6 +25,7 @@ from agent.config.maps import (
 from agent.config.model import (
     CLOSURE_FALLBACK,
     Config,
+    Defender,
     GroupRule,
     InstanceMaps,
     Mappings,
@@ -114,12 +115,16 @@ class _Loader:
         loaded = self.read_sections()
         agent = loaded["agent"][""]
         oauth, servicenow, workspaces = loaded["oauth"], loaded["servicenow"], loaded["workspace"]
+        defenders: dict[str, Defender] = loaded["defender"]
         if not servicenow:
             self.report.problem("servicenow", None, "at least one [servicenow] section is required")
-        if not workspaces:
-            self.report.problem("workspace", None, "at least one [workspace:NAME] section is required")
-        mappings = self.mappings(workspaces, servicenow)
-        self.warn_unused(workspaces)
+        if not workspaces and not defenders:
+            self.report.problem(
+                "workspace", None, "at least one [workspace:NAME] or [defender:NAME] section is required"
+            )
+        sources: dict[str, Workspace | Defender] = {**workspaces, **defenders}
+        mappings = self.mappings(sources, servicenow)
+        self.warn_unused(sources)
         if self.report.problems:
             raise ConfigError(self.report.problems)
         return Config(
@@ -130,10 +135,11 @@ class _Loader:
             workspaces=workspaces,
             mappings=mappings,
             warnings=tuple(self.report.warnings),
+            defenders=defenders,
         )
 
     def mappings(
-        self, workspaces: Mapping[str, Workspace], servicenow: Mapping[str, ServiceNowInstance]
+        self, workspaces: Mapping[str, Workspace | Defender], servicenow: Mapping[str, ServiceNowInstance]
     ) -> Mappings:
         read = self.read_map_sections(servicenow)
         shared = self.instance_maps(ITSM, read, "")
@@ -183,7 +189,7 @@ class _Loader:
         chosen: dict[str, ReadMap] = {}
         for kind in MAP_SECTIONS:
             found = read.get(kind, {})
-            default = getattr(profile, kind)
+            default = getattr(profile, kind, {})  # no profile has a [closure_to_defender]: H.4 instead
             chosen[kind] = found.get(name) or found.get("") or ReadMap("", dict(default), False)
         if profile.name == "custom":
             for kind in ("status_to_servicenow", "status_to_sentinel", "closure_to_servicenow"):
@@ -204,10 +210,11 @@ class _Loader:
             closure_to_sentinel=closure,
             closure_catch_all_written=chosen["closure_to_sentinel"].catch_all,
             sources={kind: read_map.title for kind, read_map in chosen.items()},
+            closure_to_defender=dict(chosen["closure_to_defender"].values),
         )
 
     def assignment_groups(
-        self, workspaces: Mapping[str, Workspace]
+        self, workspaces: Mapping[str, Workspace | Defender]
     ) -> tuple[tuple[GroupRule, ...], dict[str, tuple[GroupRule, ...]]]:
         """``[assignment_groups]`` rows and the ``[assignment_groups:WORKSPACE]`` rows by workspace."""
         rules: tuple[GroupRule, ...] = ()
@@ -219,7 +226,7 @@ class _Loader:
                 rules = read
             elif name not in workspaces:
                 hint = did_you_mean(name, workspaces, "[assignment_groups:{}]")
-                sec.problem(None, f"no [workspace:{name}] section{hint}")
+                sec.problem(None, f"{_no_source(name, workspaces)}{hint}")
             else:
                 by_workspace[name] = read
         return rules, by_workspace
@@ -292,7 +299,7 @@ class _Loader:
             if value is not None and profile.is_finished(value):
                 self.report.problem(title, status, f"{value} is a resolved/closed state{where}{own}")
 
-    def read_owners(self, maps: Mappings, workspaces: Mapping[str, Workspace]) -> None:
+    def read_owners(self, maps: Mappings, workspaces: Mapping[str, Workspace | Defender]) -> None:
         # [owners] first, so each workspace's check sees the rows it inherits.
         for name, (title, raw) in sorted(self.found.get("owners", {}).items()):
             sec = self.section(title, raw, raw.keys())
@@ -302,12 +309,12 @@ class _Loader:
                 check_reverse_unique(sec, owners)
             elif name not in workspaces:
                 hint = did_you_mean(name, workspaces, "[owners:{}]")
-                sec.problem(None, f"no [workspace:{name}] section{hint}")
+                sec.problem(None, f"{_no_source(name, workspaces)}{hint}")
             else:
                 maps.owners_by_workspace[name] = owners
                 check_reverse_unique(sec, maps.owners_for(name))
 
-    def warn_unused(self, workspaces: Mapping[str, Workspace]) -> None:
+    def warn_unused(self, workspaces: Mapping[str, Workspace | Defender]) -> None:
         for kind in ("oauth", "servicenow"):
             used = {getattr(ws, kind) for ws in workspaces.values()}
             for name, (title, _raw) in self.found.get(kind, {}).items():
@@ -317,6 +324,12 @@ class _Loader:
             self.report.warn(
                 "workspace", None, "every workspace is disabled (enabled = false); nothing will sync"
             )
+
+
+def _no_source(name: str, sources: Mapping[str, Workspace | Defender]) -> str:
+    if any(isinstance(s, Defender) for s in sources.values()):
+        return f"no [workspace:{name}] or [defender:{name}] section"
+    return f"no [workspace:{name}] section"
 
 
 def _unrepr(text: str) -> str:

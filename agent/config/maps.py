@@ -17,6 +17,7 @@ from agent.config.model import (
     GroupRule,
 )
 from agent.config.section import Section
+from agent.connectors.graph.mapping import parse_defender_closure
 
 MAP_SECTIONS = (
     "severity_to_servicenow",
@@ -25,6 +26,7 @@ MAP_SECTIONS = (
     "status_to_sentinel",
     "closure_to_servicenow",
     "closure_to_sentinel",
+    "closure_to_defender",
 )
 """The value maps: ``[KIND]`` for every instance, ``[KIND:INSTANCE]`` for one (it wins)."""
 
@@ -57,7 +59,21 @@ def read_map_section(kind: str, sec: Section) -> Mapping[str, Any]:
         return _keyed_map(sec, CLASSIFICATIONS, "Sentinel classification")
     if kind == "closure_to_sentinel":
         return _closure_to_sentinel(sec)
+    if kind == "closure_to_defender":
+        return _closure_to_defender(sec)
     return _valued_map(sec, SEVERITIES if kind == "severity_to_sentinel" else STATUSES)
+
+
+def _closure_to_defender(sec: Section) -> dict[str, tuple[str, str]]:
+    """Close code (``*``: every other one) = ``classification/determination``, a pair of GRAPH.md B.3."""
+    result: dict[str, tuple[str, str]] = {}
+    for key in sec.raw:
+        value = sec.get(key, parse_defender_closure, None)
+        if value is None and sec.text(key) is None:
+            sec.problem(key, "empty value; use classification/determination, e.g. truePositive/malware")
+        elif value is not None:
+            result[key] = value
+    return result
 
 
 def snow_title(name: str) -> str:

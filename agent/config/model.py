@@ -199,6 +199,30 @@ class Workspace:
 
 
 @dataclass(frozen=True)
+class Defender:
+    """``[defender:NAME]``: the Defender XDR incidents of one Entra tenant, read and written through
+    Microsoft Graph with the app ``oauth`` (GRAPH.md). ``enabled=False`` freezes it entirely.
+
+    ``incident_filter``: the custom tags an incident must carry one of (case-sensitive; empty:
+    every incident). ``graph_url``: the Graph endpoint of the app's cloud unless set (GRAPH.md
+    A.3). The routing keys (``caller_id``, ``assignment_group``, ``sys_domain``, ``company``) are
+    a workspace's.
+    """
+
+    name: str
+    oauth: str
+    graph_url: str
+    servicenow: str
+    enabled: bool
+    incident_filter: tuple[str, ...]
+    max_age_days: int
+    caller_id: str | None
+    assignment_group: str | None
+    sys_domain: str | None
+    company: str | None
+
+
+@dataclass(frozen=True)
 class GroupRule:
     """One ``[assignment_groups]`` row: incidents matching ``kind:value`` go to ``group``.
 
@@ -233,6 +257,9 @@ class InstanceMaps:
     closure_to_sentinel: dict[str, tuple[str, str | None]]
     closure_catch_all_written: bool = False
     sources: Mapping[str, str] = field(default_factory=dict)
+    closure_to_defender: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Close code -> ``(classification, determination)`` in Graph terms (``[closure_to_defender]``,
+    optional: without a row, the Sentinel row goes through GRAPH.md H.4)."""
 
     def closure_for_sentinel(self, close_code: str) -> tuple[str, str | None]:
         """``(classification, reason)`` for a ServiceNow close code, falling back to the ``*`` row."""
@@ -299,11 +326,18 @@ class Config:
     workspaces: dict[str, Workspace]
     mappings: Mappings
     warnings: tuple[str, ...]
+    defenders: dict[str, Defender] = field(default_factory=dict)
+
+    @property
+    def sources(self) -> dict[str, Workspace | Defender]:
+        """Every incident source by name: the workspaces, then the Defender sources (names are
+        unique across both)."""
+        return {**self.workspaces, **self.defenders}
 
     def oauth_for(self, workspace: str) -> OAuthApp:
-        """The Entra app a workspace uses."""
-        return self.oauth[self.workspaces[workspace].oauth]
+        """The Entra app a workspace (or Defender source) uses."""
+        return self.oauth[self.sources[workspace].oauth]
 
     def servicenow_for(self, workspace: str) -> ServiceNowInstance:
-        """The ServiceNow instance a workspace syncs with."""
-        return self.servicenow[self.workspaces[workspace].servicenow]
+        """The ServiceNow instance a workspace (or Defender source) syncs with."""
+        return self.servicenow[self.sources[workspace].servicenow]

@@ -66,6 +66,12 @@ SECTIONS: tuple[SectionSchema, ...] = (
         "agent.connectors.sentinel.section:WORKSPACE_KEYS",
         bare=None,
     ),
+    SectionSchema(
+        "defender",
+        "agent.connectors.graph.section:read_defender",
+        "agent.connectors.graph.section:DEFENDER_KEYS",
+        bare=None,
+    ),
     SectionSchema("owners"),
     SectionSchema("assignment_groups"),
     *(SectionSchema(kind) for kind in MAP_SECTIONS),

@@ -151,8 +151,9 @@ class Incident:
     classification: str | None = None
     close_notes: str = ""
     comments_count: int | None = None  # None: unknown (the comments are always listed)
-    alerts_count: int = 0
+    alerts_count: int | None = 0  # None: unknown, read the alerts whenever the incident changed
     merged_away: bool = False  # closed by a merge into another incident
+    merged_into: str | None = None  # the surviving incident's id, when the source names it
     extra: Mapping[str, str] = field(default_factory=dict)  # what a link remembers about it
     wire: object = field(default=None, compare=False, repr=False)
 
@@ -190,6 +191,7 @@ class Closure:
     classification: str
     reason: str | None
     comment: str
+    code: str = ""  # the ticket's close code it came from (a source may map codes of its own)
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,11 +102,27 @@ async def merges(sync: Setup, incidents: Mapping[str, Incident], failing: frozen
         if link.incident in failing:
             continue  # left to its retry
         noted = link.extra.get(EXTRA_MERGED_INTO)
-        if noted is not None and (noted or survivor is None):
+        if noted:
+            continue  # noted with its survivor already
+        gone = incidents.get(link.incident)
+        if survivor is None and gone is not None and gone.merged_into:
+            survivor = await _survivor(sync, incidents, gone.merged_into)
+        if noted is not None and survivor is None:
             continue  # noted already, and nothing new to add
         with bind(incident=link.incident):
             done += await _merged(sync, link, incidents.get(link.incident), survivor)
     return done
+
+
+async def _survivor(sync: Setup, incidents: Mapping[str, Incident], survivor_id: str) -> Incident | None:
+    """The incident a merged one lives on in, when the source names it (Graph's
+    ``redirectIncidentId``, GRAPH.md H.3); None when it cannot be read."""
+    if survivor_id in incidents:
+        return incidents[survivor_id]
+    try:
+        return await sync.source.get(survivor_id)
+    except NotFound:
+        return None
 
 
 def _number_labels(sync: Setup, incidents: Mapping[str, Incident]) -> dict[str, Incident]:

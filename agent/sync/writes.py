@@ -52,7 +52,7 @@ def closure_of(sync: Setup, ticket: Ticket) -> Closure:
     """How the incident closes when its ticket finished: the close code's row, the close notes."""
     classification, reason = sync.maps.closure(ticket.close_code)
     comment = ticket.close_notes or f"Closed in {sync.sink.title} {ticket.number}"
-    return Closure(classification, reason, comment)
+    return Closure(classification, reason, comment, ticket.close_code)
 
 
 def plan_writes(

@@ -89,9 +89,11 @@ class GraphClient:
         modified_since: datetime | None = None,
         created_since: datetime | None = None,
         page_size: int = MAX_TOP,
+        open_only: bool = False,
     ) -> AsyncIterator[GraphIncident]:
         """Incidents whose ``lastUpdateDateTime`` is at or after ``modified_since`` (and created
-        at or after ``created_since``), oldest change first; redirected ones included (C.6)."""
+        at or after ``created_since``), oldest change first; redirected ones included (C.6)
+        unless ``open_only`` (neither resolved nor redirected, C.2's ``ne``)."""
         if not 0 < page_size <= MAX_TOP:
             raise ValueError(f"page_size must be 1..{MAX_TOP} (GRAPH.md C.3)")
         lower = datetime_ticks(modified_since) if modified_since is not None else None
@@ -100,7 +102,7 @@ class GraphClient:
         requests = 0
         url = f"{self.base_url}/incidents"
         while True:
-            params = _list_params(lower, created, page_size)
+            params = _list_params(lower, created, page_size, open_only)
             resp = await self._get(url, params)
             offset, links = 0, set()
             while True:
@@ -215,8 +217,10 @@ class GraphClient:
         return PermanentError(SYSTEM, "GET", redact_url(url), 200, code, detail)
 
 
-def _list_params(lower: int | None, created: int | None, page_size: int) -> dict[str, str | int]:
-    filters = []
+def _list_params(
+    lower: int | None, created: int | None, page_size: int, open_only: bool
+) -> dict[str, str | int]:
+    filters = ["status ne 'resolved' and status ne 'redirected'"] if open_only else []
     if lower is not None:
         filters.append(f"lastUpdateDateTime ge {format_ticks(lower)}")
     if created is not None:

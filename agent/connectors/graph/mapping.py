@@ -138,20 +138,17 @@ def status_wire(value: str) -> str | None:
 
 
 def closure_for(
-    close_code: str,
-    notes: str,
-    to_defender: Mapping[str, tuple[str, str]],
-    to_sentinel: Mapping[str, tuple[str, str | None]],
+    close_code: str, notes: str, to_defender: Mapping[str, tuple[str, str]], classification: str
 ) -> GraphClosure:
     """The Graph closure of a ticket's close code.
 
     ``to_defender`` (``[closure_to_defender]``, Graph terms) wins, its ``*`` row included; else
-    the Sentinel classification of ``to_sentinel`` goes through H.4 with determination
-    ``other`` (``unknown`` for Undetermined, the only pair Not set has, B.3).
+    ``classification`` (the Sentinel classification ``[closure_to_sentinel]`` gives the code) goes
+    through H.4 with determination ``other`` (``unknown`` for Undetermined, the only pair Not set
+    has, B.3).
     """
     pair = to_defender.get(close_code) or to_defender.get("*")
     if pair is None:
-        classification, _reason = to_sentinel.get(close_code) or to_sentinel.get("*") or (UNDETERMINED, None)
         graph_class = CLASSIFICATION_WIRE.get(classification, "unknown")
         pair = (graph_class, "unknown" if graph_class == "unknown" else "other")
     return GraphClosure(pair[0], pair[1], notes)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agent.config import Config, GroupRule, Workspace
+from agent.config import Config, Defender, GroupRule, Workspace
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.query import Q
 from agent.core.records import Incident, Route
@@ -78,7 +78,7 @@ def _is_sys_id(value: str) -> bool:
 class Routing:
     """A workspace's routing and domain scope against its ServiceNow instance."""
 
-    def __init__(self, config: Config, workspace: Workspace, snow: ServiceNowClient) -> None:
+    def __init__(self, config: Config, workspace: Workspace | Defender, snow: ServiceNowClient) -> None:
         self.ws = workspace
         self.instance = workspace.servicenow
         self.snow = snow

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.config import Config, ServiceNowInstance, Workspace
+from agent.config import Config, Defender, ServiceNowInstance, Workspace
 from agent.connectors.own_writes import OWN_PAGE_MAX, OwnWrites
 from agent.connectors.servicenow import fields as snowfields
 from agent.connectors.servicenow.client import ServiceNowClient
@@ -76,7 +76,7 @@ class ServiceNowSink:
     def __init__(
         self,
         config: Config,
-        workspace: Workspace,
+        workspace: Workspace | Defender,
         instance: ServiceNowInstance,
         client: ServiceNowClient,
         store: Store,

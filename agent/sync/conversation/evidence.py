@@ -33,7 +33,11 @@ async def post(talk: Talk, st: State, w: PairWork, now: datetime) -> None:
         c.sentinel_comment.startswith(AGENT_NOTE) and not _found(c.sentinel_comment) for c in st.links
     )
     fresh = w.adopted and not st.alerts and not st.entities and not notes
-    grew = st.incident.alerts_count > len(st.alerts)
+    count = st.incident.alerts_count
+    # A count the listing does not give (Graph, C.5): read the alerts whenever the incident changed.
+    grew = (count is None and (w.source_changed or w.created or w.adopted)) or (
+        count is not None and count > len(st.alerts)
+    )
     # An opening entry found again by its comments' text is an agent entry too.
     linked = {c.journal_sys_id for c in st.links if not _found(c.sentinel_comment)}
     # Adopted after a lost shadow, the agent wrote entries that are no mirrored comment: its

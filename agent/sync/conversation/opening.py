@@ -61,7 +61,7 @@ async def read(talk: Talk, incident: Incident) -> Opening:
     failed read is kept (its part is left out of the create and retried later)."""
     opening = Opening()
     try:
-        if incident.alerts_count > 0:
+        if incident.alerts_count is None or incident.alerts_count > 0:  # None: not known (Graph)
             opening.alerts = await talk.source.alerts(incident)
     except RemoteError as exc:
         opening.errors["alerts"] = exc

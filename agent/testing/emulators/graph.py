@@ -648,7 +648,7 @@ class GraphEmulator:
         changed = tuple(k for k in changes if before[k] != changes[k])
         if changed or self.options.noop_patch_bumps:
             ctx.tenant.touch(incident, f"API-App:{ctx.app_name}")
-        ctx.tenant.emit("updated", incident["id"], fields=changed, origin="graph-api")
+        ctx.tenant.emit("updated", incident["id"], fields=changed, origin="graph-api", sent=tuple(changes))
         body = {"@odata.context": self._context("security/incidents/$entity")}
         return json_response(body | self._incident_json(ctx, incident, expand=False))
 

@@ -280,8 +280,12 @@ class EmulatorStack:
         state_db: str | Path,
         workspaces: list[str] | None = None,
         extra: dict[str, dict[str, str]] | None = None,
+        defender: str | None = None,
     ) -> Path:
         """Write an agent ini pointing at this stack (after :meth:`start`).
+
+        ``defender`` names a ``[defender:NAME]`` section for the stack's Defender XDR tenant
+        (Graph at this stack's URL, the same app, the first ServiceNow instance, tag ``snow``).
 
         Secrets go to files next to the ini, mode 0600: ``<stem>.client-secret`` (Entra),
         ``<stem>.snow-password`` and ``<stem>.snow-client-secret`` (the ServiceNow OAuth client,
@@ -323,6 +327,13 @@ class EmulatorStack:
                 "workspace_name": workspace_name,
                 "oauth": "default",
                 "servicenow": self.workspace_instance(name),
+                "incident_filter": DEFAULT_LABEL,
+            }
+        if defender is not None:
+            sections[f"defender:{defender}"] = {
+                "oauth": "default",
+                "graph_url": self.graph_url,
+                "servicenow": next(iter(self.snow)),
                 "incident_filter": DEFAULT_LABEL,
             }
         for section, values in (extra or {}).items():

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from agent.config import load_config
+from agent.connectors.graph.section import DEFENDER_KEYS
 from tests.test_config import load, problems
 
 DEFENDER = {"oauth": "default", "servicenow": "default", "incident_filter": "snow"}
@@ -102,3 +106,50 @@ def test_owners_and_assignment_groups_may_name_a_defender_source(tmp_path: Path)
     assert problems(tmp_path, {"defender:xdr": {}, "owners:xrd": {"a": "a@b.c"}}) == [
         "[owners:xrd]: no [workspace:xrd] or [defender:xrd] section (did you mean [owners:xdr]?)"
     ]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_commented_example_loads_once_uncommented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNOW_SYNC_CLIENT_SECRET", "s")
+    monkeypatch.setenv("SNOW_SYNC_PASSWORD", "p")
+    monkeypatch.setenv("SNOW_SYNC_US_CLIENT_SECRET", "u")
+    lines = (ROOT / "agent.example.ini").read_text(encoding="utf-8").splitlines()
+    start = lines.index("#[defender:contoso]")
+    close = lines.index("#[closure_to_defender]")
+    block: list[str] = []
+    for first in (start, close):
+        for line in lines[first:]:
+            if not line.startswith("#"):
+                break
+            # "# text" stays a comment; "#key = value" and "#[section]" are the example, uncommented.
+            block.append(line if line.startswith("# ") else line[1:])
+    keys = {line.split("=", 1)[0].strip() for line in block if "=" in line and not line.startswith("#")}
+    documented = "\n".join(lines[start:close])
+    assert all(k in documented for k in DEFENDER_KEYS), [k for k in DEFENDER_KEYS if k not in documented]
+    assert {"oauth", "graph_url", "servicenow", "incident_filter", "max_age_days", "enabled"} <= keys
+    text = "\n".join(lines[: start - 1] + block + lines[start - 1 :])
+    path = tmp_path / "agent.ini"
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    contoso = config.defenders["contoso"]
+    assert (contoso.graph_url, contoso.incident_filter, contoso.assignment_group) == (
+        "https://graph.microsoft.com", ("snow",), "SOC Tier 1",
+    )  # fmt: skip
+    assert config.mappings.for_instance("default").closure_to_defender["Solution provided"] == (
+        "truePositive",
+        "other",
+    )
+
+
+def test_the_readme_sections_load(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    part = readme.split("### Defender XDR incidents (Microsoft Graph)", 1)[1].split("\n### ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in part.split("```ini\n")[1:]]
+    assert len(blocks) == 2 and "[defender:contoso]" in blocks[0] and "[closure_to_defender]" in blocks[1]
+    config = load(tmp_path, {"workspace:soc-eu": None}, extra="\n" + "\n".join(blocks))
+    assert config.workspaces == {} and config.defenders["contoso"].incident_filter == ("snow",)
+    assert config.mappings.for_instance("default").closure_to_defender["*"] == ("unknown", "unknown")

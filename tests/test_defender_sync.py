@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agent.cli import commands
 from agent.testing.emulators.graph_tenant import DefenderTenant
 from agent.testing.emulators.stack import DEFAULT_APP_NAME, EmulatorStack
 from tests.e2e import Env, writes
@@ -229,3 +230,41 @@ async def test_a_merged_incident_closes_its_ticket_as_a_duplicate_of_the_survivo
     # Never PATCH redirected (D.3): the merged incident is not written at all.
     assert [i for i, _ in sent if i == first["id"]] == []
     assert tenant(env).incident(first["id"])["status"] == "redirected"
+
+
+# --- check ----------------------------------------------------------------------------------------
+
+
+async def _check(env: Env, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = await commands.check(env.config)
+    return code, capsys.readouterr().out.splitlines()
+
+
+async def test_check_proves_the_graph_permission_and_writes_nothing(
+    xdr: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = xdr
+    new_incident(env)
+    mark = env.stack.recorder.mark()
+    code, lines = await _check(env, capsys)
+    assert code == 0, "\n".join(lines)
+    assert [
+        x for x in lines if x.startswith("ok ") and "[defender:xdr]" in x and "ReadWrite.All granted" in x
+    ]
+    assert graph_writes(env, mark) == []
+
+
+async def test_check_names_the_missing_permission(xdr: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env = xdr
+    # Only the read permission was consented: reading works, the sync could not write (A.2).
+    env.stack.entra.grant_roles(env.stack.client_id, env.stack.graph_url, "SecurityIncident.Read.All")
+    code, lines = await _check(env, capsys)
+    failed = [x for x in lines if x.startswith("FAIL ") and "[defender:xdr]" in x]
+    assert code == 1 and len(failed) == 1 and "SecurityIncident.ReadWrite.All" in failed[0], lines
+    assert "Grant admin consent" in lines[lines.index(failed[0]) + 1]
+    # No permission at all: Graph's 403 names what it wanted (A.2).
+    env.stack.entra.grant_roles(env.stack.client_id, env.stack.graph_url)
+    code, lines = await _check(env, capsys)
+    failed = [x for x in lines if x.startswith("FAIL ") and "[defender:xdr]" in x]
+    assert code == 1 and "SecurityIncident.Read.All" in failed[0] and "no application permission" in failed[0]

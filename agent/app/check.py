@@ -10,6 +10,9 @@ construction. Nothing is created, changed or deleted anywhere.
   stale etag. ARM checks the role before the resource provider sees the body, so a Reader
   gets 403 ``AuthorizationFailed``, while a Responder reaches the provider and gets 409
   ``Conflict`` (REFERENCE A.5, A.10) - and nothing is saved either way.
+* Microsoft Graph, per enabled ``[defender:NAME]``: the app's Graph token, one incident read,
+  and whether the app may write (:mod:`agent.connectors.graph.probe`): a missing permission is
+  named from Graph's 403 (GRAPH.md A.2) or from the token's roles, with how to consent.
 * ServiceNow, per instance: the incident table is readable; it is writable, shown by a PATCH of
   one of the agent's own records that sets ``correlation_display`` to the value it already
   has - the write ACL is evaluated, and the platform skips an update that changes nothing
@@ -32,6 +35,7 @@ from agent.app.check_servicenow import ServiceNowChecks
 from agent.app.probes import FAIL, OK, SKIP, WARN, Item
 from agent.app.runtime import Runtime
 from agent.config import Config
+from agent.connectors.graph.probe import WRITE_ROLE, probe
 from agent.connectors.sentinel.client import SentinelClient
 from agent.connectors.sentinel.models import build_put_body
 from agent.errors import AuthError, ConfigError, Forbidden, RemoteError, StoreError, TransientError
@@ -70,6 +74,11 @@ class Checklist(ServiceNowChecks):
                 self.add(SKIP, f"[workspace:{name}]", "enabled = false: not probed")
                 continue
             await self._workspace(name)
+        for name, defender in self.config.defenders.items():
+            if not defender.enabled:
+                self.add(SKIP, f"[defender:{name}]", "enabled = false: not probed")
+                continue
+            await self._defender(name)
         for name, inst in self.config.servicenow.items():
             await self._servicenow(name, inst)
         return self.items
@@ -79,10 +88,14 @@ class Checklist(ServiceNowChecks):
     def _config(self) -> None:
         c = self.config
         enabled = sum(1 for w in c.workspaces.values() if w.enabled)
+        defenders = ""
+        if c.defenders:
+            on = sum(1 for d in c.defenders.values() if d.enabled)
+            defenders = f"{on} of {len(c.defenders)} Defender sources enabled, "
         self.add(
             OK,
             "config",
-            f"{c.path} is valid: {enabled} of {len(c.workspaces)} workspaces enabled, "
+            f"{c.path} is valid: {enabled} of {len(c.workspaces)} workspaces enabled, {defenders}"
             f"{len(c.servicenow)} ServiceNow instance(s), {len(c.oauth)} Entra app(s)",
         )
         for warning in c.warnings:
@@ -104,7 +117,7 @@ class Checklist(ServiceNowChecks):
         shadow = self.rt.shadow
         assert shadow is not None
         links = 0
-        for name, ws in self.config.workspaces.items():
+        for name, ws in self.config.sources.items():
             links += (await shadow.count_links(ws.servicenow, name))[0]
         version = await shadow.schema_version()
         where = str(self.config.agent.state_db) if self.config.agent.store is None else shadow.location
@@ -155,6 +168,35 @@ class Checklist(ServiceNowChecks):
             return
         await self._responder(subject, client, first.name)
 
+    async def _defender(self, name: str) -> None:
+        """The Graph token, one read, and the write permission (GRAPH.md A.2); nothing written."""
+        defender = self.config.defenders[name]
+        subject = f"[defender:{name}]"
+        if not self._tokens.get(defender.oauth, False):
+            self.add(SKIP, subject, f"not probed: [oauth:{defender.oauth}] has no token")
+            return
+        try:
+            found = await probe(self.rt.graph_client(name))
+        except AuthError as exc:
+            code = exc.code or ""
+            self.add(
+                FAIL, subject, f"no Microsoft Graph token: {exc}", ENTRA_HINTS.get(code, _entra_hint(code))
+            )
+            return
+        except RemoteError as exc:
+            self.add(FAIL, subject, f"Defender XDR incidents not readable: {exc}", _graph_hint(exc))
+            return
+        if not found.can_read or found.can_write is False:
+            self.add(FAIL, subject, found.problem, found.hint)
+        elif found.can_write is None:
+            self.add(
+                WARN, subject, f"Defender XDR incidents readable at {defender.graph_url}; {found.problem}"
+            )
+        else:
+            self.add(
+                OK, subject, f"Defender XDR incidents readable at {defender.graph_url}; {WRITE_ROLE} granted"
+            )
+
     async def _responder(self, subject: str, client: SentinelClient, name: str) -> None:
         incident = await client.get_incident(name)
         body = build_put_body(incident, {})
@@ -203,6 +245,14 @@ def _entra_hint(code: str) -> str:
     if code.startswith("AADSTS"):
         return f"look the code up: https://login.microsoftonline.com/error?code={code[6:]}"
     return "check tenant_id, client_id, the secret or certificate, and cloud"
+
+
+def _graph_hint(exc: RemoteError) -> str:
+    if exc.status == 401:
+        return "the Graph token was refused: graph_url must be the Graph endpoint of the app's cloud"
+    if exc.status == 404:
+        return "no incidents API at graph_url: check it (and that the tenant has Microsoft Defender XDR)"
+    return "a transient failure: try again" if isinstance(exc, TransientError) else ""
 
 
 def _sentinel_hint(exc: RemoteError) -> str:

@@ -88,7 +88,7 @@ class ServiceNowChecks(Probes):
                 f"Sentinel/{ws.workspace_name}"
                 for ws in self.config.workspaces.values()
                 if ws.servicenow == name
-            ]
+            ] + [f"Defender/{d.name}" for d in self.config.defenders.values() if d.servicenow == name]
             found = await snow.find(
                 Q.in_("correlation_display", marks).order_by("sys_updated_on", desc=True),
                 ["correlation_display"],
@@ -200,7 +200,7 @@ class ServiceNowChecks(Probes):
     ) -> None:
         callers = {inst.caller_id} if inst.caller_id else set()
         groups: set[str] = set()
-        for ws in self.config.workspaces.values():
+        for ws in self.config.sources.values():
             if ws.servicenow == name and ws.enabled:
                 callers |= {ws.caller_id} if ws.caller_id else set()
                 groups |= {ws.assignment_group} if ws.assignment_group else set()
@@ -310,7 +310,7 @@ class ServiceNowChecks(Probes):
     ) -> None:
         m = self.config.mappings
         users = set(m.owners)
-        for ws_name, ws in self.config.workspaces.items():
+        for ws_name, ws in self.config.sources.items():
             if ws.servicenow == name and ws.enabled:
                 users |= set(m.owners_by_workspace.get(ws_name, {}))
         if not users:

@@ -65,4 +65,3 @@ def _graph_url(sec: Section, oauth: Mapping[str, OAuthApp]) -> str:
         )
     default = GRAPH_CLOUDS[app.cloud if app is not None and app.cloud in GRAPH_CLOUDS else "public"].graph_url
     return sec.get("graph_url", https_url, default).rstrip("/")
-

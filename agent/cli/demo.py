@@ -1,8 +1,9 @@
 """``sentinel-snow-sync demo``: the whole product against the built-in emulators.
 
-Starts the emulators (TLS, a generated CA), seeds three workspaces, runs the agent as a real
-separate process (``run``) while the activity simulator edits both sides, stops it with
-SIGTERM, then prints a summary and checks that both sides agree on every synced field.
+Starts the emulators (TLS, a generated CA), seeds three workspaces and a Defender XDR tenant
+(synced through Microsoft Graph as ``[defender:contoso]``), runs the agent as a real separate
+process (``run``) while the activity simulator edits every side, stops it with SIGTERM, then
+prints a summary and checks that both sides agree on every synced field.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 import orjson
 
 from agent.config import load_config
+from agent.connectors.graph import mapping as graph_mapping
 from agent.testing.emulators.simulator import Simulator
 from agent.testing.emulators.stack import EmulatorStack
 
 WORKSPACE_NAMES = ("soc-eu", "soc-us", "soc-apac", "soc-latam", "soc-mea")
+DEFENDER = "contoso"  # the demo's [defender:NAME]: the stack's Defender XDR tenant
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -57,10 +60,12 @@ async def _demo(args: argparse.Namespace) -> int:
             stack.add_workspace(n)
         sim = Simulator(stack, seed=args.seed)
         sim.seed(names, args.incidents)
+        sim.seed_defender(args.incidents)
         cfg_path = stack.write_config(
             state / "demo.ini",
             state_db=state / "demo.db",
             workspaces=names,
+            defender=DEFENDER,
             extra={
                 "agent": {
                     "poll_interval": "2s",
@@ -71,10 +76,14 @@ async def _demo(args: argparse.Namespace) -> int:
             },
         )
         _say(
-            f"emulators: entra {stack.entra_url}  sentinel {stack.sentinel_url}  servicenow {stack.snow_urls}"
+            f"emulators: entra {stack.entra_url}  sentinel {stack.sentinel_url}  graph {stack.graph_url}  "
+            f"servicenow {stack.snow_urls}"
         )
         _say(f"config: {cfg_path}   CA: {stack.tls.ca_file}")
-        _say(f"seeded {len(names)} workspaces x {args.incidents} incidents; starting the agent ...")
+        _say(
+            f"seeded {len(names)} workspaces x {args.incidents} incidents and a Defender XDR tenant "
+            f"([defender:{DEFENDER}]) with {args.incidents}; starting the agent ..."
+        )
         events: Counter[str] = Counter()
         summaries: list[dict[str, Any]] = []
         proc = await asyncio.create_subprocess_exec(
@@ -94,13 +103,14 @@ async def _demo(args: argparse.Namespace) -> int:
         reader = asyncio.create_task(_read_events(proc.stdout, events, summaries, state / "agent.log", seen))
         t0 = time.monotonic()
         # let the initial sync happen, then edit both sides for the requested time
-        await _wait_for(lambda: len(summaries) >= len(names), 120)
+        sources = len(names) + 1
+        await _wait_for(lambda: len(summaries) >= sources, 120)
         took = time.monotonic() - t0
         _say(f"initial sync done in {took:.1f} s; simulating analysts for {args.duration:.0f} s ...")
         edits = await sim.run(args.duration, rate=4.0)
         _say(f"{edits} analyst edits made; letting the agent settle ...")
         settle_from = len(summaries)
-        await _wait_for(lambda: len(summaries) >= settle_from + 2 * len(names), 120)
+        await _wait_for(lambda: len(summaries) >= settle_from + 2 * sources, 120)
         metrics = await _metrics_sample(seen.get("metrics_url"))
         proc.send_signal(signal.SIGTERM)
         code = await proc.wait()
@@ -175,6 +185,34 @@ def _agreement(stack: EmulatorStack, names: list[str], config: Any) -> list[str]
                 problems.append(
                     f"{name} {rec['number']}: owner {owner or '-'} vs assigned_to {assigned or '-'}"
                 )
+    return problems + _defender_agreement(stack, m, by_corr, users)
+
+
+def _defender_agreement(
+    stack: EmulatorStack, m: Any, by_corr: dict[str, Any], users: dict[str, Any]
+) -> list[str]:
+    """The same for the Defender tenant's incidents, read in Sentinel's vocabulary (merged
+    incidents are closed duplicates and never written)."""
+    problems: list[str] = []
+    tenant = stack.defender
+    for inc in tenant.incidents.values():
+        rec = by_corr.get(f"{stack.tenant.lower()}:{inc['id']}")
+        if rec is None or inc["status"] == "redirected":
+            continue
+        where = f"defender {inc['id']} {rec['number']}"
+        severity = graph_mapping.severity_view(inc["severity"])
+        if m.severity_to_servicenow.get(severity) != rec["impact"]:
+            problems.append(f"{where}: severity {inc['severity']} vs impact {rec['impact']}")
+        status = graph_mapping.status_view(inc["status"])
+        if (
+            m.status_to_servicenow.get(status) != rec["state"]
+            and m.status_to_sentinel.get(rec["state"]) != status
+        ):
+            problems.append(f"{where}: status {inc['status']} vs state {rec['state']}")
+        owner = (inc.get("assignedTo") or "").lower()
+        assigned = users.get(rec.get("assigned_to", ""), {}).get("email", "").lower()
+        if owner != assigned:
+            problems.append(f"{where}: owner {owner or '-'} vs assigned_to {assigned or '-'}")
     return problems
 
 
@@ -192,15 +230,19 @@ def _print_summary(
 ) -> None:
     rec = stack.recorder
     totals: Counter[str] = Counter()
+    by_source: Counter[str] = Counter()
     for s in summaries:
         for k in ("created", "updated_snow", "updated_sentinel", "conflicts", "failures", "calls"):
             totals[k] += int(s.get(k, 0))
+            if s.get("workspace") == DEFENDER:
+                by_source[k] += int(s.get(k, 0))
     rows = [
         ("cycles", len(summaries)),
         ("analyst edits (simulated)", edits),
         ("ServiceNow incidents created", totals["created"]),
-        ("updates Sentinel -> ServiceNow", totals["updated_snow"]),
-        ("updates ServiceNow -> Sentinel", totals["updated_sentinel"]),
+        ("  of them for Defender XDR incidents", by_source["created"]),
+        ("updates Sentinel/Defender -> ServiceNow", totals["updated_snow"]),
+        ("updates ServiceNow -> Sentinel/Defender", totals["updated_sentinel"]),
         ("comments Sentinel -> ServiceNow", events["comment_to_snow"]),
         ("work notes ServiceNow -> Sentinel", events["comment_to_sentinel"]),
         ("alert/entity notes to ServiceNow", events["alerts_to_snow"] + events["entities_to_snow"]),
@@ -209,6 +251,7 @@ def _print_summary(
         ("conflicts (resolved by policy)", totals["conflicts"]),
         ("incident failures", totals["failures"]),
         ("calls to Sentinel", rec.count(system="sentinel")),
+        ("calls to Microsoft Graph (Defender XDR)", rec.count(system="graph")),
         ("calls to ServiceNow", rec.count(system="servicenow")),
         ("calls to Entra ID", rec.count(system="entra")),
         ("agent exit code", code),

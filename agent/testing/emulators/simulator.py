@@ -6,7 +6,8 @@ from one seeded RNG, and incident names are drawn from it too, so a fixed seed r
 sequence of edits on a fresh stack.
 
 On the ServiceNow side only records with a ``correlation_id`` (created by the agent) are edited:
-analysts there work on what the sync delivered.
+analysts there work on what the sync delivered. With :meth:`Simulator.seed_defender` the stack's
+Defender XDR tenant is played too (:mod:`agent.testing.emulators.simulator_defender`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.testing.emulators.common import days_ago
+from agent.testing.emulators.simulator_defender import DefenderActivity
 
 if TYPE_CHECKING:
     from agent.testing.emulators.sentinel import SentinelWorkspace
@@ -102,6 +104,7 @@ class Simulator:
         self.label = "snow"
         self.workspaces: list[str] = []
         self.edits: list[str] = []
+        self.defender: DefenderActivity | None = None
 
     # --- seeding --------------------------------------------------------------------------------
 
@@ -126,6 +129,11 @@ class Simulator:
             workspace = self.stack.workspaces[name]
             for _ in range(incidents_per_workspace):
                 self._seed_incident(workspace, labelled_share, max_age_days)
+
+    def seed_defender(self, incidents: int, *, label: str = "snow") -> None:
+        """Seed ``incidents`` incidents in the stack's Defender XDR tenant and play it from now on."""
+        self.defender = DefenderActivity(self.stack, self.rng, label)
+        self.defender.seed(incidents)
 
     def _seed_incident(self, ws: SentinelWorkspace, labelled_share: float, max_age_days: int) -> None:
         rng = self.rng
@@ -202,6 +210,7 @@ class Simulator:
             self._sentinel_comment,
             self._sentinel_alert,
             self._sentinel_label,
+            *(self.defender.actions() if self.defender is not None else ()),
         ]
         snow_side: list[Callable[[list[tuple[str, str]]], str | None]] = [
             self._snow_impact,

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from agent.core.records import Closure, Comment, Evidence, Incident, Note, Route, Ticket
+from agent.core.records import Closure, Comment, Evidence, Incident, Link, Note, Route, Ticket
 from agent.store.base import Store
 
 __all__ = ["IncidentSource", "Journal", "Lease", "Store", "TicketSink"]
@@ -72,6 +72,11 @@ class IncidentSource(Protocol):
 
     def selected(self, incident: Incident) -> bool:
         """Whether the incident belongs to what this source syncs (its label filter)."""
+        ...
+
+    def handed_over(self, incident: Incident | None, link: Link | None) -> bool:
+        """Whether another source syncs the incident now (an onboarded workspace's Defender XDR
+        incident, synced through Graph): this one neither creates, adopts, writes nor commits it."""
         ...
 
     def ticket_description(self, incident: Incident) -> str:

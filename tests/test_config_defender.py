@@ -149,7 +149,35 @@ def test_the_readme_sections_load(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     part = readme.split("### Defender XDR incidents (Microsoft Graph)", 1)[1].split("\n### ", 1)[0]
     blocks = [b.split("```", 1)[0] for b in part.split("```ini\n")[1:]]
-    assert len(blocks) == 2 and "[defender:contoso]" in blocks[0] and "[closure_to_defender]" in blocks[1]
-    config = load(tmp_path, {"workspace:soc-eu": None}, extra="\n" + "\n".join(blocks))
+    assert len(blocks) == 3 and "[defender:contoso]" in blocks[0] and "[closure_to_defender]" in blocks[1]
+    config = load(tmp_path, {"workspace:soc-eu": None}, extra="\n" + "\n".join(blocks[:2]))
     assert config.workspaces == {} and config.defenders["contoso"].incident_filter == ("snow",)
     assert config.mappings.for_instance("default").closure_to_defender["*"] == ("unknown", "unknown")
+    # "Onboarded workspaces": the section naming the workspace it takes over.
+    onboarded = load(tmp_path, extra="\n" + blocks[2])
+    assert onboarded.defenders["contoso"].workspaces == ("soc-eu",)
+
+
+def test_onboarded_workspaces_must_be_configured_once_and_on_the_same_instance(tmp_path: Path) -> None:
+    config = load(tmp_path, {"defender:xdr": {"workspaces": "soc-eu"}})
+    assert config.defenders["xdr"].workspaces == ("soc-eu",)
+    second = {"instance_url": "https://snow2.example", "username": "u", "password_env": "T_PASSWORD"}
+    assert problems(
+        tmp_path,
+        {
+            "servicenow:second": second,
+            "defender:xdr": {"workspaces": "soc-eu, soc-ue"},
+            "defender:xdr2": {"workspaces": "soc-eu"},
+        },
+    ) == [
+        "[defender:xdr] workspaces: no [workspace:soc-ue] section (did you mean soc-eu?); keep the "
+        "workspace configured while its incidents move to this source",
+        "[defender:xdr2] workspaces: soc-eu is onboarded to [defender:xdr] already",
+    ]
+    assert problems(
+        tmp_path,
+        {"servicenow:second": second, "defender:xdr": {"workspaces": "soc-eu", "servicenow": "second"}},
+    ) == [
+        "[defender:xdr] workspaces: [workspace:soc-eu] syncs with [servicenow:default], this source with "
+        "[servicenow:second]: their tickets cannot move"
+    ]

@@ -475,3 +475,23 @@ async def test_without_comment_ids_a_lost_shadow_finds_the_written_comments_agai
         await rig.cycle()
     assert on_incident(rig, inc.id, "isolated the host") == 1
     assert len(rig.sink.tickets) == 1 and len(rig.sink.journal.entries[ticket.id]) == 1
+
+
+async def test_an_incident_handed_over_to_another_source_is_neither_created_written_nor_committed(
+    rig: Rig,
+) -> None:
+    kept, handed, new = rig.source.add(), rig.source.add(), rig.source.add(title="new")
+    rig.source.handed.add(new.id)
+    await rig.cycle()
+    assert rig.sink.by_key(new.id) == []  # never created by this source
+    rig.source.handed.add(handed.id)
+    before = await rig.link(handed.id)
+    rig.source.edit(handed.id, severity="High")
+    rig.source.edit(kept.id, severity="High")
+    ticket = ticket_of(rig, handed.id)
+    rig.sink.edit(ticket.id, severity="3")
+    await rig.cycle()
+    assert ticket_of(rig, kept.id).values["severity"] == "1"  # the others sync as before
+    assert ticket_of(rig, handed.id).values["severity"] == "3"  # nothing written either way
+    assert rig.source.incidents[handed.id].values["severity"] == "High"
+    assert await rig.link(handed.id) == before  # and nothing committed

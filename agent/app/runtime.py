@@ -10,8 +10,10 @@ one :class:`~agent.sync.cycle.WorkspaceSync`: its incident source, its ticket si
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 
+from agent.app import onboarding
 from agent.config import Config, Defender, ServiceNowInstance, Workspace
 from agent.connectors.entra import EntraAuth
 from agent.connectors.graph.client import GraphClient
@@ -30,7 +32,7 @@ from agent.core.maps import Maps
 from agent.errors import ConfigError
 from agent.store import Store, open_store
 from agent.sync import hooks
-from agent.sync.cycle import Settings, WorkspaceSync
+from agent.sync.cycle import Ready, Settings, WorkspaceSync
 
 
 class Runtime:
@@ -200,14 +202,50 @@ class Runtime:
         inst = self.config.servicenow[ws.servicenow]
         hook = hooks.load(self.config.agent.custom_mapping)
         source = self.defender_source(workspace) if isinstance(ws, Defender) else self.source(workspace)
+        sink = self.sink(workspace)
+        ready = self._handover(ws, sink.fields) if isinstance(ws, Defender) and ws.workspaces else None
         return WorkspaceSync(
             settings(self.config, ws, inst),
             source,
-            self.sink(workspace),
+            sink,
             self.shadow,
             hook=hook,
             calls=self.calls,
+            ready=ready,
         )
+
+    def onboarded(self) -> set[str]:
+        """The workspaces an enabled ``[defender:NAME]`` takes the Defender XDR incidents of."""
+        return {ws for d in self.config.defenders.values() if d.enabled for ws in d.workspaces}
+
+    def _handover(self, defender: Defender, fields: Sequence[str]) -> Ready:
+        """Before each cycle of a Defender source: the links of its onboarded workspaces' XDR
+        incidents move to it (:mod:`agent.app.onboarding`); the cycle waits until they have."""
+        assert self.shadow is not None
+        store, inst = self.shadow, self.config.servicenow[defender.servicenow]
+        target = onboarding.Target(
+            source=defender.name,
+            tenant=self.config.oauth[defender.oauth].tenant_id,
+            unique_key=inst.unique_key,
+            marker=f"Defender/{defender.name}",
+            fields=fields,
+        )
+        graph, snow = self.graph_client(defender.name), self.snow_client(inst.name)
+
+        async def ready(now: datetime, dry_run: bool) -> bool:
+            done = True
+            for ws in defender.workspaces:
+                if dry_run:  # a plan moves nothing: it only says whether the move is done
+                    done = await onboarding.moved(store, inst.name, defender.name, ws) and done
+                    continue
+                sentinel = self.sentinel_client(ws)
+                report = await onboarding.move_workspace(
+                    store, inst.name, ws, target, sentinel, graph, snow, now
+                )
+                done = report.done and done
+            return done
+
+        return ready
 
     def defender_source(self, name: str) -> GraphSource:
         """The incident source of one ``[defender:NAME]``."""
@@ -218,8 +256,12 @@ class Runtime:
 
     def source(self, workspace: str) -> SentinelSource:
         """The incident source of one workspace."""
-        return SentinelSource(self.sentinel_client(workspace), self.config.workspaces[workspace],
-                              page_size=self.config.agent.page_size)  # fmt: skip
+        return SentinelSource(
+            self.sentinel_client(workspace),
+            self.config.workspaces[workspace],
+            page_size=self.config.agent.page_size,
+            hand_over_xdr=workspace in self.onboarded(),
+        )
 
     def sink(self, workspace: str) -> ServiceNowSink:
         """The ticket side of one workspace or Defender source."""

@@ -122,6 +122,7 @@ class _Loader:
             self.report.problem(
                 "workspace", None, "at least one [workspace:NAME] or [defender:NAME] section is required"
             )
+        self.check_onboarded_once(defenders)
         sources: dict[str, Workspace | Defender] = {**workspaces, **defenders}
         mappings = self.mappings(sources, servicenow)
         self.warn_unused(sources)
@@ -137,6 +138,17 @@ class _Loader:
             warnings=tuple(self.report.warnings),
             defenders=defenders,
         )
+
+    def check_onboarded_once(self, defenders: Mapping[str, Defender]) -> None:
+        """A workspace's incidents move to one Defender source, not two."""
+        owner: dict[str, str] = {}
+        for name, defender in defenders.items():
+            for ws in defender.workspaces:
+                if ws in owner:
+                    title = self.found["defender"][name][0]
+                    message = f"{ws} is onboarded to [defender:{owner[ws]}] already"
+                    self.report.problem(title, "workspaces", message)
+                owner.setdefault(ws, name)
 
     def mappings(
         self, workspaces: Mapping[str, Workspace | Defender], servicenow: Mapping[str, ServiceNowInstance]

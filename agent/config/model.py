@@ -206,7 +206,8 @@ class Defender:
     ``incident_filter``: the custom tags an incident must carry one of (case-sensitive; empty:
     every incident). ``graph_url``: the Graph endpoint of the app's cloud unless set (GRAPH.md
     A.3). The routing keys (``caller_id``, ``assignment_group``, ``sys_domain``, ``company``) are
-    a workspace's.
+    a workspace's. ``workspaces``: Sentinel workspaces onboarded to this tenant's Defender portal;
+    their Defender XDR incidents are synced here, their links moved from the workspace (H.1, H.2).
     """
 
     name: str
@@ -220,6 +221,7 @@ class Defender:
     assignment_group: str | None
     sys_domain: str | None
     company: str | None
+    workspaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,15 @@ class Store(Protocol):
         """Remove a link, its comment links and its failure row."""
         ...
 
+    async def move_link(
+        self, instance: str, workspace: str, incident: str, link: Link, comment_links: Sequence[CommentLink]
+    ) -> None:
+        """In one transaction: remove the link of ``incident`` with its comment links and failure
+        row, and store ``link`` with ``comment_links`` (the same ticket and conversation under
+        another source or incident id, e.g. a workspace's Defender XDR incident moving to the
+        Graph source). Nothing changes if any part fails."""
+        ...
+
     async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         """The links of a workspace whose ServiceNow number is one of ``numbers``, keyed by number."""
         ...

@@ -145,6 +145,24 @@ class MemoryStore:
         self.comments.pop(key, None)
         self.failure_rows.pop(key, None)
 
+    async def move_link(
+        self, instance: str, workspace: str, incident: str, link: Link, comment_links: Sequence[CommentLink]
+    ) -> None:
+        key = (instance, workspace, incident)
+        old = (self.links.get(key), list(self.comments.get(key, [])), self.failure_rows.get(key))
+        await self.delete_link(*key)
+        try:
+            await self.save_link(link, comment_links=comment_links)
+        except BaseException:
+            # All or nothing, as a database transaction: put the old link back.
+            if old[0] is not None:
+                self._put_link(old[0])
+            for c in old[1]:
+                self._add_comment(c)
+            if old[2] is not None:
+                self.failure_rows[key] = old[2]
+            raise
+
     async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         wanted = set(numbers)
         return {x.number: x for x in self._workspace_links(instance, workspace) if x.number in wanted}

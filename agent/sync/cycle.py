@@ -47,6 +47,10 @@ __all__ = ["CycleOptions", "CycleStats", "Settings", "WorkspaceSync", "run_works
 
 Act = Callable[[Setup, CycleContext, Action], Coroutine[Any, Any, None]]
 """How an action is carried out: applied, or described (a dry run)."""
+Ready = Callable[[datetime, bool], Coroutine[Any, Any, bool]]
+"""Work the runtime does before a source's cycle (``now``, ``dry_run``): False skips the cycle
+this time (a workspace's links still moving to a Defender source: nothing is listed, created or
+written until they have)."""
 
 
 class WorkspaceSync(Setup):
@@ -61,9 +65,11 @@ class WorkspaceSync(Setup):
         *,
         hook: Hook | None = None,
         calls: Callable[[], int] | None = None,
+        ready: Ready | None = None,
     ) -> None:
         super().__init__(settings, source, sink, store, hook=hook)
         self._calls = calls or (lambda: 0)
+        self._ready = ready
 
     async def prepare(self) -> None:
         """Cheap per-cycle checks before the cycle (the ticket side's configured fields)."""
@@ -111,6 +117,9 @@ class WorkspaceSync(Setup):
 
     async def _run(self, ctx: CycleContext) -> None:
         inst, wsname, now = self.instance, self.workspace, ctx.now
+        if self._ready is not None and not await self._ready(now, ctx.options.dry_run):
+            log.info("cycle_waiting", reason="links still moving to this source; the next cycle retries")
+            return
         overlap = timedelta(seconds=self.settings.overlap)
         wm_s = await self.store.get_watermark(inst, wsname, "sentinel")
         wm_n = await self.store.get_watermark(inst, wsname, "servicenow")

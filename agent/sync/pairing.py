@@ -64,6 +64,10 @@ async def pair(
         if _absent(pairs, link.incident):
             pairs[link.incident] = Pair(None, None, link)
     await _halves(sync, {name: p for name, p in pairs.items() if not p.unchanged})
+    # Incidents another source syncs now are left alone, linked or not (never written or
+    # committed here, so handing them over never races this cycle).
+    for name in [n for n, p in pairs.items() if sync.source.handed_over(p.incident, p.link)]:
+        del pairs[name]
     return pairs
 
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core.maps import Maps
-from agent.core.records import Closure, Comment, Evidence, Incident, Note, Route, Ticket
+from agent.core.records import Closure, Comment, Evidence, Incident, Link, Note, Route, Ticket
 from agent.errors import EditConflict, NotFound, PermanentError, RemoteError, TransientError
 from agent.sync.context import Settings
 
@@ -95,6 +95,7 @@ class FakeSource:
         # twice adds it twice; ``lose_comment_answer`` then makes the next write land and fail.
         self.stable_comment_ids = stable_comment_ids
         self.lose_comment_answer = False
+        self.handed: set[str] = set()  # incidents another source syncs now (handed_over)
         self.incidents: dict[str, Incident] = {}
         self.notes: dict[str, list[Comment]] = {}
         self.closures: dict[str, Closure] = {}
@@ -173,6 +174,9 @@ class FakeSource:
 
     def selected(self, incident: Incident) -> bool:
         return not self.labels or any(label in incident.labels for label in self.labels)
+
+    def handed_over(self, incident: Incident | None, link: Link | None) -> bool:
+        return incident is not None and incident.id in self.handed
 
     def ticket_description(self, incident: Incident) -> str:
         return f"Fake SIEM incident #{incident.number}"

@@ -223,6 +223,35 @@ class StoreTests:
         assert await store.failures() == []
         await store.add_comment_link(comment("j1", "c-9", incident="inc-2"))  # j1 is free again
 
+    async def test_move_link_keeps_the_ticket_and_conversation_under_a_new_key(self, store: Store) -> None:
+        # A workspace's Defender XDR incident moving to the Graph source (GRAPH.md H.1).
+        await store.save_link(make_link(), comment_links=[comment("j1", "c-1"), comment("j2", "c-2")])
+        await store.record_failure(INST, WS, "inc-1", "boom", now=T0)
+        moved = make_link(workspace="xdr", incident="tenant:42", extra={"defender_id": "42"})
+        kept = [comment("j1", "g-1", incident="tenant:42", workspace="xdr"),
+                comment("j2", "c-2", incident="tenant:42", workspace="xdr")]  # fmt: skip
+        await store.move_link(INST, WS, "inc-1", moved, kept)
+        assert await store.get_links(INST, WS, ["inc-1"]) == {}
+        assert await store.get_links(INST, "xdr", ["tenant:42"]) == {"tenant:42": moved}
+        assert await store.get_links_by_sys_id(INST, [moved.sys_id]) == {moved.sys_id: moved}
+        assert await store.comment_links(INST, WS, "inc-1") == []
+        assert await store.comment_links(INST, "xdr", "tenant:42") == kept
+        assert await store.failures() == []
+
+    async def test_move_link_is_atomic(self, store: Store) -> None:
+        original = make_link()
+        await store.save_link(original, comment_links=[comment("j1", "c-1")])
+        await store.save_link(make_link("inc-2", "t" * 32), comment_links=[comment("j9", incident="inc-2")])
+        moved = make_link(workspace="xdr", incident="tenant:42")
+        taken = comment("j9", "g-1", incident="tenant:42", workspace="xdr")  # linked to inc-2 already
+        with pytest.raises(DuplicateKey, match=ONE_COMMENT):
+            await store.move_link(INST, WS, "inc-1", moved, [taken])
+        assert await store.get_links(INST, WS, ["inc-1"]) == {"inc-1": original}
+        assert [c.journal_sys_id for c in await store.comment_links(INST, WS, "inc-1")] == ["j1"]
+        assert await store.get_links(INST, "xdr", ["tenant:42"]) == {}
+        with pytest.raises(ValueError, match="another incident"):
+            await store.move_link(INST, WS, "inc-1", moved, [comment("j5")])
+
     # --- comment links ---------------------------------------------------------------------------
 
     async def test_comment_links_round_trip_in_order(self, store: Store) -> None:

@@ -38,7 +38,7 @@ from agent.connectors.graph import mapping, notes
 from agent.connectors.graph.client import GraphClient
 from agent.connectors.graph.models import WRITABLE, GraphAlert, GraphIncident
 from agent.connectors.graph.writes import write_guarded
-from agent.core.records import Closure, Comment, Evidence, Incident
+from agent.core.records import Closure, Comment, Evidence, Incident, Link
 from agent.errors import PermanentError
 from agent.log import log
 
@@ -133,6 +133,9 @@ class GraphSource:
 
     async def get(self, incident_id: str) -> Incident:
         return incident_of(await self.client.get_incident(graph_id(incident_id)), self.tenant)
+
+    def handed_over(self, incident: Incident | None, link: Link | None) -> bool:
+        return False  # the Graph source is where incidents are handed over to
 
     def selected(self, incident: Incident) -> bool:
         wanted = self.defender.incident_filter

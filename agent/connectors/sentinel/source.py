@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from agent.config import Workspace
-from agent.connectors.sentinel.client import SentinelClient
+from agent.connectors.sentinel.client import XDR_PROVIDER, SentinelClient
 from agent.connectors.sentinel.models import WRITABLE, SentinelAlert, SentinelIncident
 from agent.core import text as textfmt
-from agent.core.records import Closure, Comment, Evidence, Incident
+from agent.core.records import Closure, Comment, Evidence, Incident, Link
 from agent.errors import EditConflict, PermanentError
 from agent.log import log
 
@@ -96,10 +96,20 @@ class SentinelSource:
     max_comments: int | None = MAX_COMMENTS
     closed_status = CLOSED
 
-    def __init__(self, client: SentinelClient, workspace: Workspace, *, page_size: int = 100) -> None:
+    def __init__(
+        self,
+        client: SentinelClient,
+        workspace: Workspace,
+        *,
+        page_size: int = 100,
+        hand_over_xdr: bool = False,
+    ) -> None:
         self.client = client
         self.workspace = workspace
         self.page_size = page_size
+        # The workspace is onboarded to a [defender:NAME] source: its Defender XDR incidents are
+        # synced through Graph there (GRAPH.md H.2, H.4: one API per incident).
+        self.hand_over_xdr = hand_over_xdr
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -117,6 +127,14 @@ class SentinelSource:
 
     async def get(self, incident_id: str) -> Incident:
         return incident_of(await self.client.get_incident(incident_id))
+
+    def handed_over(self, incident: Incident | None, link: Link | None) -> bool:
+        return (
+            self.hand_over_xdr
+            and incident is not None
+            and isinstance(incident.wire, SentinelIncident)
+            and incident.wire.provider_name == XDR_PROVIDER
+        )
 
     def selected(self, incident: Incident) -> bool:
         wanted = self.workspace.incident_filter

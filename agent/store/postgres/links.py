@@ -119,6 +119,21 @@ class LinkTables(Database):
                     f"DELETE FROM {table} WHERE {BY_INCIDENT}", (instance, workspace, incident)
                 )
 
+    async def move_link(
+        self, instance: str, workspace: str, incident: str, link: Link, comment_links: Sequence[CommentLink]
+    ) -> None:
+        for c in comment_links:
+            if (c.instance, c.workspace, c.incident) != (link.instance, link.workspace, link.incident):
+                raise ValueError(f"comment link {c.sentinel_comment} belongs to another incident")
+            R.check_comment(c)
+        R.check_link(link)
+        async with self._write() as conn, conn.cursor() as cur:
+            for table in ("links", "comment_links", "failures"):
+                await cur.execute(f"DELETE FROM {table} WHERE {BY_INCIDENT}", (instance, workspace, incident))
+            await cur.execute(UPSERT_LINK, link_params(link))
+            if comment_links:
+                await cur.executemany(INSERT_COMMENT, [comment_params(c) for c in comment_links])
+
     async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         rows = await self._read(
             "SELECT * FROM links WHERE instance = %s AND workspace = %s AND number = ANY(%s)",

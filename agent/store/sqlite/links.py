@@ -166,6 +166,22 @@ class LinkTables(Database):
             for table in ("links", "comment_links", "failures"):
                 await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
 
+    async def move_link(
+        self, instance: str, workspace: str, incident: str, link: Link, comment_links: Sequence[CommentLink]
+    ) -> None:
+        """In one transaction: drop the link of ``incident`` (comment links, failure row
+        included) and store ``link`` with ``comment_links``; all or nothing."""
+        for c in comment_links:
+            if (c.instance, c.workspace, c.incident) != (link.instance, link.workspace, link.incident):
+                raise ValueError(f"comment link {c.sentinel_comment} belongs to another incident")
+        key = (instance, workspace, incident)
+        async with self._batch() as db:
+            for table in ("links", "comment_links", "failures"):
+                await db.execute(f"DELETE FROM {table} WHERE {_BY_INCIDENT}", key)
+            await db.execute(_UPSERT_LINK, link_row(link))
+            if comment_links:
+                await db.executemany(_INSERT_COMMENT_LINK, [comment_row(c) for c in comment_links])
+
     async def links_by_number(self, instance: str, workspace: str, numbers: Iterable[str]) -> dict[str, Link]:
         """The links of a workspace whose ServiceNow number is one of ``numbers``, keyed by number."""
         out: dict[str, Link] = {}

@@ -171,6 +171,9 @@ def _why_slow(x: SyncResult) -> str:
     ]
     if shadow >= 0.25:
         limits.append("the shadow's connection")
+    own = ceiling(x)
+    if own < 1.0:
+        limits.append(f"the agent's CPU per call (alone it reaches {own:.2f} of the bound)")
     head = " and ".join(limits) if limits else "none saturated"
     return (
         f"{head}: agent loop {loop:.0%} busy, emulators {emulators:.0%}, shadow {shadow:.0%} "

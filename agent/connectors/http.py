@@ -315,10 +315,17 @@ class HttpClient:
     ) -> tuple[int, CIMultiDict[str], bytes]:
         buckets, quotas = self.buckets, self.quotas
         ticket = await buckets.acquire(method, target.path) if buckets is not None else None
-        # After any wait for a token: the lease may have changed hands meanwhile.
-        if self.write_gate is not None and method not in ("GET", "HEAD"):
-            self.write_gate()
-        order = await self._within_quota(quotas, method, target, safe_url) if quotas is not None else None
+        try:
+            # After any wait for a token: the lease may have changed hands meanwhile.
+            if self.write_gate is not None and method not in ("GET", "HEAD"):
+                self.write_gate()
+            order = None
+            if quotas is not None:
+                order = await self._within_quota(quotas, method, target, safe_url)
+        except BaseException:
+            if buckets is not None and ticket is not None:
+                buckets.forget(ticket)  # never sent: not in flight
+            raise
         session = self._get_session()
         proxy, proxy_auth = self._proxy_for(target)
         self.requests += 1
@@ -439,11 +446,11 @@ class HttpClient:
         the request's order number for the quota count."""
         route = quotas.route(method, target.path)
         spent = quotas.exhausted(route)
-        if spent is not None:
+        if spent is not None and self.gate is not None:  # without a gate the server's 429 decides
             wait, reason = spent
-            if self.gate is not None and self.gate.hold(wait, reason):
+            if self.gate.hold(wait, reason):
                 self.gate.check(method, safe_url)  # raises InstancePaused: nothing is sent
-            await self._sleep(wait)  # the window resets within a minute
+            await self._sleep(wait)  # not worth a pause: the window resets within a minute
         return quotas.sending(route)
 
 

@@ -12,11 +12,12 @@ and forgotten once a window starts after their last write.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 # The largest page asked for to take in our own writes, where the API allows more (a ServiceNow
 # page of this many records is a few megabytes).
 OWN_PAGE_MAX = 2000
+KEEP = timedelta(hours=1)
 
 
 class OwnWrites:
@@ -32,13 +33,15 @@ class OwnWrites:
             self._last[key] = when
 
     def since(self, start: datetime | None) -> int:
-        """How many records we wrote at or after ``start`` (all when None); older ones are forgotten."""
+        """How many records we wrote at or after ``start`` (all when None). Those written more
+        than :data:`KEEP` before it are forgotten: a listing that starts earlier (another
+        workspace's, on a shared instance) is rarely that far behind."""
         if start is None:
             return len(self._last)
-        old = [key for key, when in self._last.items() if when < start]
+        old = [key for key, when in self._last.items() if when < start - KEEP]
         for key in old:
             del self._last[key]
-        return len(self._last)
+        return sum(1 for when in self._last.values() if when >= start)
 
     def page(self, base: int, start: datetime | None, maximum: int) -> int:
         """The page size for a listing from ``start``: ``base`` plus our writes in it, at most ``maximum``."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from agent.connectors.http import HttpClient
 from agent.connectors.http_errors import redact_url
+from agent.connectors.own_writes import OwnWrites
 from agent.connectors.servicenow import journaltext
 from agent.connectors.servicenow.models import JournalEntry, SnowRecord, SnowUser, parse_snow_time
 from agent.connectors.servicenow.query import Q, field_name
@@ -59,6 +60,9 @@ class ServiceNowClient:
         self.instance_url = instance_url.rstrip("/")
         self.table = field_name(table)
         self.max_pages = max_pages
+        # Records this agent wrote on the instance, from every workspace: a workspace's ticket
+        # listing is instance-wide, so all of them come back in it (agent.connectors.own_writes).
+        self.own = OwnWrites()
         self.cache_ttl = cache_ttl
         self._clock = clock
         self._users: dict[tuple[str, str], tuple[float, SnowUser | None]] = {}

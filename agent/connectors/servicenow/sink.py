@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config, Defender, ServiceNowInstance, Workspace
-from agent.connectors.own_writes import OWN_PAGE_MAX, OwnWrites
+from agent.connectors.own_writes import OWN_PAGE_MAX
 from agent.connectors.servicenow import fields as snowfields
 from agent.connectors.servicenow.client import ServiceNowClient
 from agent.connectors.servicenow.journal import JournalReader
@@ -117,7 +117,6 @@ class ServiceNowSink:
         self.routing = Routing(config, workspace, client)
         self.journal = JournalReader(client, store, instance.name, workspace.name, instance.username)
         self._caller: str | None = None
-        self.own = OwnWrites()  # this workspace's tickets we wrote, for page sizes
 
     def ticket(self, record: SnowRecord) -> Ticket:
         """The side-neutral record of a ServiceNow record."""
@@ -151,7 +150,7 @@ class ServiceNowSink:
         if since is not None:
             q = q & Q.ge("sys_updated_on", since)
         # Our own writes in the window come back too: room for them on the page.
-        page = self.own.page(self.page_size, since, OWN_PAGE_MAX)
+        page = self.client.own.page(self.page_size, since, OWN_PAGE_MAX)
         async for rec in self.client.list_records(q, self.fields, page_size=page):
             yield self.ticket(rec)
 
@@ -340,7 +339,7 @@ class ServiceNowSink:
 
     def _mine(self, record: SnowRecord) -> SnowRecord:
         """Note a record we just wrote (see :mod:`agent.connectors.own_writes`)."""
-        self.own.add(record.sys_id, record.updated_on)
+        self.client.own.add(record.sys_id, record.updated_on)
         return record
 
     # --- users and routing ---------------------------------------------------------------------

@@ -268,3 +268,22 @@ async def test_check_names_the_missing_permission(xdr: Env, capsys: pytest.Captu
     code, lines = await _check(env, capsys)
     failed = [x for x in lines if x.startswith("FAIL ") and "[defender:xdr]" in x]
     assert code == 1 and "SecurityIncident.Read.All" in failed[0] and "no application permission" in failed[0]
+
+
+async def test_a_merged_incidents_comments_are_carried_to_the_survivors_ticket_once(xdr: Env) -> None:
+    env = xdr
+    first, second = new_incident(env, alerts=1), new_incident(env, alerts=3)
+    await cycle(env)
+    rec1, rec2 = env.snow_record(key(env, first["id"])), env.snow_record(key(env, second["id"]))
+    tenant(env).analyst_comment(first["id"], "Seen beaconing to 203.0.113.7")
+    env.snow.analyst_update(
+        "incident", rec1["sys_id"], {"work_notes": "Escalated to tier 2"}, by="bob.hunter"
+    )
+    await cycle(env)
+    await cycle(env)
+    tenant(env).merge([first["id"], second["id"]], second["id"])  # comments stay behind (E, H.3)
+    for _ in range(3):
+        await cycle(env)
+    carried = [n for n in journal(env, rec2["sys_id"]) if "Seen beaconing to 203.0.113.7" in n]
+    assert len(carried) == 1 and first["id"] in carried[0] and rec1["number"] in carried[0]
+    assert "Escalated to tier 2" not in carried[0]  # the agent's own copy of a work note stays

@@ -12,6 +12,12 @@ and its own ticket when it has one), makes the survivor's ticket its parent, and
 ticket if it is still open. When the survivor is not known yet, the note links the source's
 Defender page (which redirects to the survivor); the parent follows once the survivor shows up.
 The source's version stays in its link: a change to it not synced yet is still seen as one.
+
+Defender does not move the merged incident's comments to the survivor (GRAPH.md E, H.3), so
+once the survivor's ticket is known the agent carries them forward: one work note on the
+survivor's ticket lists the merged incident's comments (not those the agent wrote there itself).
+It is written once: the survivor's journal is read first and the note is not written again when
+it is there (a crash between the write and the commit).
 """
 
 from __future__ import annotations
@@ -20,16 +26,20 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
+from agent.core import text as textfmt
 from agent.core.records import Incident, Link
 from agent.errors import NotFound, RemoteError
 from agent.log import bind, log
 from agent.sync import clock
 from agent.sync.apply import commit
 from agent.sync.context import Setup
+from agent.sync.conversation.state import TO_SENTINEL, text_hash
 from agent.sync.failures import safe_error
 
 EXTRA_MERGED_INTO = "merged_into"
 """``Link.extra`` key: the surviving incident's id once noted ("" while it is unknown)."""
+EXTRA_CARRIED = "comments_carried_to"
+"""``Link.extra`` key: the surviving incident whose ticket got the merged incident's comments."""
 
 
 async def follow(sync: Setup, processed: Sequence[Incident], incidents: Mapping[str, Incident]) -> None:
@@ -164,11 +174,15 @@ async def _merged(sync: Setup, link: Link, merged: Incident | None, survivor: In
     except RemoteError as exc:
         log.warning("merge_note_failed", snow_number=link.number, error=str(exc)[:300])
         return 0
+    carried = {}
+    if survivor is not None and target is not None and link.extra.get(EXTRA_CARRIED) != survivor.id:
+        await _carry(sync, link, merged, target)
+        carried = {EXTRA_CARRIED: survivor.id}
     fields = dict(link.fields)
     state = after.values.get("status", "")
     if "status" in fields or sync.sink.finished(state):
         fields["status"] = (merged.values.get("status", ""), state)
-    extra = {**link.extra, EXTRA_MERGED_INTO: survivor.id if survivor else "", **merged.extra}
+    extra = {**link.extra, EXTRA_MERGED_INTO: survivor.id if survivor else "", **merged.extra, **carried}
     await commit(
         sync,
         replace(
@@ -184,3 +198,29 @@ async def _merged(sync: Setup, link: Link, merged: Incident | None, survivor: In
         survivor_snow_number=target.number if target else None, direction="to_snow",
     )  # fmt: skip
     return 1
+
+
+async def _carry(sync: Setup, link: Link, merged: Incident, target: Link) -> None:
+    """The merged incident's comments as one note on the survivor's ticket, written once."""
+    written = {
+        c.text_hash
+        for c in await sync.store.comment_links(sync.instance, sync.workspace, link.incident)
+        if c.direction == TO_SENTINEL and c.text_hash
+    }
+    comments = [c for c in await sync.source.comments(merged) if text_hash(c.text) not in written]
+    if not comments:
+        return
+    lines = [
+        f"Comments of the merged {sync.source.title} incident {merged.number} ({sync.sink.title} "
+        f"{link.number}), which the merge does not move to this incident:"
+    ]
+    for c in comments:
+        text = textfmt.html_to_text(c.text) if sync.source.comments_html else c.text
+        lines.append(f"{c.author or 'unknown'} ({c.created:%Y-%m-%d %H:%M} UTC): {text.strip()}")
+    note = textfmt.cap("\n\n".join(lines), sync.sink.note_limit, f"{sync.source.title} {merged.number}")
+    now = clock.utcnow()
+    there = await sync.sink.journal.read({target.sys_id: None}, now)
+    if any(e.text.strip() == note.strip() for e in there.get(target.sys_id, [])):
+        return  # written before a crash kept it from being recorded
+    await sync.sink.post_note(target.sys_id, note, sync.sink.note_kind)
+    log.info("merge_comments_carried", snow_number=target.number, comments=len(comments), direction="to_snow")

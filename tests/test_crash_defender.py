@@ -1,9 +1,10 @@
 """Crash safety with Microsoft Graph as the source: a real ``run`` process syncing a Defender XDR
 tenant is killed right after its Nth remote write of one kind (a Graph PATCH, a Graph comment
 POST, a ServiceNow create or PATCH), before the shadow commit that follows, or SIGKILLed at a
-random moment during its first sync of new incidents; restarted, it must converge with no
-duplicate ticket and every comment copied exactly once (a Graph comment has no id and a second
-POST adds a second comment, GRAPH.md E). ``make soak`` runs more trials."""
+random moment during its first sync of new incidents, or runs while both remotes answer 429, 500
+or drop connections; restarted (or once the faults stop), it must converge with no duplicate
+ticket and every comment copied exactly once (a Graph comment has no id and a second POST adds a
+second comment, GRAPH.md E). ``make soak`` runs more trials."""
 
 from __future__ import annotations
 
@@ -209,6 +210,35 @@ async def kill_during_initial_sync(rig: Rig, trials: int) -> None:
     assert rig.problems() == [] and len(rig.tickets()) >= trials * 3
 
 
+async def faults_while_editing(rig: Rig, rounds: int) -> None:
+    """Graph and ServiceNow answer 429, 500 or drop the connection now and then while analysts
+    edit both sides; once the faults stop the agent converges."""
+    rig.new_incidents(6)
+    graph, snow = rig.stack.graph.faults, rig.stack.snow["default"].faults
+    graph.set("*", rate_429=0.05, rate_500=0.08, rate_drop=0.05, retry_after=0)
+    snow.set("*", rate_500=0.05, rate_drop=0.05)
+    agent = await rig.start()
+    for n in range(rounds):
+        edit_for(rig, KINDS[n % len(KINDS)])
+        start = len(agent.events)
+        for _ in range(2):
+            await agent.wait_for(lambda e: e.get("event") == "cycle_summary", start)
+            start = len(agent.events)
+    injected = sum(graph.injected.values()) + sum(snow.injected.values())
+    graph.clear()
+    snow.clear()
+    await converged(rig, agent)
+    agent.kill(signal.SIGTERM)
+    assert await agent.wait() == 0, agent.output()
+    assert rig.problems() == []
+    rig.tally["faults_injected"] += injected
+    assert injected > 0
+
+
+async def test_graph_faults_while_editing_converge(rig: Rig) -> None:
+    await faults_while_editing(rig, 8)
+
+
 async def test_graph_crash_between_remote_write_and_shadow_commit(rig: Rig) -> None:
     await crash_trials(rig, TRIALS)
 
@@ -227,3 +257,9 @@ async def test_soak_graph_crash_between_remote_write_and_shadow_commit(rig: Rig)
 @pytest.mark.timeout(3600)
 async def test_soak_graph_kill_during_initial_sync(rig: Rig) -> None:
     await kill_during_initial_sync(rig, SOAK_TRIALS)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(3600)
+async def test_soak_graph_faults_while_editing_converge(rig: Rig) -> None:
+    await faults_while_editing(rig, 200)

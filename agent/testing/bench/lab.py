@@ -58,6 +58,7 @@ class Outcome:
     peak_rss_mb: float = 0.0
     shadow_held: float = 0.0  # seconds the shadow's lock was held (its SQLite connection busy)
     shadow_waited: float = 0.0  # seconds tasks waited for it, added up
+    shadow: dict[str, float] = field(default_factory=dict)  # the store's own times (StoreTimes)
 
     def total(self, key: str) -> int:
         """A cycle statistic summed over the workspaces (``created``, ``failures``, ...)."""
@@ -109,6 +110,7 @@ class Lab:
             peak_rss_mb=answer["peak_rss_mb"],
             shadow_held=answer.get("shadow_held", 0.0),
             shadow_waited=answer.get("shadow_waited", 0.0),
+            shadow={str(k): float(v) for k, v in (answer.get("shadow") or {}).items()},
         )
 
 

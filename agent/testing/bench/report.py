@@ -324,6 +324,7 @@ def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:
     cores = os.cpu_count() or 1
     busy = (ref.emulator_cpu + o.cpu) / (wall * cores)
     total = sum(p.outcome.breakdown.values()) or 1.0
+    writer, reader = targets.shadow_shares(o)
     rows = [
         (
             "waiting: requests in flight, the SQLite thread (event loop idle)",
@@ -350,9 +351,9 @@ def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:
         "",
         f"- SQL statements run in aiosqlite's thread, in parallel with the loop: {threads:.2f} s of "
         f"CPU there ({_pct(threads, wall)} of the wall time).",
-        f"- The shadow (one SQLite connection behind one lock) was busy {o.shadow_held:.2f} s "
-        f"({_pct(o.shadow_held, wall)} of the wall time); incident tasks waited {o.shadow_waited:.1f} s "
-        "for it, added up over all of them.",
+        f"- The shadow's writer connection was busy {_pct(writer, 1.0)} of the wall time and its "
+        f"reader {_pct(reader, 1.0)}; writes queued {o.shadow_waited:.1f} s for the writer, added up "
+        "over all of them.",
         f"- The emulators (the benchmark's process) used {ref.emulator_cpu:.2f} s of CPU meanwhile "
         f"and the agent {o.cpu:.2f} s: together {_pct(busy, 1.0)} of the {cores} cores for "
         f"{o.wall:.2f} s, before anything else running on the machine.",

@@ -226,6 +226,7 @@ async def test_a_merged_incident_closes_its_ticket_as_a_duplicate_of_the_survivo
     await cycle(env)
     rec1 = env.snow_record(key(env, first["id"]))
     assert rec1["state"] in ("6", "7") and rec1["parent_incident"] == rec2["sys_id"]
+    assert rec1["close_code"] == "Duplicate"  # the instance has that resolution code
     assert any(second["id"] in n for n in journal(env, rec1["sys_id"]))
     # Never PATCH redirected (D.3): the merged incident is not written at all.
     assert [i for i, _ in sent if i == first["id"]] == []

@@ -16,6 +16,8 @@ from agent.core.records import Ticket
 
 UNDETERMINED = "Undetermined"
 """The source classification a closure falls back to (and the close-code row used for it)."""
+DUPLICATE = "Duplicate"
+"""ServiceNow's resolution code for a duplicate incident (a merged incident's ticket closes so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,12 @@ class Maps:
         return self.closure_to_snow.get(classification or UNDETERMINED) or self.closure_to_snow.get(
             UNDETERMINED, ""
         )
+
+    def duplicate_code(self, classification: str | None) -> str:
+        """The close code of a ticket whose incident was merged into another: ``Duplicate`` when
+        the ticket side's close codes have it (a ``[closure_to_sentinel]`` row names it), else
+        the code of the incident's classification."""
+        return DUPLICATE if DUPLICATE in self.closure_to_sentinel else self.close_code(classification)
 
     def closure(self, close_code: str) -> tuple[str, str | None]:
         """``(classification, reason)`` in the source's terms for a ticket's close code."""

@@ -11,6 +11,8 @@ incident the agent writes one note on the source's ticket naming the survivor (i
 and its own ticket when it has one), makes the survivor's ticket its parent, and finishes the
 ticket if it is still open. When the survivor is not known yet, the note links the source's
 Defender page (which redirects to the survivor); the parent follows once the survivor shows up.
+The ticket closes with the close code ``Duplicate`` when the instance has it (a ``[closure_to_sentinel]``
+row names it, as the itsm profile does), else with the code of the merged incident's classification.
 The source's version stays in its link: a change to it not synced yet is still seen as one.
 
 Defender does not move the merged incident's comments to the survivor (GRAPH.md E, H.3), so
@@ -166,7 +168,7 @@ async def _merged(sync: Setup, link: Link, merged: Incident | None, survivor: In
     finishing = (
         closed_state if closed_state and not sync.sink.finished(ticket.values.get("status", "")) else None
     )
-    close = (sync.maps.close_code(merged.classification), sync.source.merge_text(merged, survivor))
+    close = (sync.maps.duplicate_code(merged.classification), sync.source.merge_text(merged, survivor))
     note = sync.source.merge_note(merged, survivor, target.number if target else None, first)
     body = sync.sink.merge_write(ticket, note, target.sys_id if target else None, finishing, close)
     try:

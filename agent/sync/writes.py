@@ -60,7 +60,9 @@ def plan_writes(
 ) -> tuple[dict[str, Any], dict[str, Any], Mapping[str, tuple[str, str]]]:
     """The ticket write and the source write for ``p`` after the hook (which also sees pairs with
     nothing planned on a side that changed), and the base to store once they succeeded."""
-    close = (sync.maps.close_code(incident.classification), incident.close_notes)
+    # A merged incident's ticket closes as a duplicate of the survivor's (agent.sync.followups).
+    code = sync.maps.duplicate_code if incident.merged_away else sync.maps.close_code
+    close = (code(incident.classification), incident.close_notes)
     body = sync.sink.render(p.to_snow, ticket, close) if p.to_snow else {}
     closure = closure_of(sync, ticket) if "status" in p.to_sentinel else None
     changes = sync.source.render(p.to_sentinel, closure) if p.to_sentinel else {}

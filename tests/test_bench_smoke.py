@@ -8,11 +8,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from agent.core.records import Link
+from agent.store.sqlite.store import Shadow
 from agent.testing.bench.__main__ import SECTIONS, build_parser, main, options_from, run
 from agent.testing.bench.calls import Calls, kind
 from agent.testing.bench.limits import retries_after_429
 from agent.testing.bench.profiling import OTHER, category, measure
 from agent.testing.bench.report import render
+from agent.testing.bench.scale import fill, size_mb
 from agent.testing.bench.targets import rows
 from agent.testing.emulators.common import Call
 
@@ -156,3 +159,34 @@ def test_the_demo_row_countsretries_after_429_in_the_agent_log(tmp_path: Path) -
     log.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\nnot json\n")
     assert retries_after_429(log) == 2
     assert retries_after_429(tmp_path / "missing.log") == 0
+
+
+async def test_a_million_links_are_seeded_straight_into_the_state_db(tmp_path: Path) -> None:
+    """Links beyond what the emulators hold are rows the agent reads like any other."""
+    path = tmp_path / "state.db"
+    template = Link(
+        instance="default",
+        workspace="soc-1",
+        incident="a-real-incident",
+        sys_id="0" * 32,
+        number="INC0010001",
+        fields={"severity": ("Medium", "2"), "status": ("New", "1")},
+        sentinel_etag='"etag"',
+        snow_mod_count=1,
+        open=True,
+        extra={"journal_seen": "2026-12-01T10:00:00+00:00"},
+    )
+    async with await Shadow.open(path) as shadow:
+        await shadow.save_link(template)
+    fill(path, template, 1000)
+    async with await Shadow.open(path) as shadow:
+        assert await shadow.count_links("default", "soc-1") == (1001, 1001)
+        name = "00000000-0000-4000-8000-000000000999"
+        link = (await shadow.get_links("default", "soc-1", [name]))[name]
+    assert (link.sys_id, link.number) == (f"f{999:031x}", "INC50000999")
+    assert (link.fields, link.extra, link.sentinel_etag) == (
+        template.fields,
+        template.extra,
+        template.sentinel_etag,
+    )
+    assert size_mb(path) > 0

@@ -28,12 +28,12 @@ from agent.store.sqlite.rows import (
     ts,
 )
 
-_LINK_COLUMNS = (
+LINK_COLUMNS = (
     "instance, workspace, incident, sys_id, number, fields, sentinel_etag, snow_mod_count, open, "
     "alerts_posted, entities_posted, created_at, enrich_after, extra"
 )
 _UPSERT_LINK = f"""
-    INSERT INTO links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO links ({LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (instance, workspace, incident) DO UPDATE SET
         sys_id = excluded.sys_id, number = excluded.number, fields = excluded.fields,
         sentinel_etag = excluded.sentinel_etag, snow_mod_count = excluded.snow_mod_count,

@@ -36,7 +36,7 @@ class BenchOptions:
     concurrency: int = 16
     sweep: tuple[int, ...] = (1, 4, 8, 16, 32)
     sweep_incidents: int = 300  # one workspace, for each point of the sweep
-    scale_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    scale_sizes: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
     changed_share: float = 0.01
     arm_limits: bool = True  # also run the initial sync against ARM's real token buckets
     profile: bool = True

@@ -246,6 +246,8 @@ def _scale(rows: Sequence[ScaleResult], o: BenchOptions) -> list[str]:
         "CPU per incident diffed ms",
         "CPU per incident synced ms",
         "peak RSS MB (idle / changed)",
+        "start to first cycle s",
+        "state db MiB",
     )
     body = [
         (
@@ -257,9 +259,22 @@ def _scale(rows: Sequence[ScaleResult], o: BenchOptions) -> list[str]:
             _f(x.cpu_per_diffed_ms),
             _f(x.cpu_per_synced_ms),
             f"{x.idle.peak_rss_mb:.0f} / {x.peak_rss_mb:.0f}",
+            _f(x.start_s, 1),
+            f"{x.db_mb:,.0f}",
         )
         for x in rows
     ]
+    direct = [x for x in rows if x.direct]
+    seeded = (
+        [
+            "",
+            f"From {min(x.links for x in direct):,} links on, only the changed share is seeded in the "
+            "emulators too; the other links are rows written straight into the state database "
+            "(`scale.fill`), whose remote halves neither the idle nor the diffed cycle reads.",
+        ]
+        if direct
+        else []
+    )
     return [
         "## 4. Scale",
         "",
@@ -269,7 +284,9 @@ def _scale(rows: Sequence[ScaleResult], o: BenchOptions) -> list[str]:
         "severity), the agent plans it without writing (a dry run: list, pair through the "
         "shadow, fetch the other halves, plan: 'diffed') and then syncs it (one PATCH each and "
         "its shadow commit: 'synced'). CPU is the agent process's; peak RSS is its high-water "
-        "mark (`VmHWM`).",
+        "mark (`VmHWM`); 'start to first cycle' runs from starting the agent process to the end "
+        "of its idle cycle.",
+        *seeded,
         "",
         *_table(head, body),
         "",

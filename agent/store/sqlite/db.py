@@ -11,8 +11,10 @@
   for the writer, so a read never queues behind writes (and reads its caller's own committed
   writes, since every caller waits for its commit).
 
-:class:`StoreTimes` adds up how long each connection was busy and how long callers waited, for
-the benchmark (``make bench``) and ``status``-style diagnostics.
+:class:`StoreTimes` adds up how long each connection was busy executing statements in its
+thread, how long the writer took from a group's start until it had the outcome back on the event
+loop (its turnaround: the busy time plus the loop's delay in noticing), and how long writes waited
+for their group, for the benchmark (``make bench``).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ Job = Callable[[sqlite3.Connection], Any]
 class StoreTimes:
     """Seconds the shadow's connections were busy, and callers waited for them, added up."""
 
-    write_busy: float = 0.0  # a group's start until the writer task holds its outcome
+    write_busy: float = 0.0  # groups executing in the writer's thread
     read_busy: float = 0.0  # reads executing in the reader's thread
+    write_turnaround: float = 0.0  # a group's start until the writer task had its outcome
     waited: float = 0.0  # writes queued before their group started
     groups: int = 0
     writes: int = 0
@@ -57,11 +60,13 @@ class _Queued:
     queued: float = field(default_factory=time.monotonic)
 
 
-def run_group(db: sqlite3.Connection, jobs: Sequence[Job]) -> list[tuple[bool, Any]]:
-    """Runs in the writer's thread: the jobs in one transaction, each in its own savepoint.
+def run_group(db: sqlite3.Connection, jobs: Sequence[Job]) -> tuple[list[tuple[bool, Any]], float]:
+    """Runs in the writer's thread: the jobs in one transaction, each in its own savepoint; their
+    outcomes and the seconds it took.
 
     A job that breaks a constraint is rolled back alone (its outcome is the error); any other
     error rolls the whole group back and is raised."""
+    started = time.perf_counter()
     out: list[tuple[bool, Any]] = []
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -78,7 +83,7 @@ def run_group(db: sqlite3.Connection, jobs: Sequence[Job]) -> list[tuple[bool, A
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    return out
+    return out, time.perf_counter() - started
 
 
 def _timed_fetchall(db: sqlite3.Connection, sql: str, params: Any) -> tuple[list[sqlite3.Row], float]:
@@ -171,7 +176,7 @@ class Database:
         self.times.groups += 1
         self.times.writes += len(group)
         try:
-            outcomes = await self._db._execute(run_group, self._db._conn, [q.job for q in group])  # type: ignore[no-untyped-call]
+            outcomes, spent = await self._db._execute(run_group, self._db._conn, [q.job for q in group])  # type: ignore[no-untyped-call]
         except BaseException as exc:
             stopped = RuntimeError("the state database's writer stopped")
             failure = exc if isinstance(exc, Exception) else stopped
@@ -182,7 +187,8 @@ class Database:
                 raise
             return
         finally:
-            self.times.write_busy += time.monotonic() - started
+            self.times.write_turnaround += time.monotonic() - started
+        self.times.write_busy += spent
         for q, (ok, value) in zip(group, outcomes, strict=True):
             if q.future.done():
                 continue

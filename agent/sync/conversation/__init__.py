@@ -49,6 +49,7 @@ alert count grows and once at the late-enrichment re-check (entities arrive afte
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -225,25 +226,36 @@ class Conversation:
         for c in links:
             by_incident.setdefault(c.incident, []).append(c)
         missing: list[CommentLink] = []
-        for incident, group in by_incident.items():
-            ticket_id = ticket_of.get(incident)
-            entries = self.talk.entries.get(ticket_id) if ticket_id is not None else None
-            if entries is None:
-                continue
-            stored = await self.store.comment_links(self.talk.instance, self.talk.workspace, incident)
-            taken = {c.journal_sys_id for c in stored}
-            pool = [e for e in entries if e.id not in taken and self.journal.maybe_agent(e)]
-            for c in group:
-                match = next((e for e in pool if text_hash(e.text) == c.text_hash), None)
-                if match is not None:
-                    pool.remove(match)
-                    await self.store.set_comment_link(c, state=CONFIRMED, journal_sys_id=match.id)
-                elif c.state == POSTED:
-                    missing.append(c)  # written for sure
-                elif not same_cycle:
-                    # A write whose outcome was unknown never landed: post that comment again.
-                    await self.store.delete_comment_link(c)
-                    log.info("comment_write_lost", incident=incident, comment=c.sentinel_comment)
+        wanted = [
+            (incident, group, self.talk.entries[ticket_of[incident]])
+            for incident, group in by_incident.items()
+            if incident in ticket_of and ticket_of[incident] in self.talk.entries
+        ]
+        talk = self.talk
+        # Read and written concurrently: the store answers them together (a group commit)
+        # instead of one round trip after another.
+        async with asyncio.TaskGroup() as tg:
+            reads = [
+                tg.create_task(self.store.comment_links(talk.instance, talk.workspace, i))
+                for i, _, _ in wanted
+            ]
+        async with asyncio.TaskGroup() as tg:
+            for (incident, group, entries), read in zip(wanted, reads, strict=True):
+                taken = {c.journal_sys_id for c in read.result()}
+                pool = [e for e in entries if e.id not in taken and self.journal.maybe_agent(e)]
+                for c in group:
+                    match = next((e for e in pool if text_hash(e.text) == c.text_hash), None)
+                    if match is not None:
+                        pool.remove(match)
+                        tg.create_task(
+                            self.store.set_comment_link(c, state=CONFIRMED, journal_sys_id=match.id)
+                        )
+                    elif c.state == POSTED:
+                        missing.append(c)  # written for sure
+                    elif not same_cycle:
+                        # A write whose outcome was unknown never landed: post that comment again.
+                        tg.create_task(self.store.delete_comment_link(c))
+                        log.info("comment_write_lost", incident=incident, comment=c.sentinel_comment)
         return missing
 
     def _since(self, link: Link) -> datetime | None:

@@ -159,7 +159,12 @@ def item_3(r: Results) -> list[Row]:
     measured = (
         f"{share:.0%}: writer {writer:.0%}, reader {reader:.0%} of {o.wall:.2f} s "
         f"({o.shadow.get('writes', 0):.0f} writes in {o.shadow.get('groups', 0):.0f} transactions; "
-        f"writes queued {o.shadow_waited:.1f} s in all)"
+        f"writes queued {o.shadow_waited:.1f} s in all"
+        + (
+            f"; the writer's turnaround, its event-loop delay included, {o.shadow['write_turnaround']:.2f} s)"
+            if "write_turnaround" in o.shadow
+            else ")"
+        )
     )
     return [Row("3", target, measured, verdict(share <= 0.25, "the shadow's connection is the bottleneck"))]
 

@@ -3,7 +3,7 @@
 Sections (``--only`` picks some): ``steady`` (the initial sync, then the steady state side by
 side with per-incident polling and the store app's algorithm), ``arm`` (the initial sync against
 ARM's real token buckets), ``limits`` (a ServiceNow rate-limit rule used up mid-sync), ``demo``
-(``make demo``'s output searched for 429s), ``scale`` (100,000 links), ``sweep``
+(``make demo``'s output searched for 429s), ``scale`` (up to 1,000,000 links), ``sweep``
 (max_concurrency 1 to 32) and ``profile`` (where the time of the initial sync goes).
 """
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=16, help="max_concurrency of the main runs (16)")
     p.add_argument("--sweep", type=_ints, default=None, help="max_concurrency values (1,4,8,16,32)")
     p.add_argument("--sweep-incidents", type=int, default=None, help="incidents per sweep run (300)")
-    p.add_argument("--scale", type=_ints, default=None, help="linked incidents (1000,10000,100000)")
+    p.add_argument("--scale", type=_ints, default=None, help="linked incidents (1000,10000,100000,1000000)")
     p.add_argument("--only", type=lambda t: tuple(t.split(",")), default=SECTIONS, help=",".join(SECTIONS))
     p.add_argument("--quick", action="store_true", help="small sizes: a check that everything runs")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (7)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -67,3 +68,27 @@ async def test_lock_file_is_private_and_released_on_clean_exit(env: Env) -> None
     with lock:
         assert lock.holder()["pid"] == os.getpid()
         assert not lock.held_by_other()  # our own lock is not "another agent"
+
+
+def test_a_reader_never_sees_the_holder_record_empty_while_it_is_renewed(tmp_path: Path) -> None:
+    """``status`` read the record between the truncate and the write of a renewal and named no holder
+    (seen under load with a 0.2 s poll); a renewal is now one write of the whole record."""
+    lock = StateLock(tmp_path / "state.db")
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = StateLock(tmp_path / "state.db")
+        while not stop.is_set():
+            seen.append(reader.holder().get("pid"))
+
+    with lock:
+        thread = threading.Thread(target=read)
+        thread.start()
+        try:
+            for _ in range(3000):
+                lock.renew()
+        finally:
+            stop.set()
+            thread.join()
+    assert seen and set(seen) == {os.getpid()}

@@ -20,6 +20,10 @@ import orjson
 
 from agent.errors import LockHeld
 
+# The holder record is padded to this size (JSON ignores trailing blanks); a host name is at most
+# 64 bytes on Linux, so a record never outgrows it and one write always replaces all of it.
+RECORD_SIZE = 512
+
 
 class StateLock:
     """``with StateLock(db_path, ttl): ...`` or ``acquire()`` / ``release()``."""
@@ -50,8 +54,9 @@ class StateLock:
         body = orjson.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "since": now, "expires": now + self.ttl}
         )
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, body, 0)
+        # One write of a fixed size replaces the whole record: truncating first would let a reader
+        # (``status``, a second agent) see an empty file between the two calls and name no holder.
+        os.pwrite(self._fd, body.ljust(max(RECORD_SIZE, len(body))), 0)
 
     def holder(self) -> dict[str, object]:
         try:

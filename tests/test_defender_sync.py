@@ -11,10 +11,16 @@ from typing import Any
 
 import pytest
 
+from agent.app.leadership import Leadership
+from agent.app.runtime import Runtime
 from agent.cli import commands
+from agent.errors import LeaseLost
+from agent.store.lease import Lease
+from agent.sync.cycle import CycleOptions, run_workspaces
 from agent.testing.emulators.graph_tenant import DefenderTenant
 from agent.testing.emulators.stack import DEFAULT_APP_NAME, EmulatorStack
 from tests.e2e import Env, writes
+from tests.test_lease import FAST, Clock
 
 OWN = f"API-App:{DEFAULT_APP_NAME}"
 ALICE, BOB = "alice@contoso.example", "bob@contoso.example"
@@ -288,3 +294,18 @@ async def test_a_merged_incidents_comments_are_carried_to_the_survivors_ticket_o
     carried = [n for n in journal(env, rec2["sys_id"]) if "Seen beaconing to 203.0.113.7" in n]
     assert len(carried) == 1 and first["id"] in carried[0] and rec1["number"] in carried[0]
     assert "Escalated to tier 2" not in carried[0]  # the agent's own copy of a work note stays
+
+
+async def test_graph_writes_pass_the_leases_write_gate(xdr: Env) -> None:
+    """In an active/standby pair every remote write asks the lease first: Graph's too."""
+    env = xdr
+    inc = new_incident(env)
+    lead = Leadership(env.config)
+    lead.lease = Lease("postgresql://sync@127.0.0.1/sync", None, FAST, clock=Clock())
+    lead.lease.epoch, lead.lease.deadline = 1, -1.0  # its own deadline passed: a standby now
+    async with Runtime(env.config) as rt:
+        lead.bind(rt)
+        assert [h.write_gate for h in rt.graph.values()] == [lead.lease.check]
+        results = await run_workspaces(rt.syncs(), CycleOptions())
+    assert isinstance(results["xdr"], LeaseLost) or env.snow_records() == []
+    assert tenant(env).incident(inc["id"])["lastModifiedBy"] != OWN  # nothing written to Graph

@@ -29,6 +29,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from agent.app.metrics import AgentMetrics, HttpSource, TokenSource
 from agent.app.runtime import Runtime
 from agent.config import Config
+from agent.connectors.entra import EntraAuth
+from agent.connectors.http import HttpClient
 from agent.connectors.servicenow.auth import ServiceNowOAuth
 from agent.connectors.servicenow.pause import iso as pause_iso
 from agent.errors import ConfigError
@@ -137,15 +139,28 @@ class Operations:
     def _http_sources(self) -> Iterator[HttpSource]:
         for name, http in self.rt.arm.items():
             yield HttpSource("sentinel", name, http)
+        for app, http in self._graph_clients():
+            yield HttpSource("graph", app, http)
         for name, http in self.rt.snow_http.items():
             yield HttpSource("servicenow", name, http)
 
     def _token_sources(self) -> Iterator[TokenSource]:
         for name, entra in self.rt.entra.items():
             yield TokenSource("entra", name, entra.token_requests, entra.token_failures)
+        for app, http in self._graph_clients():
+            if isinstance(http.auth, EntraAuth):  # the app's Graph token, beside its ARM one
+                yield TokenSource(
+                    "entra", f"{app} (graph)", http.auth.token_requests, http.auth.token_failures
+                )
         for name, http in self.rt.snow_http.items():
             if isinstance(http.auth, ServiceNowOAuth):
                 yield TokenSource("servicenow", name, http.auth.token_requests, http.auth.token_failures)
+
+    def _graph_clients(self) -> Iterator[tuple[str, HttpClient]]:
+        """The Graph sessions by app name (with the endpoint when one app uses two)."""
+        apps = [app for app, _url in self.rt.graph]
+        for (app, url), http in self.rt.graph.items():
+            yield (app if apps.count(app) == 1 else f"{app} {url}"), http
 
     def _pauses(self) -> dict[str, float]:
         """ServiceNow instance -> end of its rate-limit pause (Unix time), 0 when none."""

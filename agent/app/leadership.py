@@ -120,7 +120,7 @@ class Leadership:
             return
         if rt.shadow is not None:
             self.fence(rt.shadow)
-        for http in [*rt.arm.values(), *rt.snow_http.values()]:
+        for http in [*rt.arm.values(), *rt.graph.values(), *rt.snow_http.values()]:
             http.write_gate = self.lease.check
 
     def fence(self, store: object) -> None:

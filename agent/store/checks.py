@@ -13,6 +13,14 @@ CONFLICTS_KEPT = 10_000
 ERROR_TEXT_MAX = 2000
 
 
+def failure_delay(attempts: int, *, grace: int, base_delay: float, max_delay: float) -> float:
+    """Seconds until an incident that failed ``attempts`` times in a row is tried again: 0 for the
+    first ``grace`` failures (the very next cycle), then ``base_delay`` doubling per failure up to
+    ``max_delay``. The exponent is capped so a long-failing incident cannot overflow the float."""
+    over = attempts - grace
+    return 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
+
+
 def check_side(side: str) -> None:
     """Refuse a watermark side other than ``sentinel`` / ``servicenow``."""
     if side not in SIDES:

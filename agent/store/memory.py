@@ -298,8 +298,7 @@ class MemoryStore:
         key = (instance, workspace, incident)
         old = self.failure_rows.get(key)
         attempts = (old.attempts if old else 0) + 1
-        over = attempts - grace
-        delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
+        delay = R.failure_delay(attempts, grace=grace, base_delay=base_delay, max_delay=max_delay)
         now = _utc(now)
         next_try = now + timedelta(seconds=delay)
         error = error[: R.ERROR_TEXT_MAX]

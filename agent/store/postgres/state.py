@@ -128,8 +128,7 @@ class StateTables(Database):
             cur = await conn.execute(f"SELECT attempts FROM failures WHERE {BY_INCIDENT} FOR UPDATE", key)
             row = await cur.fetchone()
             attempts = (int(row["attempts"]) if row else 0) + 1
-            over = attempts - grace  # the first `grace` failures retry at once
-            delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
+            delay = R.failure_delay(attempts, grace=grace, base_delay=base_delay, max_delay=max_delay)
             next_try = now + timedelta(seconds=delay)
             await conn.execute(
                 "INSERT INTO failures (instance, workspace, incident, error, attempts, next_try, last_at) "

@@ -19,6 +19,7 @@ from agent.store.checks import (
     CYCLES_KEPT,
     ERROR_TEXT_MAX,
     check_side,
+    failure_delay,
 )
 from agent.store.sqlite.db import Database
 from agent.store.sqlite.rows import (
@@ -142,9 +143,7 @@ class StateTables(Database):
         def job(db: sqlite3.Connection) -> datetime:
             rows = db.execute(f"SELECT attempts FROM failures WHERE {_BY_INCIDENT}", key).fetchall()
             attempts = (int(rows[0]["attempts"]) if rows else 0) + 1
-            # The exponent is capped so a long-failing incident cannot overflow the float.
-            over = attempts - grace
-            delay = 0.0 if over <= 0 else min(max_delay, base_delay * 2.0 ** min(over - 1, 64))
+            delay = failure_delay(attempts, grace=grace, base_delay=base_delay, max_delay=max_delay)
             next_try = now + timedelta(seconds=delay)
             db.execute(
                 f"INSERT OR REPLACE INTO failures ({_FAILURE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -26,8 +26,8 @@ import trustme
 
 from agent.app.runtime import Runtime
 from agent.config import load_config
-from agent.connectors.http import build_ssl_context
 from agent.connectors.retry import RetryPolicy
+from agent.connectors.trust import build_ssl_context
 from agent.errors import ConfigError
 from agent.log import log
 from agent.sync.cycle import CycleOptions, run_workspaces

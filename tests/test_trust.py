@@ -8,8 +8,12 @@ trusted by both clients, a CA known only to certifi (requests' own bundle) is no
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import certifi
 import pytest
@@ -20,6 +24,7 @@ from agent.cli import commands
 from agent.connectors.entra import EntraAuth
 from agent.connectors.http import HttpClient
 from agent.connectors.retry import RetryPolicy
+from agent.connectors.trust import PLATFORM_VERIFIER, build_ssl_context
 from agent.errors import AuthError
 from agent.testing.emulators.stack import EmulatorStack
 
@@ -115,3 +120,39 @@ async def test_e10_check_names_a_tls_failure_on_the_token_endpoint(
     os_store(monkeypatch, tmp_path, stack.tls.ca_file)
     async with Runtime(config) as rt:
         assert (await rt.entra["default"].header())["Authorization"].startswith("Bearer ")
+
+
+@pytest.mark.skipif(PLATFORM_VERIFIER, reason="macOS and Windows verify with the platform's own verifier")
+async def test_the_os_store_is_read_once_per_context_not_per_connection(
+    stack: EmulatorStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """truststore's OpenSSL backend reloads the default locations on every new connection:
+    about 20 ms of CPU each, and on OpenSSL 3.0-3.3 one more directory lookup per call, so a
+    long-running process verifies ever slower (sethmlarson/truststore#212). On Linux the context
+    loads the store when it is built and never again; the connections still verify against it."""
+    os_store(monkeypatch, tmp_path, stack.tls.ca_file)
+    reads: list[str] = []
+    for name in ("set_default_verify_paths", "load_verify_locations", "load_default_certs"):
+        real = getattr(ssl.SSLContext, name)
+        monkeypatch.setattr(ssl.SSLContext, name, _counting(real, name, reads))
+    ctx = build_ssl_context(None)
+    assert reads == ["set_default_verify_paths"]
+    host, port = urlsplit(stack.sentinel_url).hostname, urlsplit(stack.sentinel_url).port
+    for _ in range(4):  # four new TLS connections on the one context
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        assert writer.get_extra_info("peercert") is not None
+        writer.close()
+        await writer.wait_closed()
+    assert reads == ["set_default_verify_paths"]
+    # and verification is on: a context without the CA refuses the same server
+    os_store(monkeypatch, tmp_path, Path(certifi.where()))
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        await asyncio.open_connection(host, port, ssl=build_ssl_context(None), server_hostname=host)
+
+
+def _counting(real: Any, name: str, reads: list[str]) -> Any:
+    def counted(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> Any:
+        reads.append(name)
+        return real(self, *args, **kwargs)
+
+    return counted

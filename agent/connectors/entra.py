@@ -23,9 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.connectors.auth import CachedBearer, Token, seconds
-from agent.connectors.http import build_ssl_context
 from agent.connectors.http_errors import redact_url
 from agent.connectors.retry import parse_retry_after
+from agent.connectors.trust import build_ssl_context
 from agent.errors import AuthError, ConfigError, RateLimited, TransientError
 from agent.log import log, register_secret
 
@@ -94,7 +94,7 @@ class _MsalHttp:
     requests trusts certifi's bundle, not the operating system's store, so behind a
     TLS-inspecting proxy whose CA only the OS trusts, token calls would fail while ARM calls
     work (REFERENCE E.10). The session therefore verifies with the same SSL context as the
-    aiohttp side (:func:`agent.connectors.http.build_ssl_context`: the OS store plus ``ca_bundle``).
+    aiohttp side (:func:`agent.connectors.trust.build_ssl_context`: the OS store plus ``ca_bundle``).
     ``trust_env`` is off because ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` in the environment
     would override verification (REFERENCE B.3); the proxy settings are therefore read from
     the environment here, ``NO_PROXY`` included.

@@ -26,7 +26,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
-import truststore
 from aiohttp.helpers import get_env_proxy_for_url
 from multidict import CIMultiDict
 from yarl import URL
@@ -52,8 +50,8 @@ from agent.connectors.http_errors import (
 )
 from agent.connectors.pacing import ArmBuckets, HourlyQuotas, RequestPacer
 from agent.connectors.retry import RetryPolicy, parse_retry_after, retrying
+from agent.connectors.trust import build_ssl_context
 from agent.errors import (
-    ConfigError,
     NotSent,
     PermanentError,
     RateLimited,
@@ -91,24 +89,6 @@ class HttpResponse:
 
 
 # --- the client -----------------------------------------------------------------------------
-
-
-def build_ssl_context(ca_bundle: str | Path | None) -> ssl.SSLContext:
-    """The operating system's trust store plus ``ca_bundle``; verification is always on.
-
-    ``truststore`` verifies with the platform's own verifier (the Keychain on macOS, CryptoAPI on
-    Windows, OpenSSL's default paths on Linux), where ``ssl.create_default_context()`` reads only
-    OpenSSL's paths, which on macOS and in many Python builds hold no proxy CA an IT department
-    installed. The same context serves every aiohttp session and msal's token requests
-    (REFERENCE E.10), so a CA trusted for ARM is trusted for Entra too.
-    """
-    ctx = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if ca_bundle:
-        try:
-            ctx.load_verify_locations(cafile=str(ca_bundle))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError([f"[agent] ca_bundle: cannot load {ca_bundle}: {exc}"]) from exc
-    return ctx
 
 
 class HttpClient:

@@ -629,7 +629,7 @@ async def test_e2_comment_that_does_not_move_the_modified_time_arrives_within_th
         pytest.skip("the modification-time listing finds it at once (every other test here)")
     env.defaults = {}
     env.rewrite({})
-    name, sys_id = await linked(env)  # the first cycle runs an open check and starts its clock
+    name, sys_id = await linked(env)  # the first listing counts as an open check: its clock starts
     env.stack.clock.advance(300)  # another change moves the watermark past this one's overlap
     env.ws().create_incident(title="later", labels=["snow"])
     await env.stats()

@@ -160,7 +160,8 @@ def test_the_wheel_leaves_the_test_side_out() -> None:
 IO_LIBRARIES = {"aiohttp", "aiosqlite", "psycopg", "asyncio", "socket", "ssl", "urllib", "http", "requests",
                 "msal", "sqlite3", "time", "logging", "random", "os", "subprocess", "threading"}  # fmt: skip
 CORE_MAY_IMPORT = ("agent.core", "agent.errors")
-SYNC_MAY_IMPORT = ("agent.core", "agent.errors", "agent.ports", "agent.sync", "agent.log", "agent.progress")
+SYNC_MAY_IMPORT = ("agent.core", "agent.errors", "agent.ports", "agent.sync", "agent.log", "agent.progress",
+                   "agent.tasks")  # fmt: skip
 PORTS_MAY_IMPORT = ("agent.core", "agent.store.base")
 
 

@@ -139,7 +139,7 @@ async def test_the_os_store_is_read_once_per_context_not_per_connection(
     assert reads == ["set_default_verify_paths"]
     host, port = urlsplit(stack.sentinel_url).hostname, urlsplit(stack.sentinel_url).port
     for _ in range(4):  # four new TLS connections on the one context
-        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        _reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
         assert writer.get_extra_info("peercert") is not None
         writer.close()
         await writer.wait_closed()

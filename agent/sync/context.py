@@ -63,6 +63,7 @@ class CycleContext:
     checking: bool = False
     retrying: set[str] = field(default_factory=set)  # incidents whose retry is due this cycle
     open_links: int = 0  # open links in the shadow (the close-ratio valve's denominator)
+    listed_all_open: bool = False  # a first listing back to the floor: it serves as the open check
     owners: Owners = field(default_factory=Owners)
 
 

@@ -130,7 +130,7 @@ class WorkspaceSync(Setup):
         since = (wm_s.modified - overlap) if wm_s.modified else floor
         if ctx.options.since is not None:
             since = min(since, ctx.options.since)
-        await self._when(ctx)
+        await self._when(ctx, first_run=wm_s.modified is None)
         # 1. list both sides (the only calls an idle cycle makes)
         incidents, newest = await self._incidents(ctx, since)
         tickets = await self._tickets(ctx, wm_s, wm_n, overlap)
@@ -153,14 +153,22 @@ class WorkspaceSync(Setup):
         if not ctx.options.dry_run and not ctx.stats.deferred and ctx.options.since is None:
             await self._advance(wm_s, wm_n, newest, tickets, since, now)
 
-    async def _when(self, ctx: CycleContext) -> None:
-        """Whether this cycle sweeps (compares every open pair) or runs an open check."""
+    async def _when(self, ctx: CycleContext, *, first_run: bool) -> None:
+        """Whether this cycle sweeps (compares every open pair) or runs an open check.
+
+        A workspace's first cycle with nothing linked yet needs no open check: its listing goes
+        back to the floor, so it holds every incident a ticket may be made for, and there is no
+        link whose version could differ. That listing counts as the check (see :meth:`_after`)."""
         inst, wsname, agent = self.instance, self.workspace, self.settings
         ctx.sweeping = ctx.options.sweep or await sweep.due(
             self.store, inst, wsname, agent.sweep_interval, ctx.now, record=not ctx.options.dry_run
         )
-        ctx.checking = not ctx.sweeping and await sweep.open_check_due(
-            self.store, inst, wsname, agent.open_check_interval, ctx.now
+        total, ctx.open_links = await self.store.count_links(inst, wsname)
+        ctx.listed_all_open = first_run and total == 0 and ctx.options.since is None
+        ctx.checking = (
+            not ctx.sweeping
+            and not ctx.listed_all_open
+            and await sweep.open_check_due(self.store, inst, wsname, agent.open_check_interval, ctx.now)
         )
         ctx.stats.sweep, ctx.stats.open_check = ctx.sweeping, ctx.checking
 
@@ -192,7 +200,6 @@ class WorkspaceSync(Setup):
         if ctx.sweeping:
             await self._sweep_tickets(ctx, tickets)
         ctx.stats.listed_snow = len(tickets)
-        _total, ctx.open_links = await self.store.count_links(self.instance, self.workspace)
         sentinel_full = first_run or ctx.sweeping
         # The ticket side is listed in full only once the source was (see step 1).
         for side, listed, full in (
@@ -273,7 +280,7 @@ class WorkspaceSync(Setup):
         await followups.follow(self, processed, incidents)
         if ctx.sweeping:
             await sweep.done(self.store, self.instance, self.workspace, ctx.now)
-        if ctx.sweeping or ctx.checking:  # a sweep lists the open incidents too
+        if ctx.sweeping or ctx.checking or ctx.listed_all_open:  # a sweep lists the open ones too
             await sweep.open_check_done(self.store, self.instance, self.workspace, ctx.now)
 
     async def _advance(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from agent.core.records import Incident, Ticket
 from agent.log import log
 from agent.ports import TicketSink
+from agent.tasks import limited
 
 
 @dataclass
@@ -21,18 +22,21 @@ class Owners:
     async def resolve(
         self, sink: TicketSink, incidents: Sequence[Incident], tickets: Sequence[Ticket]
     ) -> None:
-        """Look up every owner not resolved yet; one that cannot be found is a warning."""
+        """Look up every owner not resolved yet, several at once; one that cannot be found is a
+        warning."""
         spelled = {i.owner: i.owner_spelled for i in incidents}
-        keys = set(spelled) - {""} - self.to_snow.keys()
-        users = {t.values.get("owner", "") for t in tickets} - {""} - self.to_sentinel.keys()
-        for key in sorted(keys):
-            found = await sink.user_for(key, spelled[key])
-            if found is not None:
-                self.to_snow[key] = found
+        keys = sorted(set(spelled) - {""} - self.to_snow.keys())
+        users = sorted({t.values.get("owner", "") for t in tickets} - {""} - self.to_sentinel.keys())
+        answers: list[str | None] = await limited(
+            [*(sink.user_for(key, spelled[key]) for key in keys), *(sink.owner_of(user) for user in users)]
+        )
+        found, owners = answers[: len(keys)], answers[len(keys) :]
+        for key, user in zip(keys, found, strict=True):
+            if user is not None:
+                self.to_snow[key] = user
             else:
                 log.warning("owner_unknown_in_servicenow", upn=key)
-        for user in sorted(users):
-            owner = await sink.owner_of(user)
+        for user, owner in zip(users, owners, strict=True):
             if owner:
                 self.to_sentinel[user] = owner
             else:

@@ -30,6 +30,7 @@ from agent.connectors.servicenow.models import JournalEntry, SnowRecord, SnowUse
 from agent.connectors.servicenow.query import Q, field_name
 from agent.errors import DataError, InvalidResponse, PermanentError
 from agent.log import log
+from agent.tasks import per_chunk
 
 BASE_FIELDS = ("sys_id", "number", "sys_updated_on", "sys_updated_by", "sys_mod_count")
 JOURNAL_FIELDS = frozenset({"work_notes", "comments", "comments_and_work_notes"})
@@ -172,18 +173,17 @@ class ServiceNowClient:
         ids = list(dict.fromkeys(sys_ids))
         if not ids or not elements:
             return []
-        entries: dict[str, JournalEntry] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            query = (
-                Q.in_("element_id", ids[start : start + _IN_CHUNK])
-                & Q.in_("element", elements)
-                & Q.eq("name", self.table)
-            )
+
+        async def rows(chunk: Sequence[str]) -> list[dict[str, Any]]:
+            query = Q.in_("element_id", chunk) & Q.in_("element", elements) & Q.eq("name", self.table)
             if since is not None:
                 query = query & Q.ge("sys_created_on", since)
-            async for row in self._keyset(
-                "sys_journal_field", query, JOURNAL_ROW_FIELDS, "sys_created_on", page_size
-            ):
+            keyset = self._keyset("sys_journal_field", query, JOURNAL_ROW_FIELDS, "sys_created_on", page_size)
+            return [row async for row in keyset]
+
+        entries: dict[str, JournalEntry] = {}
+        for found in await per_chunk(ids, _IN_CHUNK, rows):
+            for row in found:
                 entry = _journal_entry(row)
                 entries[entry.sys_id] = entry
         return sorted(entries.values(), key=lambda e: (e.created_on, e.sys_id))
@@ -206,8 +206,8 @@ class ServiceNowClient:
         ids = list(dict.fromkeys(sys_ids))
         found: dict[str, list[JournalEntry]] = {}
         fields = ["sys_id", "sys_updated_on", "sys_created_on", *elements]
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+
+        async def rows(chunk: Sequence[str]) -> list[dict[str, Any]]:
             params: dict[str, str | int] = {
                 "sysparm_query": Q.in_("sys_id", chunk).encoded,
                 "sysparm_fields": ",".join(fields),
@@ -216,7 +216,10 @@ class ServiceNowClient:
                 "sysparm_limit": len(chunk),
             }
             resp = await self.http.request("GET", self.table_url(), params=params)
-            for row in _result_list(resp.body, self.table):
+            return _result_list(resp.body, self.table)
+
+        for found_rows in await per_chunk(ids, _IN_CHUNK, rows):
+            for row in found_rows:
                 entries = _display_journal(self.table, row, elements)
                 if entries is not None:
                     found[_both(row.get("sys_id"))[0]] = sorted(
@@ -412,14 +415,8 @@ def _record(row: Mapping[str, Any]) -> SnowRecord:
         mod_count = int(fields.get("sys_mod_count") or 0)
         updated_on = parse_snow_time(fields.get("sys_updated_on", ""))
     except ValueError:
-        raise InvalidResponse(
-            "servicenow",
-            "GET",
-            "record",
-            200,
-            "InvalidRecord",
-            f"record {sys_id}: bad sys_mod_count/sys_updated_on",
-        ) from None
+        problem = f"record {sys_id}: bad sys_mod_count/sys_updated_on"
+        raise InvalidResponse("servicenow", "GET", "record", 200, "InvalidRecord", problem) from None
     return SnowRecord(
         sys_id=sys_id,
         number=fields.get("number", ""),

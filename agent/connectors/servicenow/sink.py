@@ -31,6 +31,7 @@ from agent.core.text import SNOW_NOTE_MAX
 from agent.errors import ConfigError, DataError, NotSent, RateLimited, TransientError
 from agent.log import log
 from agent.store import Store
+from agent.tasks import per_chunk
 
 BASE_FIELDS = (
     "sys_id",
@@ -156,10 +157,8 @@ class ServiceNowSink:
 
     async def fetch(self, ids: Sequence[str]) -> dict[str, Ticket]:
         out: dict[str, Ticket] = {}
-        for i in range(0, len(ids), ID_CHUNK):
-            query = self.routing.scoped(Q.in_("sys_id", ids[i : i + ID_CHUNK]))
-            async for rec in self.client.list_records(query, self.fields, page_size=self.page_size):
-                out[rec.sys_id] = self.ticket(rec)
+        for records in await per_chunk(ids, ID_CHUNK, lambda c: self._records(Q.in_("sys_id", c))):
+            out.update((rec.sys_id, self.ticket(rec)) for rec in records)
         for sys_id in ids:
             if sys_id not in out:
                 log.warning("snow_record_missing", sys_id=sys_id)
@@ -179,15 +178,19 @@ class ServiceNowSink:
         key = self.inst.unique_key
         found: dict[str, SnowRecord] = {}
         names = list(incidents)
-        for i in range(0, len(names), ID_CHUNK):
-            query = self.routing.scoped(Q.in_(key, names[i : i + ID_CHUNK]))
-            async for rec in self.client.list_records(query, self.fields, page_size=self.page_size):
+        for records in await per_chunk(names, ID_CHUNK, lambda c: self._records(Q.in_(key, c))):
+            for rec in records:
                 if rec.sys_id in exclude:
                     continue
                 best = found.get(rec.get(key))
                 if best is None or self._rank(rec) > self._rank(best):
                     found[rec.get(key)] = rec
         return {name: self.ticket(rec) for name, rec in found.items()}
+
+    async def _records(self, query: Q) -> list[SnowRecord]:
+        """Every record of this instance's scope that ``query`` matches (all its pages)."""
+        scoped = self.routing.scoped(query)
+        return [rec async for rec in self.client.list_records(scoped, self.fields, page_size=self.page_size)]
 
     def _rank(self, rec: SnowRecord) -> tuple[bool, int, str]:
         """Which of several tickets of one incident is its current one: open first, then newest."""

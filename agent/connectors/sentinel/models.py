@@ -127,7 +127,20 @@ class SentinelEntity:
 
 
 def parse_arm_time(value: str) -> datetime:
-    """ARM ISO-8601 with up to 7 fractional digits and ``Z`` -> aware datetime (microseconds)."""
+    """ARM ISO-8601 with up to 7 fractional digits and ``Z`` -> aware datetime (microseconds).
+
+    Python 3.11's ``fromisoformat`` reads ARM's usual form itself (``Z``, and fractional digits
+    past six truncated); anything else it refuses goes through the lenient path below."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return _parse_arm_time(value)
+    if dt.tzinfo is UTC:
+        return dt
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _parse_arm_time(value: str) -> datetime:
     v = value.strip()
     if v.endswith("Z") or v.endswith("z"):
         v = v[:-1] + "+00:00"

@@ -14,6 +14,7 @@ from agent.testing.bench.__main__ import SECTIONS, build_parser, main, options_f
 from agent.testing.bench.calls import Calls, kind
 from agent.testing.bench.limits import retries_after_429
 from agent.testing.bench.profiling import OTHER, category, measure
+from agent.testing.bench.replay import load
 from agent.testing.bench.report import render
 from agent.testing.bench.scale import fill, size_mb
 from agent.testing.bench.targets import rows
@@ -75,6 +76,24 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
     assert [s.concurrency for s in results.sweep] == [1, 4]
     assert all(s.created > 0 for s in results.sweep)
 
+    # Against the lighter-weight responder (the sweep from 4 up, the initial sync): the same work as
+    # the recorded run against the emulators, every request answered from the recording.
+    lighter = results.lighter
+    assert lighter is not None and lighter.initial is not None
+    assert [r.concurrency for r in lighter.sweep] == [4]
+    assert lighter.initial.workspaces == 2
+    for replay in [*lighter.sweep, lighter.initial]:
+        assert replay.misses == 0 and replay.differences() == []
+        assert replay.created == replay.recorded.created > 0
+        assert replay.tickets == replay.recorded_tickets and len(replay.tickets) == replay.created
+        assert replay.outcome.calls.by_kind == replay.recorded.outcome.calls.by_kind
+        assert replay.responder_cpu > 0
+    # The recording holds the headers outer middlewares add (ARM's remaining allowance, which
+    # the agent paces by), not only what the handler set.
+    _, recorded = load(options.workdir / "lighter-sweep" / "recording.json")
+    names = {name for x in recorded for name, _ in x.headers}
+    assert "x-ms-ratelimit-remaining-subscription-reads" in names and "Location" in names
+
     assert [s.links for s in results.scale] == [40, 120]
     for size in results.scale:
         assert (size.idle.calls.reads, size.idle.calls.writes) == (2, 0)
@@ -91,6 +110,7 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
         "real token buckets",
         "## 4. Scale",
         "## 5. Concurrency sweep",
+        "## 5b. Concurrency sweep against a lighter-weight responder",
         "## Where the time of the initial sync goes",
     ):
         assert heading in text

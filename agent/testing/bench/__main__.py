@@ -4,7 +4,9 @@ Sections (``--only`` picks some): ``steady`` (the initial sync, then the steady 
 side with per-incident polling and the store app's algorithm), ``arm`` (the initial sync against
 ARM's real token buckets), ``limits`` (a ServiceNow rate-limit rule used up mid-sync), ``demo``
 (``make demo``'s output searched for 429s), ``scale`` (up to 1,000,000 links), ``sweep``
-(max_concurrency 1 to 32) and ``profile`` (where the time of the initial sync goes).
+(max_concurrency 1 to 32), ``responder`` (the sweep from 4 up and the initial sync against a
+lighter-weight responder that replays a recorded sync: the agent's own ceiling) and ``profile``
+(where the time of the initial sync goes).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.testing.bench import limits, scale, scenarios
+from agent.testing.bench import lighter, limits, scale, scenarios
 from agent.testing.bench.lab import BenchOptions
 from agent.testing.bench.report import render
 from agent.testing.bench.results import Results
 
-SECTIONS = ("steady", "arm", "limits", "demo", "scale", "sweep", "profile")
+SECTIONS = ("steady", "arm", "limits", "demo", "scale", "sweep", "responder", "profile")
 QUICK = {
     "workspaces": 1,
     "incidents": 40,
@@ -113,6 +115,7 @@ async def run(options: BenchOptions, sections: Sequence[str], command: str) -> R
         ("demo", limits.demo, "demo_row"),
         ("scale", scale.scale, "scale"),
         ("sweep", scenarios.sweep, "sweep"),
+        ("responder", lighter.lighter, "lighter"),
         ("profile", lambda o: scenarios.initial_sync(o, profile=True), "profile"),
     )
     for name, step, attr in steps:

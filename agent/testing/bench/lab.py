@@ -127,17 +127,21 @@ async def lab(
     incidents: int,
     arm_limits: bool = False,
     start_agent: bool = True,
+    record: bool = False,
 ) -> AsyncIterator[Lab]:
     """A fresh stack and agent under ``workdir/name`` (see the module docstring).
 
     Without ``arm_limits`` the Sentinel emulator's token buckets are opened wide, so that the
-    latency is the only bound (ARM's own limits are measured in a run of their own).
+    latency is the only bound (ARM's own limits are measured in a run of their own). ``record``
+    keeps every exchange whole in ``stack.recorder.exchanges`` (for a replay).
     """
     folder = options.workdir / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     emulators = folder / "emulators"
     async with EmulatorStack(seed=options.seed, directory=emulators, latency=options.latency) as stack:
+        if record:
+            stack.recorder.exchanges = []
         if not arm_limits:
             stack.sentinel.read_bucket = stack.sentinel.write_bucket = ARM_UNLIMITED
         names = workspace_names(options.workspaces)

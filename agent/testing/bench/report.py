@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from agent.testing.bench import targets
 from agent.testing.bench.calls import Calls
 from agent.testing.bench.lab import BenchOptions
+from agent.testing.bench.lighter import LighterResult, ReplayRun
 from agent.testing.bench.results import Results
 from agent.testing.bench.scale import ScaleResult
 from agent.testing.bench.scenarios import SteadyResult, Step, SyncResult
@@ -45,6 +46,8 @@ def render(r: Results) -> str:
         lines += _scale(r.scale, r.options)
     if r.sweep:
         lines += _sweep(r.sweep)
+    if r.lighter is not None:
+        lines += _lighter(r.lighter)
     if r.profile is not None:
         base = r.steady.initial if r.steady is not None else None
         lines += _profile(r.profile, base)
@@ -329,6 +332,79 @@ def _sweep(rows: Sequence[SyncResult]) -> list[str]:
         *_table(head, body),
         "",
     ]
+
+
+def _lighter(x: LighterResult) -> list[str]:
+    head = (
+        "run",
+        "max_concurrency",
+        "tickets",
+        "calls",
+        "wall s",
+        "latency bound s",
+        "bound / wall",
+        "agent CPU s",
+        "agent waiting for a CPU s",
+        "responder CPU s",
+        "responder CPU ms per request",
+        "misses",
+        "same work as recorded",
+    )
+    runs = [(f"sweep, {r.workspaces} x {r.incidents}", r) for r in x.sweep]
+    if x.initial is not None:
+        i = x.initial
+        runs.append((f"initial sync, {i.workspaces} x {i.incidents}", i))
+    body = [
+        (
+            label,
+            r.concurrency,
+            r.created,
+            r.outcome.calls.total,
+            _f(r.outcome.wall),
+            _f(r.bound),
+            _f(r.efficiency),
+            _f(r.outcome.cpu),
+            _f(r.outcome.run_delay),
+            _f(r.responder_cpu),
+            _f(r.responder_ms_per_request, 3),
+            r.misses,
+            "; ".join(r.differences()) or "yes",
+        )
+        for label, r in runs
+    ]
+    firsts = x.sweep[:1] + ([x.initial] if x.initial is not None else [])
+    recorded = [_recorded(label, r) for label, r in runs if r in firsts]
+    missed = sorted({m for _, r in runs for m in r.missed})
+    return [
+        "## 5b. Concurrency sweep against a lighter-weight responder",
+        "",
+        "The same syncs, with the emulators replaced by a responder that answers a recorded run "
+        "(`agent/testing/bench/responder.py`): a fresh agent's initial sync is recorded against "
+        "the emulators, then a process of its own answers each request with the recorded answer's "
+        "finished bytes after the same fixed latency (HTTPS/1.1 with keep-alive, no web framework), "
+        "and a fresh agent (new state database) syncs against it at each `max_concurrency`. "
+        "Requests are matched by method, server and target (times in filters and the order of "
+        "`IN` lists made equal) and, for writes, the ticket's unique key in the body; a request "
+        "without a recorded answer is a miss (answered 404). 'Same work' compares the calls by "
+        "kind and the tickets created (by unique key) with the recorded run.",
+        "",
+        *_table(head, body),
+        "",
+        *recorded,
+        f"- The emulators used {x.emulator_ms_per_request:.3f} ms of CPU per request in the recorded "
+        "runs (the benchmark's process while the agent synced).",
+        *([f"- Requests without a recorded answer: {', '.join(missed)}"] if missed else []),
+        "",
+    ]
+
+
+def _recorded(label: str, r: ReplayRun) -> str:
+    rec = r.recorded
+    return (
+        f"- Recorded ({label}) against the emulators at `max_concurrency` {rec.concurrency}: "
+        f"{rec.outcome.calls.total} calls, {rec.created} tickets, {rec.outcome.wall:.2f} s, "
+        f"{rec.efficiency:.2f} of the latency bound."
+    )
 
 
 def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:

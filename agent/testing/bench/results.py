@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent.testing.bench.lab import BenchOptions
+from agent.testing.bench.lighter import LighterResult
 from agent.testing.bench.scale import ScaleResult
 from agent.testing.bench.scenarios import SteadyResult, SyncResult
 
@@ -35,6 +36,7 @@ class Results:
     profile: SyncResult | None = None
     arm: SyncResult | None = None
     sweep: list[SyncResult] = field(default_factory=list)
+    lighter: LighterResult | None = None  # the sweep and initial sync against a lighter-weight responder
     scale: list[ScaleResult] = field(default_factory=list)
     duration: float = 0.0
     snow_limit_rows: list[Row] = field(default_factory=list)  # ServiceNow rate-limit rule run

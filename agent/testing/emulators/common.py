@@ -317,14 +317,38 @@ class Call:
     query: dict[str, str] = field(default_factory=dict)  # decoded query (the last of a repeated key)
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One request and the answer it got, whole: what a benchmark replays without the emulators."""
+
+    call: Call
+    origin: str  # scheme://host:port the request was sent to
+    target: str  # the request target as sent: raw path and query
+    body: bytes  # the request's body
+    headers: tuple[tuple[str, str], ...]  # the response's headers, as the emulator set them
+    response: bytes  # the response's body
+
+
 @dataclass
 class Recorder:
-    """Every request any emulator served, for tests and benchmarks to count calls."""
+    """Every request any emulator served, for tests and benchmarks to count calls.
+
+    ``exchanges`` is off (None) by default; a benchmark that sets it to a list gets every
+    request and answer whole (:class:`Exchange`), at the cost of keeping them.
+    """
 
     calls: list[Call] = field(default_factory=list)
+    exchanges: list[Exchange] | None = None
 
     def add(self, call: Call) -> None:
         self.calls.append(call)
+
+    async def keep(self, call: Call, request: web.Request) -> None:
+        """With ``exchanges`` on, note the request so that :func:`keep_exchange` keeps it whole
+        with its answer as sent (outer middlewares add headers); nothing otherwise."""
+        if self.exchanges is not None:
+            origin = f"{request.scheme}://{request.host}"
+            request[_PENDING] = (self, call, origin, request.raw_path, await request.read())
 
     def count(
         self,
@@ -353,6 +377,23 @@ class Recorder:
         self.calls.clear()
 
 
+_PENDING = web.RequestKey("recorder_pending_exchange", tuple)
+
+
+async def keep_exchange(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of every emulator app: completes an exchange :meth:`Recorder.keep` noted."""
+    pending = request.get(_PENDING)
+    if pending is None:
+        return
+    recorder, call, origin, target, body = pending
+    answer = response.body if isinstance(response, web.Response) else None
+    if not isinstance(answer, bytes | bytearray):
+        raise TypeError(f"cannot keep the answer to {call.method} {call.path} ({type(answer).__name__})")
+    headers = tuple((k, v) for k, v in response.headers.items())
+    assert recorder.exchanges is not None
+    recorder.exchanges.append(Exchange(call, origin, target, body, headers, bytes(answer)))
+
+
 ErrorFactory = Callable[[int, int], web.Response]
 """(status, retry_after) -> the system's own error response for an injected fault."""
 
@@ -373,25 +414,33 @@ def fault_and_record_middleware(
         if status is not None:
             faults.count(status if body is None else -1)
             query = dict(request.query)
-            recorder.add(Call(system, request.method, route, request.path, status or 0, instance, query))
-            if body is not None:
-                return web.Response(status=status, body=body, content_type="application/json")
+            call = Call(system, request.method, route, request.path, status or 0, instance, query)
+            recorder.add(call)
             if status == 0:
                 # Drop the connection without a response: the client sees a reset.
                 if request.transport is not None:
                     request.transport.abort()
                 raise asyncio.CancelledError
-            return error_for(status, retry_after)
+            if body is not None:
+                fault = web.Response(status=status, body=body, content_type="application/json")
+            else:
+                fault = error_for(status, retry_after)
+            await recorder.keep(call, request)
+            return fault
         try:
             response = await handler(request)
         except web.HTTPException as exc:
-            recorder.add(
-                Call(system, request.method, route, request.path, exc.status, instance, dict(request.query))
+            call = Call(
+                system, request.method, route, request.path, exc.status, instance, dict(request.query)
             )
+            recorder.add(call)
+            await recorder.keep(call, request)
             raise
-        recorder.add(
-            Call(system, request.method, route, request.path, response.status, instance, dict(request.query))
+        call = Call(
+            system, request.method, route, request.path, response.status, instance, dict(request.query)
         )
+        recorder.add(call)
+        await recorder.keep(call, request)
         return response
 
     return middleware
@@ -422,6 +471,8 @@ class EmulatorServer:
         self.base_url = ""
 
     async def start(self) -> str:
+        if not self.app.on_response_prepare.frozen and keep_exchange not in self.app.on_response_prepare:
+            self.app.on_response_prepare.append(keep_exchange)
         # shutdown_timeout belongs on the runner: aiohttp >= 3.9 warns when it is given to the site.
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()

@@ -1,0 +1,215 @@
+"""The agent against a lighter-weight responder: its own ceiling, apart from the emulators' CPU.
+
+For each size (the sweep's workspace, and the initial sync's workspaces), one initial sync of a
+fresh agent runs against the emulators with their recorder keeping every exchange whole. The
+recording is then answered by :mod:`agent.testing.bench.responder` in a process of its own, after
+the same fixed latency, and a fresh agent (new state database, the same config with the servers'
+URLs and CA replaced) syncs against it at each ``max_concurrency``. The responder counts what it
+served by recorded exchange, so each replay shows the calls it took by kind, and every request
+without a recorded answer (a miss). A replay counts only when it did the same work as the
+recorded run: the same calls by kind, the same tickets created (by their unique key) and 0 misses.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from agent.testing.bench.calls import Calls
+from agent.testing.bench.lab import BenchOptions, Outcome, lab, latency_bound
+from agent.testing.bench.replay import Recorded, identity, load, save
+from agent.testing.bench.responder import ResponderProcess
+from agent.testing.bench.scenarios import SyncResult
+from agent.testing.bench.worker import AgentProcess
+
+__all__ = ["LighterResult", "ReplayRun", "lighter"]
+
+_CREATE = ("servicenow", "POST")
+
+
+@dataclass
+class ReplayRun:
+    """One fresh agent's initial sync against the responder."""
+
+    label: str
+    workspaces: int
+    incidents: int  # seeded per workspace in the recorded run
+    concurrency: int
+    latency: float
+    outcome: Outcome  # the agent's numbers; calls as the responder served them
+    responder_cpu: float  # the responder process's CPU time during the sync
+    misses: int
+    missed: list[str]
+    tickets: frozenset[str]  # unique keys of the tickets created
+    recorded: SyncResult  # the recorded run against the emulators
+    recorded_tickets: frozenset[str]
+
+    @property
+    def created(self) -> int:
+        return self.outcome.total("created")
+
+    @property
+    def bound(self) -> float:
+        return latency_bound(self.outcome.calls.total, self.latency, self.concurrency)
+
+    @property
+    def efficiency(self) -> float:
+        return self.bound / self.outcome.wall if self.outcome.wall else 0.0
+
+    @property
+    def requests(self) -> int:
+        """Every request the responder answered: Entra's included, misses included."""
+        return self.outcome.calls.total + self.outcome.calls.entra + self.misses
+
+    @property
+    def responder_ms_per_request(self) -> float:
+        return 1000 * self.responder_cpu / self.requests if self.requests else 0.0
+
+    def differences(self) -> list[str]:
+        """How this replay's work differs from the recorded run's (empty: the same work)."""
+        out = []
+        if self.misses:
+            out.append(f"{self.misses} requests without a recorded answer")
+        ours, theirs = self.outcome.calls.by_kind, self.recorded.outcome.calls.by_kind
+        for kind in sorted(set(ours) | set(theirs)):
+            if ours.get(kind, 0) != theirs.get(kind, 0):
+                out.append(f"{kind}: {ours.get(kind, 0)} here, {theirs.get(kind, 0)} recorded")
+        if self.created != self.recorded.created:
+            out.append(f"{self.created} tickets created here, {self.recorded.created} recorded")
+        if self.tickets != self.recorded_tickets:
+            out.append(f"{len(self.tickets ^ self.recorded_tickets)} tickets differ by unique key")
+        return out
+
+
+@dataclass
+class LighterResult:
+    """The sweep and the initial sync against the responder."""
+
+    sweep: list[ReplayRun] = field(default_factory=list)
+    initial: ReplayRun | None = None
+    emulator_ms_per_request: float = 0.0  # the emulators' CPU per request in the recorded runs
+
+
+def emulator_ms_per_request(run: SyncResult) -> float:
+    requests = run.outcome.calls.total + run.outcome.calls.entra
+    return 1000 * run.emulator_cpu / requests if requests else 0.0
+
+
+async def lighter(options: BenchOptions) -> LighterResult:
+    """The sweep's points from 4 up (one workspace) and the initial sync, each against a recording."""
+    out = LighterResult()
+    points = tuple(c for c in options.sweep if c >= 4) or (options.concurrency,)
+    one = replace(options, workspaces=1)
+    out.sweep = await _replays(one, "lighter-sweep", options.sweep_incidents, points)
+    [out.initial] = await _replays(options, "lighter-initial", options.incidents, (options.concurrency,))
+    recorded = [out.initial.recorded, out.sweep[0].recorded] if out.sweep else [out.initial.recorded]
+    out.emulator_ms_per_request = max(emulator_ms_per_request(r) for r in recorded)
+    return out
+
+
+async def record(options: BenchOptions, name: str, incidents: int) -> tuple[SyncResult, Path, Path]:
+    """One initial sync against the emulators, recorded: (its result, the recording, its config)."""
+    async with lab(options, name, concurrency=options.concurrency, incidents=incidents, record=True) as lb:
+        c0 = time.process_time()
+        outcome = await lb.cycle()
+        emulator_cpu = time.process_time() - c0
+        if outcome.errors:
+            raise RuntimeError(f"{name}: " + "; ".join(outcome.errors))
+        await lb.stop_agent()
+        exchanges = lb.stack.recorder.exchanges
+        assert exchanges is not None
+        recording = lb.folder / "recording.json"
+        save(recording, exchanges)
+        result = SyncResult(
+            "recorded", len(lb.names), incidents, lb.concurrency, options.latency, outcome, emulator_cpu
+        )
+        return result, recording, lb.config
+
+
+async def _replays(
+    options: BenchOptions, name: str, incidents: int, concurrencies: tuple[int, ...]
+) -> list[ReplayRun]:
+    recorded, recording, config = await record(options, name, incidents)
+    _, exchanges = load(recording)
+    wanted = _tickets(exchanges, {i: 1 for i in range(len(exchanges))})
+    folder = recording.parent
+    responder = await ResponderProcess.start(
+        recording, options.latency, folder / "responder", folder / "responder.log"
+    )
+    out = []
+    try:
+        for concurrency in concurrencies:
+            ini = replay_config(config, folder / f"replay-{concurrency}", responder, concurrency)
+            agent = await AgentProcess.start(ini, folder / f"replay-{concurrency}" / "agent.log")
+            try:
+                await responder.reset()
+                before = await responder.stats()
+                answer = await agent.cycle()
+                after = await responder.stats()
+            finally:
+                await agent.kill()
+            served = {int(k): int(v) for k, v in after["served"].items()}
+            outcome = Outcome(
+                wall=answer["wall"],
+                cpu=answer["cpu"],
+                loop_cpu=answer["loop_cpu"],
+                run_delay=answer.get("run_delay", 0.0),
+                calls=Calls.of(exchanges[i].call for i, n in served.items() for _ in range(n)),
+                results=answer["results"],
+                peak_rss_mb=answer["peak_rss_mb"],
+            )
+            run = ReplayRun(
+                f"max_concurrency {concurrency}",
+                recorded.workspaces,
+                incidents,
+                concurrency,
+                options.latency,
+                outcome,
+                float(after["cpu"]) - float(before["cpu"]),
+                int(after["misses"]),
+                [str(m) for m in after["missed"]],
+                _tickets(exchanges, served),
+                recorded,
+                wanted,
+            )
+            if outcome.errors:
+                raise RuntimeError(f"{name} at {concurrency}: " + "; ".join(outcome.errors))
+            out.append(run)
+    finally:
+        await responder.stop()
+    return out
+
+
+def _tickets(exchanges: list[Recorded], served: dict[int, int]) -> frozenset[str]:
+    """Unique keys of the tickets the served creates made."""
+    return frozenset(
+        identity(x.call.method, x.body)
+        for i, x in enumerate(exchanges)
+        if served.get(i) and (x.call.system, x.call.method) == _CREATE and x.call.status < 300
+    )
+
+
+def replay_config(config: Path, folder: Path, responder: ResponderProcess, concurrency: int) -> Path:
+    """A copy of the recorded run's config for a fresh agent against the responder: every URL of
+    a recorded server replaced, the responder's CA trusted, a new state database. Written next to
+    the original, so that its secret files (named relative to the ini) are found."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(config, encoding="utf-8")
+    for section in parser.sections():
+        for name, value in parser.items(section):
+            for old, new in responder.origins.items():
+                if value == old or value.startswith(old + "/"):
+                    parser.set(section, name, new + value[len(old) :])
+    parser.set("agent", "ca_bundle", str(responder.ca_file.resolve()))
+    parser.set("agent", "state_db", str((folder / "state.db").resolve()))
+    parser.set("agent", "max_concurrency", str(concurrency))
+    path = config.with_name(f"{folder.name}.ini")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    return path

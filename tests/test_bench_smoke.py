@@ -86,7 +86,10 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
         assert replay.misses == 0 and replay.differences() == []
         assert replay.created == replay.recorded.created > 0
         assert replay.tickets == replay.recorded_tickets and len(replay.tickets) == replay.created
-        assert replay.outcome.calls.by_kind == replay.recorded.outcome.calls.by_kind
+        assert replay.outcome.calls.writes == replay.recorded.outcome.calls.writes
+        # Reads may differ only by owner look-ups that concurrent tasks repeat before the cache has
+        # the answer; every other read kind is made as often as recorded.
+        assert all("GET sys_user" in d for d in replay.read_differences()), replay.read_differences()
         assert replay.responder_cpu > 0
     # The recording holds the headers outer middlewares add (ARM's remaining allowance, which
     # the agent paces by), not only what the handler set.

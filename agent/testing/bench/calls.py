@@ -28,6 +28,12 @@ def is_write(call: Call) -> bool:
     return not (call.method == "POST" and call.route in _READ_POSTS)
 
 
+def kind_is_write(name: str) -> bool:
+    """:func:`is_write` for a kind as :func:`kind` names it (``sentinel POST incidents.alerts``)."""
+    system, method, route = name.split(" ", 2)
+    return is_write(Call(system, method, route, "", 0))
+
+
 @dataclass
 class Calls:
     """Calls to Sentinel and ServiceNow (token requests to Entra kept apart), by kind."""

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.testing.bench.calls import Calls
+from agent.testing.bench.calls import Calls, kind_is_write
 from agent.testing.bench.lab import BenchOptions, Outcome, lab, latency_bound
 from agent.testing.bench.replay import Recorded, identity, load, save
 from agent.testing.bench.responder import ResponderProcess
@@ -43,6 +43,7 @@ class ReplayRun:
     responder_cpu: float  # the responder process's CPU time during the sync
     misses: int
     missed: list[str]
+    connections: int  # connections the agent opened to the responder
     tickets: frozenset[str]  # unique keys of the tickets created
     recorded: SyncResult  # the recorded run against the emulators
     recorded_tickets: frozenset[str]
@@ -69,19 +70,37 @@ class ReplayRun:
         return 1000 * self.responder_cpu / self.requests if self.requests else 0.0
 
     def differences(self) -> list[str]:
-        """How this replay's work differs from the recorded run's (empty: the same work)."""
+        """How this replay's work differs from the recorded run's: misses, writes by kind, tickets
+        (empty: the same work)."""
         out = []
         if self.misses:
             out.append(f"{self.misses} requests without a recorded answer")
-        ours, theirs = self.outcome.calls.by_kind, self.recorded.outcome.calls.by_kind
-        for kind in sorted(set(ours) | set(theirs)):
-            if ours.get(kind, 0) != theirs.get(kind, 0):
-                out.append(f"{kind}: {ours.get(kind, 0)} here, {theirs.get(kind, 0)} recorded")
+        out += self._kinds(write=True)
         if self.created != self.recorded.created:
             out.append(f"{self.created} tickets created here, {self.recorded.created} recorded")
         if self.tickets != self.recorded_tickets:
             out.append(f"{len(self.tickets ^ self.recorded_tickets)} tickets differ by unique key")
         return out
+
+    def read_differences(self) -> list[str]:
+        """Reads by kind that differ from the recorded run (answered from the recording all the
+        same: a look-up repeated gets its recorded answer again)."""
+        return self._kinds(write=False)
+
+    def _kinds(self, *, write: bool) -> list[str]:
+        ours, theirs = self.outcome.calls.by_kind, self.recorded.outcome.calls.by_kind
+        return [
+            f"{kind}: {ours.get(kind, 0)} here, {theirs.get(kind, 0)} recorded"
+            for kind in sorted(set(ours) | set(theirs))
+            if kind_is_write(kind) == write and ours.get(kind, 0) != theirs.get(kind, 0)
+        ]
+
+    def same_work(self) -> str:
+        """``yes``, ``yes; reads differ: ...`` or what differs."""
+        if self.differences():
+            return "no: " + "; ".join(self.differences())
+        reads = self.read_differences()
+        return "yes" + (f"; reads differ: {'; '.join(reads)}" if reads else "")
 
 
 @dataclass
@@ -90,10 +109,10 @@ class LighterResult:
 
     sweep: list[ReplayRun] = field(default_factory=list)
     initial: ReplayRun | None = None
-    emulator_ms_per_request: float = 0.0  # the emulators' CPU per request in the recorded runs
 
 
 def emulator_ms_per_request(run: SyncResult) -> float:
+    """The emulators' CPU per request (Entra's included) in a run against them."""
     requests = run.outcome.calls.total + run.outcome.calls.entra
     return 1000 * run.emulator_cpu / requests if requests else 0.0
 
@@ -105,8 +124,6 @@ async def lighter(options: BenchOptions) -> LighterResult:
     one = replace(options, workspaces=1)
     out.sweep = await _replays(one, "lighter-sweep", options.sweep_incidents, points)
     [out.initial] = await _replays(options, "lighter-initial", options.incidents, (options.concurrency,))
-    recorded = [out.initial.recorded, out.sweep[0].recorded] if out.sweep else [out.initial.recorded]
-    out.emulator_ms_per_request = max(emulator_ms_per_request(r) for r in recorded)
     return out
 
 
@@ -123,6 +140,8 @@ async def record(options: BenchOptions, name: str, incidents: int) -> tuple[Sync
         assert exchanges is not None
         recording = lb.folder / "recording.json"
         save(recording, exchanges)
+        # Counted from everything recorded, from the agent's start: as the replays are counted.
+        outcome = replace(outcome, calls=Calls.of(x.call for x in exchanges))
         result = SyncResult(
             "recorded", len(lb.names), incidents, lb.concurrency, options.latency, outcome, emulator_cpu
         )
@@ -143,9 +162,9 @@ async def _replays(
     try:
         for concurrency in concurrencies:
             ini = replay_config(config, folder / f"replay-{concurrency}", responder, concurrency)
+            await responder.reset()  # before the agent starts: all it asks is counted
             agent = await AgentProcess.start(ini, folder / f"replay-{concurrency}" / "agent.log")
             try:
-                await responder.reset()
                 before = await responder.stats()
                 answer = await agent.cycle()
                 after = await responder.stats()
@@ -171,6 +190,7 @@ async def _replays(
                 float(after["cpu"]) - float(before["cpu"]),
                 int(after["misses"]),
                 [str(m) for m in after["missed"]],
+                int(after["connections"]) - int(before["connections"]),
                 _tickets(exchanges, served),
                 recorded,
                 wanted,

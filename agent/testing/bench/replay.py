@@ -188,10 +188,11 @@ class Script:
         self.reset()
 
     def reset(self) -> None:
-        """Start again from each key's first answer, with nothing served or missed."""
+        """Start again from each key's first answer, with nothing served, missed or connected."""
         self._next: dict[Key, int] = {}
         self.served: dict[int, int] = {}  # exchange index -> times served
         self.misses: list[str] = []
+        self.connections = 0  # counted by the server
 
     def answer(self, origin: int, method: str, target: str, body: bytes) -> tuple[bytes, bytes]:
         """The answer to a request, as (head, rest): :func:`response_bytes` without the ``Date``."""

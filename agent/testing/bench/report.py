@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from agent.testing.bench import targets
 from agent.testing.bench.calls import Calls
 from agent.testing.bench.lab import BenchOptions
-from agent.testing.bench.lighter import LighterResult, ReplayRun
+from agent.testing.bench.lighter import LighterResult, ReplayRun, emulator_ms_per_request
 from agent.testing.bench.results import Results
 from agent.testing.bench.scale import ScaleResult
 from agent.testing.bench.scenarios import SteadyResult, Step, SyncResult
@@ -347,6 +347,7 @@ def _lighter(x: LighterResult) -> list[str]:
         "agent waiting for a CPU s",
         "responder CPU s",
         "responder CPU ms per request",
+        "connections",
         "misses",
         "same work as recorded",
     )
@@ -367,8 +368,9 @@ def _lighter(x: LighterResult) -> list[str]:
             _f(r.outcome.run_delay),
             _f(r.responder_cpu),
             _f(r.responder_ms_per_request, 3),
+            r.connections,
             r.misses,
-            "; ".join(r.differences()) or "yes",
+            r.same_work(),
         )
         for label, r in runs
     ]
@@ -391,8 +393,6 @@ def _lighter(x: LighterResult) -> list[str]:
         *_table(head, body),
         "",
         *recorded,
-        f"- The emulators used {x.emulator_ms_per_request:.3f} ms of CPU per request in the recorded "
-        "runs (the benchmark's process while the agent synced).",
         *([f"- Requests without a recorded answer: {', '.join(missed)}"] if missed else []),
         "",
     ]
@@ -403,7 +403,8 @@ def _recorded(label: str, r: ReplayRun) -> str:
     return (
         f"- Recorded ({label}) against the emulators at `max_concurrency` {rec.concurrency}: "
         f"{rec.outcome.calls.total} calls, {rec.created} tickets, {rec.outcome.wall:.2f} s, "
-        f"{rec.efficiency:.2f} of the latency bound."
+        f"{rec.efficiency:.2f} of the latency bound; the emulators (the benchmark's process) used "
+        f"{rec.emulator_cpu:.2f} s of CPU, {emulator_ms_per_request(rec):.3f} ms per request."
     )
 
 

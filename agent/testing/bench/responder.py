@@ -11,7 +11,8 @@ framework, no routing, no JSON work per request), so that its CPU per request st
 emulators'.
 
 Then it reads one JSON request per line on stdin and answers each on stdout: ``{"op": "stats"}``
-(the recorded exchanges served so far by index, the misses, its own CPU time), ``{"op": "reset"}``
+(the recorded exchanges served so far by index, the misses, the connections accepted, its own
+CPU time), ``{"op": "reset"}``
 (every key starts from its first answer again, the counts from zero: for the next fresh agent)
 and ``{"op": "exit"}``. :class:`ResponderProcess` drives it from the bench.
 """
@@ -47,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._script.connections += 1
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -145,6 +147,7 @@ async def serve(recording: Path, latency: float, directory: Path) -> None:
                     {
                         "op": op,
                         "served": {str(k): v for k, v in script.served.items()},
+                        "connections": script.connections,
                         "misses": len(script.misses),
                         "missed": script.misses[:20],
                         "cpu": cpu_seconds(),

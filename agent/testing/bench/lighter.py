@@ -66,6 +66,18 @@ class ReplayRun:
         return self.outcome.calls.total + self.outcome.calls.entra + self.misses
 
     @property
+    def loop_ms_per_call(self) -> float:
+        """The agent's event-loop CPU per call (Sentinel and ServiceNow), in milliseconds."""
+        calls = self.outcome.calls.total
+        return 1000 * self.outcome.loop_cpu / calls if calls else 0.0
+
+    @property
+    def allowed_ms_per_call(self) -> float:
+        """The event-loop CPU per call at which the latency bound is still reachable: with
+        ``max_concurrency`` calls in flight sharing one loop, ``latency / max_concurrency``."""
+        return 1000 * self.latency / self.concurrency
+
+    @property
     def responder_ms_per_request(self) -> float:
         return 1000 * self.responder_cpu / self.requests if self.requests else 0.0
 

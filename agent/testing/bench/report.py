@@ -344,6 +344,7 @@ def _lighter(x: LighterResult) -> list[str]:
         "latency bound s",
         "bound / wall",
         "agent CPU s",
+        "agent loop CPU ms per call (the bound allows)",
         "agent waiting for a CPU s",
         "responder CPU s",
         "responder CPU ms per request",
@@ -365,6 +366,7 @@ def _lighter(x: LighterResult) -> list[str]:
             _f(r.bound),
             _f(r.efficiency),
             _f(r.outcome.cpu),
+            f"{r.loop_ms_per_call:.2f} ({r.allowed_ms_per_call:.2f})",
             _f(r.outcome.run_delay),
             _f(r.responder_cpu),
             _f(r.responder_ms_per_request, 3),
@@ -388,7 +390,9 @@ def _lighter(x: LighterResult) -> list[str]:
         "Requests are matched by method, server and target (times in filters and the order of "
         "`IN` lists made equal) and, for writes, the ticket's unique key in the body; a request "
         "without a recorded answer is a miss (answered 404). 'Same work' compares the calls by "
-        "kind and the tickets created (by unique key) with the recorded run.",
+        "kind and the tickets created (by unique key) with the recorded run. The calls in flight "
+        "share the agent's one event loop: a sync reaches the latency bound only while the loop's "
+        "CPU per call stays below `latency / max_concurrency` (in brackets).",
         "",
         *_table(head, body),
         "",

@@ -281,7 +281,9 @@ def own_ceiling(x: LighterResult | None, target: str) -> Row:
         )
     if x.sweep:
         listed = ", ".join(
-            f"{run.concurrency}: {run.efficiency:.2f} (loop {_loop_share(run):.0%})" for run in x.sweep
+            f"{run.concurrency}: {run.efficiency:.2f} (loop {_loop_share(run):.0%}, "
+            f"{run.loop_ms_per_call:.2f} ms loop CPU per call, bound allows {run.allowed_ms_per_call:.2f})"
+            for run in x.sweep
         )
         parts.append(f"sweep {listed}")
     parts.append(f"{misses} misses")

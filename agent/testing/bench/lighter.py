@@ -7,7 +7,9 @@ the same fixed latency, and a fresh agent (new state database, the same config w
 URLs and CA replaced) syncs against it at each ``max_concurrency``. The responder counts what it
 served by recorded exchange, so each replay shows the calls it took by kind, and every request
 without a recorded answer (a miss). A replay counts only when it did the same work as the
-recorded run: the same calls by kind, the same tickets created (by their unique key) and 0 misses.
+recorded run: 0 misses, the same writes by kind and the same tickets created (by their unique
+key). Reads that differ by kind are shown beside it: owner look-ups that concurrent tasks repeat
+before the agent's cache holds the answer vary from one run to the next, against the emulators too.
 """
 
 from __future__ import annotations

@@ -389,8 +389,9 @@ def _lighter(x: LighterResult) -> list[str]:
         "and a fresh agent (new state database) syncs against it at each `max_concurrency`. "
         "Requests are matched by method, server and target (times in filters and the order of "
         "`IN` lists made equal) and, for writes, the ticket's unique key in the body; a request "
-        "without a recorded answer is a miss (answered 404). 'Same work' compares the calls by "
-        "kind and the tickets created (by unique key) with the recorded run. The calls in flight "
+        "without a recorded answer is a miss (answered 404). 'Same work as recorded' compares the "
+        "misses, the writes by kind and the tickets created (by unique key) with the recorded run, "
+        "and names any read kind made a different number of times. The calls in flight "
         "share the agent's one event loop: a sync reaches the latency bound only while the loop's "
         "CPU per call stays below `latency / max_concurrency` (in brackets).",
         "",

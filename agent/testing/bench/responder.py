@@ -7,14 +7,14 @@ server of the recording (Entra, Sentinel, each ServiceNow instance) and prints o
 ``{"origins": {recorded origin: new origin}, "ca_file": ...}``. It answers every request after the
 fixed latency with the finished bytes of the recorded answer: an asyncio protocol that reads the
 request line, ``Content-Length`` and the body, with keep-alive, and nothing else (no web
-framework, no routing, no JSON work per request), so that its CPU per request stays far below the
-emulators'.
+framework, no routing, no JSON work but reading a write's unique key), so that its CPU per
+request stays far below the emulators'.
 
 Then it reads one JSON request per line on stdin and answers each on stdout: ``{"op": "stats"}``
 (the recorded exchanges served so far by index, the misses, the connections accepted, its own
-CPU time), ``{"op": "reset"}``
-(every key starts from its first answer again, the counts from zero: for the next fresh agent)
-and ``{"op": "exit"}``. :class:`ResponderProcess` drives it from the bench.
+CPU time), ``{"op": "reset"}`` (every key starts from its first answer again, the counts from
+zero: for the next fresh agent) and ``{"op": "exit"}``. :class:`ResponderProcess` drives it
+from the bench.
 """
 
 from __future__ import annotations

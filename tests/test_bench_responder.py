@@ -3,6 +3,7 @@ requests matched to recorded answers, misses counted. No times are checked."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 
@@ -125,3 +126,23 @@ async def test_the_emulators_keep_whole_exchanges_only_when_switched_on(tmp_path
         assert (kept.call.system, kept.call.method, kept.call.status) == ("entra", "GET", 200)
         assert kept.origin == stack.entra_url and kept.target.endswith("openid-configuration?x=1")
         assert kept.response == body and ("Content-Type", resp.headers["Content-Type"]) in kept.headers
+
+
+async def test_a_request_the_responder_cannot_read_is_refused_and_counted(tmp_path: Path) -> None:
+    responder = await ResponderProcess.start(
+        _recording(tmp_path / "rec.json"), 0.0, tmp_path / "tls", tmp_path / "responder.log"
+    )
+    try:
+        port = int(responder.origins[SNOW].rsplit(":", 1)[1])
+        context = ssl.create_default_context(cafile=str(responder.ca_file))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(
+            b"POST /api/now/table/incident HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 400 ")
+        writer.close()
+        stats = await responder.stats()
+        assert stats["misses"] == 1 and "chunked" in stats["missed"][0] and stats["served"] == {}
+    finally:
+        await responder.stop()

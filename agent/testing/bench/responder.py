@@ -73,6 +73,9 @@ class _Connection(asyncio.Protocol):
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
                 if name == b"content-length":
+                    if not value.strip().isdigit():
+                        self._refuse("malformed Content-Length")
+                        return
                     length = int(value)
                 elif name == b"transfer-encoding":
                     self._refuse("chunked request bodies are not supported")

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from agent.testing.bench.calls import Calls, kind_is_write
 from agent.testing.bench.lab import BenchOptions, Outcome, lab, latency_bound
+from agent.testing.bench.markdown import number, table
 from agent.testing.bench.replay import Recorded, identity, load, save
 from agent.testing.bench.responder import ResponderProcess
 from agent.testing.bench.scenarios import SyncResult
 from agent.testing.bench.worker import AgentProcess
 
-__all__ = ["LighterResult", "ReplayRun", "lighter"]
+__all__ = ["LighterResult", "ReplayRun", "lighter", "section"]
 
 _CREATE = ("servicenow", "POST")
 
@@ -247,3 +248,94 @@ def replay_config(config: Path, folder: Path, responder: ResponderProcess, concu
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         parser.write(handle)
     return path
+
+
+# --- the report's section -------------------------------------------------------------------------
+
+
+def section(x: LighterResult) -> list[str]:
+    """The report's section: the sweep and the initial sync against the responder."""
+    head = (
+        "run",
+        "max_concurrency",
+        "tickets",
+        "calls",
+        "wall s",
+        "latency bound s",
+        "bound / wall",
+        "agent CPU s",
+        "agent loop CPU ms per call (the bound allows)",
+        "agent waiting for a CPU s",
+        "responder CPU s",
+        "responder CPU ms per request",
+        "connections",
+        "misses",
+        "same work as recorded",
+    )
+    runs = [(f"sweep, {r.workspaces} x {r.incidents}", r) for r in x.sweep]
+    if x.initial is not None:
+        i = x.initial
+        runs.append((f"initial sync, {i.workspaces} x {i.incidents}", i))
+    body = [
+        (
+            label,
+            r.concurrency,
+            r.created,
+            r.outcome.calls.total,
+            number(r.outcome.wall),
+            number(r.bound),
+            number(r.efficiency),
+            number(r.outcome.cpu),
+            f"{r.loop_ms_per_call:.2f} ({r.allowed_ms_per_call:.2f})",
+            number(r.outcome.run_delay),
+            number(r.responder_cpu),
+            number(r.responder_ms_per_request, 3),
+            r.connections,
+            r.misses,
+            r.same_work(),
+        )
+        for label, r in runs
+    ]
+    firsts = x.sweep[:1] + ([x.initial] if x.initial is not None else [])
+    recorded = [_recorded(label, r) for label, r in runs if r in firsts]
+    missed = sorted({m for _, r in runs for m in r.missed})
+    return [
+        "## 5b. Concurrency sweep against a lighter-weight responder",
+        "",
+        "The same syncs, with the emulators replaced by a responder that answers a recorded run "
+        "(`agent/testing/bench/responder.py`): a fresh agent's initial sync is recorded against "
+        "the emulators, then a process of its own answers each request with the recorded answer's "
+        "finished bytes after the same fixed latency (HTTPS/1.1 with keep-alive, no web framework), "
+        "and a fresh agent (new state database) syncs against it at each `max_concurrency`. "
+        "Requests are matched by method, server and target (times in filters and the order of "
+        "`IN` lists made equal) and, for writes, the ticket's unique key in the body; a request "
+        "without a recorded answer is a miss (answered 404). 'Same work as recorded' compares the "
+        "misses, the writes by kind and the tickets created (by unique key) with the recorded run, "
+        "and names any read kind made a different number of times. The calls in flight "
+        "share the agent's one event loop: a sync reaches the latency bound only while the loop's "
+        "CPU per call stays below `latency / max_concurrency` (in brackets).",
+        "",
+        *table(head, body),
+        "",
+        *recorded,
+        *([f"- Requests without a recorded answer: {', '.join(missed)}"] if missed else []),
+        *([_ABOVE_ONE] if any(r.efficiency > 1 for _, r in runs) else []),
+        "",
+    ]
+
+
+_ABOVE_ONE = (
+    "- A bound / wall above 1 is no error: `max_concurrency` limits each HTTP client's connections "
+    "(ARM's and each ServiceNow instance's apart) and each workspace's incidents in flight, so "
+    "more calls than `max_concurrency` can be under way at once across systems and workspaces."
+)
+
+
+def _recorded(label: str, r: ReplayRun) -> str:
+    rec = r.recorded
+    return (
+        f"- Recorded ({label}) against the emulators at `max_concurrency` {rec.concurrency}: "
+        f"{rec.outcome.calls.total} calls, {rec.created} tickets, {rec.outcome.wall:.2f} s, "
+        f"{rec.efficiency:.2f} of the latency bound; the emulators (the benchmark's process) used "
+        f"{rec.emulator_cpu:.2f} s of CPU, {emulator_ms_per_request(rec):.3f} ms per request."
+    )

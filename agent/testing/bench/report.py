@@ -5,27 +5,18 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from agent.testing.bench import targets
+from agent.testing.bench import lighter, targets
 from agent.testing.bench.calls import Calls
 from agent.testing.bench.lab import BenchOptions
-from agent.testing.bench.lighter import LighterResult, ReplayRun, emulator_ms_per_request
+from agent.testing.bench.markdown import number as _f
+from agent.testing.bench.markdown import table as _table
 from agent.testing.bench.results import Results
 from agent.testing.bench.scale import ScaleResult
 from agent.testing.bench.scenarios import SteadyResult, Step, SyncResult
 
 __all__ = ["Results", "render"]
-
-
-def _table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
-
-
-def _f(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}"
 
 
 def _ratio(a: float, b: float) -> str:
@@ -47,7 +38,7 @@ def render(r: Results) -> str:
     if r.sweep:
         lines += _sweep(r.sweep)
     if r.lighter is not None:
-        lines += _lighter(r.lighter)
+        lines += lighter.section(r.lighter)
     if r.profile is not None:
         base = r.steady.initial if r.steady is not None else None
         lines += _profile(r.profile, base)
@@ -332,85 +323,6 @@ def _sweep(rows: Sequence[SyncResult]) -> list[str]:
         *_table(head, body),
         "",
     ]
-
-
-def _lighter(x: LighterResult) -> list[str]:
-    head = (
-        "run",
-        "max_concurrency",
-        "tickets",
-        "calls",
-        "wall s",
-        "latency bound s",
-        "bound / wall",
-        "agent CPU s",
-        "agent loop CPU ms per call (the bound allows)",
-        "agent waiting for a CPU s",
-        "responder CPU s",
-        "responder CPU ms per request",
-        "connections",
-        "misses",
-        "same work as recorded",
-    )
-    runs = [(f"sweep, {r.workspaces} x {r.incidents}", r) for r in x.sweep]
-    if x.initial is not None:
-        i = x.initial
-        runs.append((f"initial sync, {i.workspaces} x {i.incidents}", i))
-    body = [
-        (
-            label,
-            r.concurrency,
-            r.created,
-            r.outcome.calls.total,
-            _f(r.outcome.wall),
-            _f(r.bound),
-            _f(r.efficiency),
-            _f(r.outcome.cpu),
-            f"{r.loop_ms_per_call:.2f} ({r.allowed_ms_per_call:.2f})",
-            _f(r.outcome.run_delay),
-            _f(r.responder_cpu),
-            _f(r.responder_ms_per_request, 3),
-            r.connections,
-            r.misses,
-            r.same_work(),
-        )
-        for label, r in runs
-    ]
-    firsts = x.sweep[:1] + ([x.initial] if x.initial is not None else [])
-    recorded = [_recorded(label, r) for label, r in runs if r in firsts]
-    missed = sorted({m for _, r in runs for m in r.missed})
-    return [
-        "## 5b. Concurrency sweep against a lighter-weight responder",
-        "",
-        "The same syncs, with the emulators replaced by a responder that answers a recorded run "
-        "(`agent/testing/bench/responder.py`): a fresh agent's initial sync is recorded against "
-        "the emulators, then a process of its own answers each request with the recorded answer's "
-        "finished bytes after the same fixed latency (HTTPS/1.1 with keep-alive, no web framework), "
-        "and a fresh agent (new state database) syncs against it at each `max_concurrency`. "
-        "Requests are matched by method, server and target (times in filters and the order of "
-        "`IN` lists made equal) and, for writes, the ticket's unique key in the body; a request "
-        "without a recorded answer is a miss (answered 404). 'Same work as recorded' compares the "
-        "misses, the writes by kind and the tickets created (by unique key) with the recorded run, "
-        "and names any read kind made a different number of times. The calls in flight "
-        "share the agent's one event loop: a sync reaches the latency bound only while the loop's "
-        "CPU per call stays below `latency / max_concurrency` (in brackets).",
-        "",
-        *_table(head, body),
-        "",
-        *recorded,
-        *([f"- Requests without a recorded answer: {', '.join(missed)}"] if missed else []),
-        "",
-    ]
-
-
-def _recorded(label: str, r: ReplayRun) -> str:
-    rec = r.recorded
-    return (
-        f"- Recorded ({label}) against the emulators at `max_concurrency` {rec.concurrency}: "
-        f"{rec.outcome.calls.total} calls, {rec.created} tickets, {rec.outcome.wall:.2f} s, "
-        f"{rec.efficiency:.2f} of the latency bound; the emulators (the benchmark's process) used "
-        f"{rec.emulator_cpu:.2f} s of CPU, {emulator_ms_per_request(rec):.3f} ms per request."
-    )
 
 
 def _profile(p: SyncResult, base: SyncResult | None) -> list[str]:

@@ -363,3 +363,23 @@ async def test_e4_owner_with_only_an_email_survives_a_severity_change_from_servi
     p = props(ws, inc["name"])
     assert p["severity"] == "High"
     assert {k: v for k, v in p["owner"].items() if v} == {"email": ALICE, "assignedTo": "Alice Analyst"}
+
+
+async def test_the_cycle_summary_times_the_act_step_and_counts_its_requests(env: Env) -> None:
+    ws = env.ws()
+    for i in range(3):
+        ws.create_incident(title=f"apply {i}", labels=["snow"])
+    mark = env.stack.recorder.mark()
+    stats = await env.stats()
+    assert stats.created == 3
+    writes_step = ("incidents.alerts", "incidents.entities", "comments.list", "incidents.put")
+    made = [
+        c
+        for c in env.stack.recorder.since(mark)
+        if c.route in writes_step or (c.system, c.method) == ("servicenow", "POST")
+    ]
+    # every request of the act step, and none of the listings and look-ups before it
+    assert stats.apply_calls == len(made) >= 3 * 3
+    assert stats.apply_ms > 0
+    idle = await env.stats()
+    assert (idle.apply_calls, idle.created) == (0, 0)

@@ -38,6 +38,10 @@ class CycleStats:
     comments_deferred: int = 0
     sweep: bool = False
     open_check: bool = False
+    # The act step alone (the writes under the concurrency bound): its wall time and the requests
+    # the workspace's clients sent meanwhile (clients shared with other workspaces count theirs too).
+    apply_ms: float = 0.0
+    apply_calls: int = 0
     planned: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:

@@ -145,7 +145,10 @@ class WorkspaceSync(Setup):
             for skip in (a for a in actions if isinstance(a, Skip)):
                 await apply.forget(self, skip)
             await self._begin_talk(ctx, actions)
+            started, calls = time.monotonic(), self._calls()
             await self._execute(ctx, actions, apply.run)
+            ctx.stats.apply_ms = round((time.monotonic() - started) * 1000, 1)
+            ctx.stats.apply_calls = self._calls() - calls
             await self._after(ctx, actions, incidents)
         # 5. watermarks: the newest server time seen; failures are retried from their table.
         # Work deferred by a shutdown keeps both watermarks where they were, and a backfill

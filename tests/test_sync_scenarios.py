@@ -5,6 +5,7 @@ and the shadow. No HTTP, no emulator: what is tested is the engine's decisions a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,6 +55,53 @@ async def rig(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
     store = await MemoryStore.open()
     yield Rig(clock, source, sink, store, WorkspaceSync(fakes.settings(), source, sink, store))
     await store.close()
+
+
+async def test_a_pair_waiting_for_its_commit_leaves_its_slot_to_the_next(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the shadow's commit is left: the pair's concurrency slot goes to the next incident,
+    and the remote requests in flight stay within max_concurrency."""
+    rig.sync = WorkspaceSync(fakes.settings(max_concurrency=2), rig.source, rig.sink, rig.store)
+    for _ in range(3):
+        rig.source.add(severity="High")
+    committing: list[str] = []
+    gate = asyncio.Event()
+    save_link = rig.store.save_link
+
+    async def slow_commit(link: Link, **kwargs: Any) -> None:
+        committing.append(link.incident)
+        if len(committing) <= 2:
+            await gate.wait()  # the first two commits wait until the third pair got going
+        await save_link(link, **kwargs)
+
+    in_flight = most = 0
+
+    def counted(call: Any) -> Any:
+        async def remote(*args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            try:
+                await asyncio.sleep(0.001)
+                return await call(*args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        return remote
+
+    monkeypatch.setattr(rig.store, "save_link", slow_commit)
+    monkeypatch.setattr(rig.sink, "create", counted(rig.sink.create))
+    monkeypatch.setattr(rig.source, "add_label", counted(rig.source.add_label))
+    monkeypatch.setattr(rig.source, "entities", counted(rig.source.entities))
+    cycle = asyncio.create_task(rig.cycle())
+    async with asyncio.timeout(5):
+        while len(committing) < 3:  # without the hand-over the third pair never starts
+            await asyncio.sleep(0.001)
+    gate.set()
+    stats = await cycle
+    assert (stats.created, stats.failures, len(rig.sink.tickets)) == (3, 0, 3)
+    assert most == 2
 
 
 def ticket_of(rig: Rig, incident: str) -> Any:

@@ -11,6 +11,7 @@ the source side, so a comment that caused the conflict is copied too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -25,7 +26,7 @@ from agent.sync import clock, hooks
 from agent.sync.actions import Action, Create, FollowUp, Skip, Update, side, ticket_side
 from agent.sync.context import CycleContext, Setup
 from agent.sync.conversation import Opening, PairWork, journal_seen
-from agent.sync.failures import safe_error
+from agent.sync.failures import release_slot, safe_error
 from agent.sync.pairing import Pair
 from agent.sync.writes import log_plan_notes, new_ticket, plan_writes
 
@@ -42,7 +43,9 @@ _PER_TICKET_EXTRA = frozenset(
 
 
 async def commit(sync: Setup, link: Link, conflicts: Iterable[tuple[str, str, str, str]] = ()) -> None:
-    """Save one pair's link (with the conflicts it resolved): the shadow's commit."""
+    """Save one pair's link (with the conflicts it resolved): the shadow's commit. It is the last
+    step of a pair's work, so the pair's concurrency slot goes to the next one meanwhile."""
+    release_slot()
     await sync.store.save_link(link, conflicts=list(conflicts))
 
 
@@ -96,10 +99,19 @@ async def create(sync: Setup, ctx: CycleContext, incident: Incident) -> None:
         await sync.talk.created(incident, None, opening, clock.utcnow())  # nothing was made
         raise
     log.info("snow_created", snow_number=ticket.number, sys_id=ticket.id, direction="to_snow")
-    await sync.talk.created(incident, ticket, opening, clock.utcnow())
-    # The label goes before the link is saved: after a crash in between, the incident is listed
-    # again (the watermark has not moved) and adopting it writes the label.
-    version = await _label(sync, incident, ticket)
+    # The opening entries' "posted" mark and the label go out together, each to its end, before
+    # the link is saved: after a crash before the link, the incident is listed again (the
+    # watermark has not moved), and adopting its ticket writes the label and confirms the entries.
+    marked, labelled = await asyncio.gather(
+        sync.talk.created(incident, ticket, opening, clock.utcnow()),
+        _label(sync, incident, ticket),
+        return_exceptions=True,
+    )
+    for outcome in (marked, labelled):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(labelled, str)
+    version = labelled
     now = clock.utcnow()
     delay = sync.settings.enrichment_delay
     link = Link(

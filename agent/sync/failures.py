@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from agent.errors import DataError, HookFailed, InstancePaused, RemoteError, TransientError
@@ -25,13 +27,52 @@ def safe_error(exc: BaseException) -> str:
     return str(exc)[:500]
 
 
+class Slot:
+    """One of a workspace's ``max_concurrency`` places for an incident's remote work.
+
+    An incident holds its slot from its first request to its last; :func:`release_slot` hands it
+    to the next incident as soon as only the shadow's commit is left, so no slot sits idle
+    waiting for the store while requests could be in flight."""
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self._sem = sem
+        self._held = False
+
+    async def __aenter__(self) -> Slot:
+        await self._sem.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._sem.release()
+
+
+_slot: ContextVar[Slot | None] = ContextVar("slot", default=None)
+
+
+def release_slot() -> None:
+    """The running incident sends nothing more: its slot goes to the next one (a no-op outside
+    :func:`guard`)."""
+    slot = _slot.get()
+    if slot is not None:
+        slot.release()
+
+
 async def guard(sync: Setup, ctx: CycleContext, incident: str, work: Coroutine[Any, Any, None]) -> None:
     """Run one incident's work (see the module docstring)."""
-    async with sync.sem:
+    async with Slot(sync.sem) as slot:
         if sync.stopping is not None and sync.stopping.is_set():
             work.close()  # shutting down: start no new work (the watermark stays put)
             ctx.stats.deferred += 1
             return
+        token = _slot.set(slot)
         with bind(incident=incident):
             try:
                 await work
@@ -44,6 +85,8 @@ async def guard(sync: Setup, ctx: CycleContext, incident: str, work: Coroutine[A
             except (RemoteError, DataError) as exc:
                 ctx.stats.failures += 1
                 await failed(sync, ctx, incident, exc)
+            finally:
+                _slot.reset(token)
 
 
 async def failed(sync: Setup, ctx: CycleContext, incident: str, exc: RemoteError | DataError) -> None:

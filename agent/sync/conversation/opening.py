@@ -52,6 +52,7 @@ from agent.sync.conversation.state import (
     Talk,
     text_hash,
 )
+from agent.tasks import limited
 
 SEPARATOR = "\n\n"
 
@@ -130,14 +131,13 @@ async def intend(talk: Talk, incident: Incident, opening: Opening, now: datetime
             if c.state == PENDING and c.journal_sys_id.startswith(PLACEHOLDER):
                 await talk.store.delete_comment_link(c)
                 log.info("comment_write_lost", incident=incident.id, comment=c.sentinel_comment)
-    for e in opening.entries:
-        await talk.store.add_comment_link(_intent(talk, incident, e, now))
+    # Together: the store's writer commits them in one transaction (one round trip, not one each).
+    await limited([talk.store.add_comment_link(_intent(talk, incident, e, now)) for e in opening.entries])
 
 
 async def forget(talk: Talk, incident: Incident, opening: Opening, now: datetime) -> None:
     """The create certainly did not happen: its intents go."""
-    for e in opening.entries:
-        await talk.store.delete_comment_link(_intent(talk, incident, e, now))
+    await limited([talk.store.delete_comment_link(_intent(talk, incident, e, now)) for e in opening.entries])
 
 
 async def posted(talk: Talk, incident: Incident, ticket: Ticket, opening: Opening, now: datetime) -> None:
@@ -145,8 +145,9 @@ async def posted(talk: Talk, incident: Incident, ticket: Ticket, opening: Openin
     if not opening.entries:
         return
     talk.posted.setdefault(ticket.id, ticket.modified)
-    for e in opening.entries:
-        await talk.store.set_comment_link(_intent(talk, incident, e, now), state=POSTED)
+    await limited(
+        [talk.store.set_comment_link(_intent(talk, incident, e, now), state=POSTED) for e in opening.entries]
+    )
     await talk.journal.learn(ticket.updated_by, now)
     for e in opening.entries:
         alerts = sum(1 for i in e.note_ids if i.startswith(ALERT))

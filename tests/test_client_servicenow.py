@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -384,6 +385,16 @@ async def test_find_user_by_each_key_with_cache(env: Env) -> None:
     assert len(env.calls(mark)) == 1  # hits and misses are cached
     with pytest.raises(ValueError, match="exactly one"):
         await env.client.find_user(user_name="a", email="b")
+
+
+async def test_concurrent_look_ups_of_one_user_ask_once(env: Env) -> None:
+    # Workspaces of one instance resolve their owners at the same time: the cache must not let
+    # each of them query the same user.
+    env.snow.add_user("abel.tuter", "abel.tuter@example.com", "Abel Tuter")
+    mark = env.recorder.mark()
+    found = await asyncio.gather(*(env.client.find_user(email="abel.tuter@example.com") for _ in range(5)))
+    assert len({u.sys_id for u in found if u is not None}) == 1 and None not in found
+    assert len(env.calls(mark)) == 1
 
 
 async def test_find_user_with_duplicate_emails(env: Env) -> None:

@@ -66,11 +66,13 @@ async def test_a_pair_waiting_for_its_commit_leaves_its_slot_to_the_next(
     for _ in range(3):
         rig.source.add(severity="High")
     committing: list[str] = []
-    gate = asyncio.Event()
+    gate, third = asyncio.Event(), asyncio.Event()
     save_link = rig.store.save_link
 
     async def slow_commit(link: Link, **kwargs: Any) -> None:
         committing.append(link.incident)
+        if len(committing) == 3:
+            third.set()
         if len(committing) <= 2:
             await gate.wait()  # the first two commits wait until the third pair got going
         await save_link(link, **kwargs)
@@ -96,8 +98,7 @@ async def test_a_pair_waiting_for_its_commit_leaves_its_slot_to_the_next(
     monkeypatch.setattr(rig.source, "entities", counted(rig.source.entities))
     cycle = asyncio.create_task(rig.cycle())
     async with asyncio.timeout(5):
-        while len(committing) < 3:  # without the hand-over the third pair never starts
-            await asyncio.sleep(0.001)
+        await third.wait()  # without the hand-over the third pair never starts
     gate.set()
     stats = await cycle
     assert (stats.created, stats.failures, len(rig.sink.tickets)) == (3, 0, 3)

@@ -67,6 +67,7 @@ class ServiceNowClient:
         self.cache_ttl = cache_ttl
         self._clock = clock
         self._users: dict[tuple[str, str], tuple[float, SnowUser | None]] = {}
+        self._user_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._groups: dict[str, tuple[float, str | None]] = {}
         self._scoped: dict[tuple[str, str, tuple[str, ...]], tuple[float, str | None]] = {}
         self.proof_lock = asyncio.Lock()  # one proof of the configured fields at a time
@@ -243,17 +244,18 @@ class ServiceNowClient:
         if len(given) != 1:
             raise ValueError("find_user needs exactly one of user_name, email, sys_id")
         key = given[0]
-        cached = self._users.get(key)
-        if cached is not None and cached[0] > self._clock():
-            return cached[1]
-        kind, value = key
-        rows = await self._page("sys_user", Q.eq(kind, value), USER_FIELDS, 10, 0)
-        users = [_user(r) for r in rows]
-        user = _pick_user(users, rows, kind, value)
-        if user is None and len(users) > 1:
-            log.warning("snow_user_ambiguous", lookup=kind, matches=len(users))
-        self._users[key] = (self._clock() + self.cache_ttl, user)
-        return user
+        async with self._user_locks.setdefault(key, asyncio.Lock()):  # one query per key at a time
+            cached = self._users.get(key)
+            if cached is not None and cached[0] > self._clock():
+                return cached[1]
+            kind, value = key
+            rows = await self._page("sys_user", Q.eq(kind, value), USER_FIELDS, 10, 0)
+            users = [_user(r) for r in rows]
+            user = _pick_user(users, rows, kind, value)
+            if user is None and len(users) > 1:
+                log.warning("snow_user_ambiguous", lookup=kind, matches=len(users))
+            self._users[key] = (self._clock() + self.cache_ttl, user)
+            return user
 
     async def find_group(self, name: str) -> str | None:
         """The sys_id of the ``sys_user_group`` with this exact name; ``None`` if none or several."""

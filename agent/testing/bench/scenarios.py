@@ -4,6 +4,7 @@ token buckets, and the concurrency sweep. Each returns plain results for :mod:`a
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from contextlib import closing
@@ -267,6 +268,7 @@ async def steady_state(options: BenchOptions) -> SteadyResult:
                 extra={"agent": {"max_concurrency": str(lb.concurrency), "log_level": "warning"}},
             )
             result.open_links = _open_links(copy, lb.names[0])
+            await _next_second()
             await lb.start_agent(ref_ini)
             ref = _Run(lb, result, strategy=strategy)
             ref.record("first cycle after the initial sync", (await ref.cycle()).calls)
@@ -274,6 +276,13 @@ async def steady_state(options: BenchOptions) -> SteadyResult:
             await ref.edits(targets[0])
             await lb.stop_agent()
     return result
+
+
+async def _next_second() -> None:
+    """Wait for the next whole second. ServiceNow's times have whole seconds and a reference reads
+    what changed "since" its first run inclusively: starting within the second of the previous
+    strategy's last edit, the store app took that work note for a new one and copied it too."""
+    await asyncio.sleep(1.05 - time.time() % 1)
 
 
 def _copy_db(source: Path, target: Path) -> None:

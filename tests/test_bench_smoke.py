@@ -75,6 +75,13 @@ async def test_every_section_runs_and_the_report_says_what_it_measured(tmp_path:
     assert rule.verdict == "met" and rule.measured.startswith("0 of "), rule
     assert [s.concurrency for s in results.sweep] == [1, 4]
     assert all(s.created > 0 for s in results.sweep)
+    # the act step: every create's requests, fewer than the run's (the listing and look-ups), in less time
+    for s in results.sweep:
+        assert s.act is not None and s.act_efficiency is not None
+        calls, seconds = s.act
+        made = s.outcome.calls.by_kind["servicenow POST incident"]
+        assert made == s.created and made < calls < s.outcome.calls.total
+        assert 0 < seconds < s.outcome.wall
 
     # Against the lighter-weight responder (the sweep from 4 up, the initial sync): the same work as
     # the recorded run against the emulators, every request answered from the recording.

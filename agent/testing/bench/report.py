@@ -299,6 +299,9 @@ def _sweep(rows: Sequence[SyncResult]) -> list[str]:
         "agent CPU s",
         "agent waiting for a CPU s",
         "emulators CPU s",
+        "act step: calls, s",
+        "act step bound / wall",
+        "before and after it s",
     )
     body = [
         (
@@ -312,13 +315,19 @@ def _sweep(rows: Sequence[SyncResult]) -> list[str]:
             _f(x.outcome.cpu),
             _f(x.outcome.run_delay),
             _f(x.emulator_cpu),
+            f"{x.act[0]}, {_f(x.act[1])}" if x.act else "-",
+            _f(x.act_efficiency) if x.act_efficiency is not None else "-",
+            _f(x.outcome.wall - x.act[1]) if x.act else "-",
         )
         for x in rows
     ]
     return [
         "## 5. Concurrency sweep",
         "",
-        "One workspace synced from scratch at each `max_concurrency`.",
+        "One workspace synced from scratch at each `max_concurrency`. The act step is the part of the "
+        "cycle that writes under the concurrency bound (the cycle summary's `apply_calls` and "
+        "`apply_ms`); before it come the token, the listing pages and the look-ups of the plan, "
+        "after it the journal check, each a round trip or a few whatever `max_concurrency` is.",
         "",
         *_table(head, body),
         "",

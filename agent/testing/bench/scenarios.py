@@ -53,6 +53,27 @@ class SyncResult:
         return self.bound / self.outcome.wall if self.outcome.wall else 0.0
 
     @property
+    def act(self) -> tuple[int, float] | None:
+        """The act step of a one-workspace run (the writes under the concurrency bound, from the
+        cycle summary's ``apply_calls``/``apply_ms``): its requests and seconds. None for several
+        workspaces, whose act steps overlap and share clients."""
+        if len(self.outcome.results) != 1:
+            return None
+        [stats] = self.outcome.results.values()
+        if not stats.get("apply_ms"):
+            return None
+        return int(stats.get("apply_calls", 0)), float(stats["apply_ms"]) / 1000
+
+    @property
+    def act_efficiency(self) -> float | None:
+        """The act step's own latency bound / its wall time: the concurrency apart from the
+        cycle's steps before and after it (token, listing pages, look-ups, the journal check)."""
+        if self.act is None:
+            return None
+        calls, seconds = self.act
+        return latency_bound(calls, self.latency, self.concurrency) / seconds
+
+    @property
     def rate(self) -> float:
         """Incidents created per second."""
         return self.created / self.outcome.wall if self.outcome.wall else 0.0

@@ -244,11 +244,31 @@ def item_4(r: Results) -> list[Row]:
             Row(
                 "4",
                 flat_target,
-                f"spread {spread:.2f} ({listed}){_lighter_spread(r.lighter)}",
-                verdict(spread <= 0.1, f"at {worst.concurrency}, {_why_slow(worst)}"),
+                f"spread {spread:.2f} ({listed}){_act_spread(points)}{_lighter_spread(r.lighter)}",
+                verdict(spread <= 0.1, f"at {worst.concurrency}, {_why_slow(worst)}{_serial(worst)}"),
             )
         )
     return rows
+
+
+def _act_spread(points: list[SyncResult]) -> str:
+    """The act step's own bound / wall at each point (the concurrency apart from the serial steps)."""
+    acts = [(x.concurrency, x.act_efficiency) for x in points if x.act_efficiency is not None]
+    if not acts:
+        return ""
+    listed = ", ".join(f"{c}: {e:.2f}" for c, e in acts)
+    return f"; the act step alone spread {max(e for _, e in acts) - min(e for _, e in acts):.2f} ({listed})"
+
+
+def _serial(x: SyncResult) -> str:
+    """How much of the run went to the steps before and after the act step."""
+    if x.act is None:
+        return ""
+    rest = x.outcome.wall - x.act[1]
+    return (
+        f"; the steps before and after the act step (token, listing pages, look-ups, journal check) "
+        f"took {rest:.2f} s of {x.outcome.wall:.2f} s, while the whole run's latency bound is {x.bound:.2f} s"
+    )
 
 
 def _lighter_spread(x: LighterResult | None) -> str:

@@ -21,11 +21,17 @@ R = TypeVar("R")
 AT_ONCE = 8
 
 
-async def limited(coros: Sequence[Coroutine[Any, Any, R]], at_once: int = AT_ONCE) -> list[R]:
-    """Await every coroutine, at most ``at_once`` at a time; their results in order."""
-    if len(coros) <= 1:
-        return [await c for c in coros]
-    gate = asyncio.Semaphore(at_once)
+async def limited(
+    coros: Sequence[Coroutine[Any, Any, R]], at_once: int | asyncio.Semaphore = AT_ONCE
+) -> list[R]:
+    """Await every coroutine, at most ``at_once`` at a time (a number, or a semaphore shared with
+    other work, such as a workspace's ``max_concurrency``); their results in order."""
+    if not coros:
+        return []
+    gate = at_once if isinstance(at_once, asyncio.Semaphore) else asyncio.Semaphore(at_once)
+    if len(coros) == 1:
+        async with gate:
+            return [await c for c in coros]
 
     async def one(coro: Coroutine[Any, Any, R]) -> R:
         async with gate:
@@ -40,7 +46,10 @@ async def limited(coros: Sequence[Coroutine[Any, Any, R]], at_once: int = AT_ONC
 
 
 async def per_chunk(
-    items: Sequence[T], size: int, fetch: Callable[[Sequence[T]], Awaitable[R]], at_once: int = AT_ONCE
+    items: Sequence[T],
+    size: int,
+    fetch: Callable[[Sequence[T]], Awaitable[R]],
+    at_once: int | asyncio.Semaphore = AT_ONCE,
 ) -> list[R]:
     """``fetch(chunk)`` for every ``size``-long chunk of ``items``, a few at once; in chunk order."""
     return await limited([_await(fetch(items[i : i + size])) for i in range(0, len(items), size)], at_once)

@@ -26,6 +26,25 @@ async def test_limited_keeps_the_order_and_the_bound() -> None:
     assert most == 3
 
 
+async def test_limited_can_share_a_semaphore_with_other_work() -> None:
+    shared = asyncio.Semaphore(2)
+    await shared.acquire()  # other work holds one of the two places
+    running = most = 0
+
+    async def one(i: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        return i
+
+    assert await limited([one(i) for i in range(5)], shared) == list(range(5))
+    assert most == 1
+    shared.release()
+    assert await limited([one(9)], shared) == [9] and await limited([], shared) == []
+
+
 async def test_the_first_failure_is_raised_as_itself_and_the_rest_are_cancelled() -> None:
     cancelled: list[int] = []
 

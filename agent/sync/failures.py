@@ -117,12 +117,3 @@ async def failed(sync: Setup, ctx: CycleContext, incident: str, exc: RemoteError
     else:
         log.info("incident_failed", **fields, next_try=nxt.isoformat())
 
-
-async def bounded(sem: asyncio.Semaphore, coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
-    """Run ``coros`` at most ``sem`` at a time; their results in order."""
-
-    async def run(c: Coroutine[Any, Any, Any]) -> Any:
-        async with sem:
-            return await c
-
-    return list(await asyncio.gather(*(run(c) for c in coros)))

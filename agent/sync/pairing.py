@@ -17,7 +17,7 @@ from agent.core.records import Incident, Link, Ticket
 from agent.errors import NotFound
 from agent.log import log
 from agent.sync.context import CycleContext, Setup
-from agent.sync.failures import bounded
+from agent.tasks import limited
 
 
 @dataclass
@@ -92,7 +92,7 @@ async def _halves(sync: Setup, pairs: Mapping[str, Pair]) -> None:
         if p.link is not None and p.ticket is None:
             p.ticket = fetched.get(p.link.sys_id)
     missing = [name for name, p in pairs.items() if p.incident is None]
-    found = await bounded(sync.sem, [_incident(sync, name) for name in missing])
+    found = await limited([_incident(sync, name) for name in missing], sync.sem)
     for name, incident in zip(missing, found, strict=True):
         pairs[name].incident = incident
 

@@ -36,9 +36,10 @@ from agent.sync import apply, clock
 from agent.sync.actions import field_plan
 from agent.sync.context import CycleContext, CycleOptions, CycleStats, Settings
 from agent.sync.cycle import WorkspaceSync
-from agent.sync.failures import bounded, guard
+from agent.sync.failures import guard
 from agent.sync.pairing import Pair
 from agent.sync.writes import closure_of
+from agent.tasks import limited
 
 COMMENT_NAMESPACE = uuid.UUID("6c1f7a52-3d0e-4b8e-9a55-0f3e5b1c2d4a")
 
@@ -72,7 +73,7 @@ class PollingSync(WorkspaceSync):
         ctx = CycleContext(CycleOptions(), clock.utcnow())
         await self._discover(ctx)
         links = [link async for link in self.store.iter_links(self.instance, self.workspace, open_only=True)]
-        polled = await bounded(self.sem, [self._read(link) for link in links])
+        polled = await limited([self._read(link) for link in links], self.sem)
         changed = [
             p
             for p in polled

@@ -165,6 +165,29 @@ async def lab(
                 await lb.agent.kill()
 
 
+class LatencyBound:
+    """What a sync run is judged by, for any run that has an ``outcome``, a ``latency`` and a
+    ``max_concurrency`` (against the emulators, or replayed by the lighter-weight responder)."""
+
+    outcome: Outcome
+    latency: float
+    concurrency: int
+
+    @property
+    def created(self) -> int:
+        return self.outcome.total("created")
+
+    @property
+    def bound(self) -> float:
+        """``calls x latency / max_concurrency``: the wall time if only the latency limited it."""
+        return latency_bound(self.outcome.calls.total, self.latency, self.concurrency)
+
+    @property
+    def efficiency(self) -> float:
+        """Latency bound / wall time (1.0 = as fast as the latency allows)."""
+        return self.bound / self.outcome.wall if self.outcome.wall else 0.0
+
+
 def latency_bound(calls: int, latency: float, concurrency: int) -> float:
     """The fastest the calls can go: ``calls x latency / max_concurrency`` seconds."""
     return calls * latency / max(1, concurrency)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.testing.bench.calls import Calls, kind_is_write
-from agent.testing.bench.lab import BenchOptions, Outcome, lab, latency_bound
+from agent.testing.bench.lab import BenchOptions, LatencyBound, Outcome, lab
 from agent.testing.bench.markdown import number, table
 from agent.testing.bench.replay import Recorded, identity, load, save
 from agent.testing.bench.responder import ResponderProcess
@@ -34,7 +34,7 @@ _CREATE = ("servicenow", "POST")
 
 
 @dataclass
-class ReplayRun:
+class ReplayRun(LatencyBound):
     """One fresh agent's initial sync against the responder."""
 
     label: str
@@ -50,18 +50,6 @@ class ReplayRun:
     tickets: frozenset[str]  # unique keys of the tickets created
     recorded: SyncResult  # the recorded run against the emulators
     recorded_tickets: frozenset[str]
-
-    @property
-    def created(self) -> int:
-        return self.outcome.total("created")
-
-    @property
-    def bound(self) -> float:
-        return latency_bound(self.outcome.calls.total, self.latency, self.concurrency)
-
-    @property
-    def efficiency(self) -> float:
-        return self.bound / self.outcome.wall if self.outcome.wall else 0.0
 
     @property
     def requests(self) -> int:

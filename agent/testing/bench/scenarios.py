@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent.config import load_config
 from agent.testing.bench.calls import Calls
-from agent.testing.bench.lab import BenchOptions, Lab, Outcome, lab, latency_bound
+from agent.testing.bench.lab import BenchOptions, Lab, LatencyBound, Outcome, lab, latency_bound
 
 ANALYST = "alice@contoso.example"
 ANALYST_USER = "bob.hunter"
@@ -21,7 +21,7 @@ SEVERITIES = ("High", "Medium", "Low")
 
 
 @dataclass
-class SyncResult:
+class SyncResult(LatencyBound):
     """One initial sync (every labelled open incident becomes a ticket)."""
 
     label: str
@@ -37,20 +37,6 @@ class SyncResult:
     def sentinel_throttled(self) -> int:
         """Sentinel calls answered 429."""
         return self.outcome.calls.throttled_by["sentinel"]
-
-    @property
-    def created(self) -> int:
-        return self.outcome.total("created")
-
-    @property
-    def bound(self) -> float:
-        """``calls x latency / max_concurrency``: the wall time if only the latency limited it."""
-        return latency_bound(self.outcome.calls.total, self.latency, self.concurrency)
-
-    @property
-    def efficiency(self) -> float:
-        """Latency bound / wall time (1.0 = as fast as the latency allows)."""
-        return self.bound / self.outcome.wall if self.outcome.wall else 0.0
 
     @property
     def act(self) -> tuple[int, float] | None:

@@ -43,6 +43,11 @@ class Rig:
     async def link(self, incident: str) -> Link | None:
         return (await self.store.get_links("inst", "ws", [incident])).get(incident)
 
+    async def lose_shadow(self) -> None:
+        """The state database is gone: the engine goes on with an empty store."""
+        self.store = await MemoryStore.open()
+        self.sync = WorkspaceSync(fakes.settings(), self.source, self.sink, self.store)
+
     def writes(self) -> tuple[int, int, int]:
         return (self.source.writes, self.sink.writes, len(self.sink.tickets))
 
@@ -179,9 +184,7 @@ async def test_a_crash_between_the_remote_write_and_the_commit_heals_without_a_w
 async def test_a_lost_shadow_adopts_the_ticket_instead_of_making_a_second(rig: Rig) -> None:
     inc = rig.source.add()
     await rig.cycle()
-    fresh = await MemoryStore.open()
-    rig.sync = WorkspaceSync(fakes.settings(), rig.source, rig.sink, fresh)
-    rig.store = fresh
+    await rig.lose_shadow()
     rig.source.edit(inc.id, severity="High")
     stats = await rig.cycle()
     assert (stats.created, stats.adopted, len(rig.sink.tickets)) == (0, 1, 1)
@@ -428,9 +431,7 @@ async def test_a_lost_shadow_finds_the_comments_inside_the_opening_entry(rig: Ri
     rig.source.comment(inc.id, "one")
     rig.source.comment(inc.id, "two")
     await rig.cycle()
-    fresh = await MemoryStore.open()
-    rig.sync = WorkspaceSync(fakes.settings(), rig.source, rig.sink, fresh)
-    rig.store = fresh
+    await rig.lose_shadow()
     rig.source.edit(inc.id, severity="High")
     stats = await rig.cycle()
     assert (stats.adopted, stats.comments_to_snow, stats.comments_to_sentinel) == (1, 0, 0)
